@@ -1,0 +1,97 @@
+"""Where map-style work runs: in-process, a local process pool, or a Ray cluster."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from landcover.errors import LandcoverError
+
+ENGINES = ("local", "process", "ray")
+
+_shared: Any = None  # the job's shared state inside a pool worker
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An engine name, its worker count and, for Ray, the cluster address (None starts a local one)."""
+
+    name: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+
+    @classmethod
+    def choose(cls, name: str | None, workers: int = 1, ray_address: str | None = None) -> Engine:
+        """The engine a user asked for: `--workers N` alone means a process pool."""
+        if workers < 1:
+            raise LandcoverError(f"--workers {workers} must be >= 1")
+        if name is None:
+            name = "ray" if ray_address else ("process" if workers > 1 else "local")
+        if name not in ENGINES:
+            raise LandcoverError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+        return cls(name, workers, ray_address)
+
+    def map(self, fn: Callable[[Any, Any], Any], shared: Any, tasks: Iterable[Any]) -> Iterator[Any]:
+        """Run fn(shared, task) for every task; yield results as they finish (any order)."""
+        tasks = list(tasks)
+        if not tasks:
+            return iter(())
+        if self.name == "local" or (self.name == "process" and self.workers == 1):
+            return (fn(shared, t) for t in tasks)
+        if self.name == "process":
+            return _pool_map(fn, shared, tasks, self.workers)
+        return _ray_map(fn, shared, tasks, self.workers, self.ray_address)
+
+
+def _init_worker(shared: Any) -> None:
+    global _shared
+    _shared = shared
+
+
+def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
+    return fn(_shared, task)
+
+
+def _pool_map(fn: Callable, shared: Any, tasks: list, workers: int) -> Iterator[Any]:
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(shared,)) as pool:
+        pending = {pool.submit(_call, fn, t) for t in tasks}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _ray_map(fn: Callable, shared: Any, tasks: list, workers: int, address: str | None) -> Iterator[Any]:
+    try:
+        import ray
+    except ImportError:
+        raise LandcoverError("--engine ray needs Ray: pip install 'ray[default]'") from None
+    started = not ray.is_initialized()
+    if started:
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                   "configure_logging": False}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=workers, **options)
+    try:
+        remote = ray.remote(num_cpus=1)(fn)
+        shared_ref = ray.put(shared)
+        pending = [remote.remote(shared_ref, t) for t in tasks]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()

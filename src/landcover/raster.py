@@ -1,0 +1,176 @@
+"""Opening rasters, stacking them into scenes, and reading windows (direct or warped)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from landcover.errors import LandcoverError
+
+
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open a raster for reading, or fail with one line naming the file."""
+    path = str(path)
+    if not Path(path).exists() and "://" not in path and not path.startswith("/vsi"):
+        raise LandcoverError("no such file", path)
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        reason = str(exc).split("\n")[0].replace(path, "").strip(" :'")
+        raise LandcoverError(f"not a readable raster ({reason or 'GDAL could not open it'})", path) from None
+
+
+def require_crs(src: rasterio.DatasetReader) -> CRS:
+    """The dataset's CRS, or a clear failure when it has none."""
+    if src.crs is None:
+        raise LandcoverError("has no CRS (georeference it, e.g. gdal_edit.py -a_srs EPSG:XXXX)", src.name)
+    if src.transform.b != 0 or src.transform.d != 0:
+        raise LandcoverError("rotated rasters are not supported (warp it to north-up first)", src.name)
+    return src.crs
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One imagery source: rasters on one grid stacked into bands, a subset of them picked."""
+
+    name: str
+    paths: tuple[str, ...]
+    band_sources: tuple[tuple[int, int], ...]
+    """For each picked band: (index into paths, 1-based band in that file)."""
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    dtype: str
+    nodata: tuple[float | None, ...]
+
+    @classmethod
+    def open(cls, paths: list[str | Path], bands: list[int] | None = None, name: str | None = None) -> Scene:
+        """Stack the files in order; `bands` (1-based over the stack) picks and orders bands."""
+        if not paths:
+            raise LandcoverError("a scene needs at least one raster")
+        stacked: list[tuple[int, int]] = []
+        dtypes: list[str] = []
+        nodatas: list[float | None] = []
+        first = None
+        for i, path in enumerate(paths):
+            with open_raster(path) as src:
+                crs = require_crs(src)
+                if first is None:
+                    first = (crs, src.transform, src.width, src.height, src.name)
+                elif (crs != first[0] or not src.transform.almost_equals(first[1])
+                      or (src.width, src.height) != first[2:4]):
+                    raise LandcoverError(f"cannot stack with {first[4]}: a different grid "
+                                         f"({src.width}x{src.height} {crs} vs {first[2]}x{first[3]} {first[0]})",
+                                         src.name)
+                for b in range(1, src.count + 1):
+                    stacked.append((i, b))
+                    dtypes.append(src.dtypes[b - 1])
+                    nodatas.append(src.nodatavals[b - 1])
+        picks = bands or list(range(1, len(stacked) + 1))
+        for b in picks:
+            if not 1 <= b <= len(stacked):
+                raise LandcoverError(f"band {b} is out of range: the stack has bands 1..{len(stacked)}",
+                                     paths[0] if len(paths) == 1 else ", ".join(map(str, paths)))
+        crs, transform, width, height, _ = first
+        return cls(
+            name=name or Path(str(paths[0])).stem,
+            paths=tuple(str(p) for p in paths),
+            band_sources=tuple(stacked[b - 1] for b in picks),
+            crs=crs,
+            transform=transform,
+            width=width,
+            height=height,
+            dtype=str(np.result_type(*[dtypes[b - 1] for b in picks])),
+            nodata=tuple(nodatas[b - 1] for b in picks),
+        )
+
+    @property
+    def count(self) -> int:
+        """Number of picked bands."""
+        return len(self.band_sources)
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y) in CRS units."""
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the scene's CRS."""
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
+        return min(left, right), min(top, bottom), max(left, right), max(top, bottom)
+
+    def _by_file(self) -> dict[int, list[tuple[int, int]]]:
+        """Picked bands grouped by file: file index -> [(output position, file band)]."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for pos, (fi, b) in enumerate(self.band_sources):
+            groups.setdefault(fi, []).append((pos, b))
+        return groups
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and validity of a window on the scene's own grid; outside the raster is invalid."""
+        h, w = int(window.height), int(window.width)
+        out = np.zeros((self.count, h, w), dtype=self.dtype)
+        valid = np.zeros((h, w), dtype=bool)
+        inner = window.intersection(Window(0, 0, self.width, self.height)) if _overlaps(window, self) else None
+        if inner is None:
+            return out, valid
+        r0, c0 = int(inner.row_off - window.row_off), int(inner.col_off - window.col_off)
+        sl = (slice(r0, r0 + int(inner.height)), slice(c0, c0 + int(inner.width)))
+        for fi, picks in self._by_file().items():
+            with rasterio.open(self.paths[fi]) as src:
+                data = src.read([b for _, b in picks], window=inner)
+            for k, (pos, _) in enumerate(picks):
+                out[pos][sl] = data[k]
+        valid[sl] = _valid_pixels(out[:, sl[0], sl[1]], self.nodata)
+        return out, valid
+
+    def read_warped(self, crs: CRS, transform: Affine, width: int, height: int,
+                    resampling: Resampling = Resampling.bilinear) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and validity warped onto another grid (CRS, transform, size)."""
+        out = np.zeros((self.count, height, width), dtype=self.dtype)
+        valid = np.ones((height, width), dtype=bool)
+        for fi, picks in self._by_file().items():
+            with rasterio.open(self.paths[fi]) as src:
+                nodata = src.nodata
+                with WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                               resampling=resampling, add_alpha=nodata is None) as vrt:
+                    data = vrt.read([b for _, b in picks])
+                    if nodata is None:
+                        valid &= vrt.read(vrt.count) > 0
+                    else:
+                        valid &= vrt.dataset_mask() > 0
+            for k, (pos, _) in enumerate(picks):
+                out[pos] = data[k]
+        valid &= _valid_pixels(out, self.nodata)
+        return out, valid
+
+
+def _overlaps(window: Window, scene: Scene) -> bool:
+    return (window.col_off < scene.width and window.row_off < scene.height
+            and window.col_off + window.width > 0 and window.row_off + window.height > 0)
+
+
+def _valid_pixels(data: np.ndarray, nodata: tuple[float | None, ...]) -> np.ndarray:
+    """Valid pixels, as GDAL masks them: not every band at its nodata value, and no band NaN."""
+    all_nodata = np.ones(data.shape[1:], dtype=bool)
+    any_nan = np.zeros(data.shape[1:], dtype=bool)
+    for band, nd in zip(data, nodata, strict=True):
+        if np.issubdtype(band.dtype, np.floating):
+            any_nan |= np.isnan(band)
+        if nd is None or np.isnan(nd):
+            all_nodata[:] = False
+        else:
+            all_nodata &= band == nd
+    return ~(all_nodata | any_nan)
