@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -34,6 +35,9 @@ FORMATS = ("png", "tif")
 STATE_DIR = ".landcover-state"
 BLOCK_PX = 2048
 """Blocks of tiles are read, warped and labelled together, up to about this many pixels a side."""
+TARGET_BLOCKS = 32
+"""Blocks are sized so a run has about this many (enough to balance a few workers, few enough to keep
+each block's fixed cost of opening files and setting up the label warp small)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class ChipsResult:
 def make_chips(scenes: list[Scene], labels: LabelRaster, scheme: ClassScheme, grid: Grid, rules: Rules,
                out: str | Path, *, regions: list[str] | None = None, aoi: str | Path | None = None,
                fmt: str = "png", resampling: str = "bilinear", engine: Engine | None = None,
-               overwrite: bool = False, progress: bool = True) -> ChipsResult:
+               overwrite: bool = False, progress: bool = True, block_tiles: int | None = None) -> ChipsResult:
     """Cut, judge and write the chips of every tile; resume a killed run into the same folder."""
     if fmt not in FORMATS:
         raise LandcoverError(f"unknown chip format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -133,7 +137,7 @@ def make_chips(scenes: list[Scene], labels: LabelRaster, scheme: ClassScheme, gr
     stretches = tuple(scene_stretch(s) if fmt == "png" else None for s in scenes)
     job = ChipJob(tuple(scenes), tuple(regions or [s.name for s in scenes]), labels, scheme, grid, rules,
                   str(Path(out).resolve()), fmt, stretches, resampling, scheme.lookup())
-    blocks, outside = plan_blocks(grid, footprints, aoi_geom)
+    blocks, outside = plan_blocks(grid, footprints, aoi_geom, block_tiles)
     info = job.describe()
     fingerprint = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
     finished = _finished_run(Path(out), fingerprint)
@@ -189,9 +193,10 @@ def read_aoi(path: str | Path, grid: Grid) -> shapely.Geometry:
     return geom
 
 
-def plan_blocks(grid: Grid, footprints: list[shapely.Geometry],
-                aoi: shapely.Geometry | None) -> tuple[list[Block], int]:
-    """Tiles that lie in a scene (and the AOI), grouped into blocks; also the count outside the AOI."""
+def plan_blocks(grid: Grid, footprints: list[shapely.Geometry], aoi: shapely.Geometry | None,
+                block_tiles: int | None = None) -> tuple[list[Block], int]:
+    """Tiles that lie in a scene (and the AOI), grouped into square blocks of `block_tiles` a side
+    (default: about TARGET_BLOCKS blocks); also the count of tiles outside the AOI."""
     area = shapely.union_all(footprints)
     cols, rows = grid.tiles_covering(area.bounds)
     boxes = grid.chip_boxes(cols, rows)
@@ -207,7 +212,9 @@ def plan_blocks(grid: Grid, footprints: list[shapely.Geometry],
         inside = shapely.contains(aoi, boxes)
         outside = int(((owner >= 0) & ~inside).sum())
         owner[~inside] = -1
-    side = max(1, BLOCK_PX // max(grid.stride, 1))
+    if block_tiles is None:
+        block_tiles = math.ceil(math.sqrt(max(1, int((owner >= 0).sum())) / TARGET_BLOCKS))
+    side = max(1, min(block_tiles, BLOCK_PX // grid.stride))
     blocks = []
     keys = np.stack([owner, cols // side, rows // side], axis=1)
     for key in np.unique(keys[owner >= 0], axis=0):

@@ -71,6 +71,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     g.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--block-tiles", type=int, metavar="N",
+                   help="a task is a block of N x N tiles, read and labelled together (default: sized for "
+                        "about 32 tasks)")
 
 
 def _run_chips(args: argparse.Namespace) -> None:
@@ -100,7 +103,7 @@ def _run_chips(args: argparse.Namespace) -> None:
               f"{grid.crs.to_string()}, stride {grid.stride} px, padding {grid.pad} px", file=sys.stderr)
     result = make_chips(scenes, labels, scheme, grid, rules, args.out, regions=regions, aoi=args.aoi,
                         fmt=args.format, resampling=args.resampling, engine=engine, overwrite=args.overwrite,
-                        progress=not args.quiet)
+                        progress=not args.quiet, block_tiles=args.block_tiles)
     print(result.summary())
 
 

@@ -10,14 +10,13 @@ import numpy as np
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
-from pyproj import Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
 from rasterio.warp import calculate_default_transform, transform_bounds
 
 from landcover.errors import LandcoverError
-from landcover.raster import Scene
+from landcover.raster import Scene, transformer
 
 _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(m|px)?\s*$")
 
@@ -135,7 +134,7 @@ def footprint(bounds: tuple[float, float, float, float], crs: CRS, to_crs: CRS) 
     t = np.linspace(0, 1, n)
     xs = np.concatenate([left + (right - left) * t, np.full(n, right), right - (right - left) * t, np.full(n, left)])
     ys = np.concatenate([np.full(n, top), top - (top - bottom) * t, np.full(n, bottom), bottom + (top - bottom) * t])
-    tx, ty = Transformer.from_crs(crs, to_crs, always_xy=True).transform(xs, ys)
+    tx, ty = transformer(crs, to_crs).transform(xs, ys)
     return shapely.make_valid(shapely.Polygon(np.column_stack([tx, ty])))
 
 

@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import reproject
 from rasterio.windows import Window
 from rasterio.windows import from_bounds as window_from_bounds
 
 from landcover.errors import LandcoverError
-from landcover.raster import open_raster, require_crs
+from landcover.raster import open_raster, require_crs, transformer
 from landcover.schemes import INVALID, ClassScheme
 
 
@@ -48,7 +47,7 @@ class LabelRaster:
 
     def window_for(self, bounds: tuple[float, float, float, float], crs: CRS) -> Window | None:
         """The native window (one pixel of margin) covering bounds given in another CRS."""
-        native = transform_bounds(crs, self.crs, *bounds, densify_pts=21)
+        native = transformer(crs, self.crs).transform_bounds(*bounds, densify_pts=21)
         w = window_from_bounds(*native, transform=self.transform)
         col0, row0 = math.floor(w.col_off) - 1, math.floor(w.row_off) - 1
         col1, row1 = math.ceil(w.col_off + w.width) + 1, math.ceil(w.row_off + w.height) + 1
@@ -113,7 +112,7 @@ class LabelPatch:
         if CRS(crs) == CRS(self.labels.crs):
             lx, ly = xs, ys
         else:
-            lx, ly = Transformer.from_crs(crs, self.labels.crs, always_xy=True).transform(xs, ys)
+            lx, ly = transformer(crs, self.labels.crs).transform(xs, ys)
         cols, rows = ~self.transform @ (np.asarray(lx), np.asarray(ly))
         cols, rows = np.floor(cols).astype(np.int64), np.floor(rows).astype(np.int64)
         h, w = self.classes.shape

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
@@ -27,6 +29,16 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
     except RasterioIOError as exc:
         reason = str(exc).split("\n")[0].replace(path, "").strip(" :'")
         raise LandcoverError(f"not a readable raster ({reason or 'GDAL could not open it'})", path) from None
+
+
+def transformer(src_crs: CRS, dst_crs: CRS) -> Transformer:
+    """A cached pyproj transformer between two CRSs, x/y (easting/northing) order."""
+    return _transformer(CRS(src_crs).to_wkt(), CRS(dst_crs).to_wkt())
+
+
+@lru_cache(maxsize=64)
+def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
+    return Transformer.from_crs(src_wkt, dst_wkt, always_xy=True)
 
 
 def require_crs(src: rasterio.DatasetReader) -> CRS:
