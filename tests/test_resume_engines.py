@@ -17,8 +17,8 @@ from landcover.cli import main
 
 def zion_args(zion, zion_images, out, *extra) -> list[str]:
     return ["chips", "--quiet", "--image", *zion_images, "--labels", str(zion / "nlcd2011.tif"),
-            "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule", "purity:0.75", "--aoi", str(zion / "zion.gpkg"), "--out", str(out),
-            *extra]
+            "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule", "purity:0.75",
+            "--aoi", str(zion / "zion.gpkg"), "--out", str(out), *extra]
 
 
 def manifest(out) -> pd.DataFrame:

@@ -32,6 +32,7 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
     from landcover.chips import make_chips
     from landcover.grid import make_grid
     from landcover.labels import LabelRaster
+    from landcover.plots import chip_sheet
     from landcover.raster import Scene
     from landcover.rules import Rules
     from landcover.schemes import load_scheme
@@ -48,4 +49,7 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
                         Rules.parse(["points:3"]), out / "chips", regions=["zion"], aoi=zion / "zion.gpkg",
                         progress=progress)
     print(result.summary())
+    if result.manifest["path"].str.endswith(".png").all() and len(result.manifest):
+        sheet = chip_sheet(result.manifest, out / "chips", load_scheme("nlcd-grouped"), out / "chips.png")
+        print(f"sample chips per class: {sheet}")
     return out

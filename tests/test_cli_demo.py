@@ -1,0 +1,42 @@
+"""The command line: help for newcomers, and the demo (the main job) on the Zion sample."""
+
+from __future__ import annotations
+
+import pytest
+
+from landcover.cli import main
+from landcover.manifest import read_manifest
+
+
+@pytest.mark.parametrize("command", [[], ["chips"], ["demo"], ["schemes"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--help"])
+    assert stop.value.code == 0
+    assert "usage: landcover" in capsys.readouterr().out
+
+
+def test_schemes_lists_the_builtins(capsys):
+    assert main(["schemes", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "nlcd-grouped" in out and "Developed" in out and "21, 22, 23, 24" in out
+
+
+def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
+    assert main(["demo", "--data", str(zion.parent), "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    frame, info = read_manifest(tmp_path / "demo" / "chips" / "manifest.parquet")
+    assert len(frame) > 300 and set(frame["label"]) >= {"Forest", "Shrubland"}
+    assert info["scheme"]["name"] == "nlcd-grouped" and info["rules"]["points"] == 3
+    assert "chips in" in capsys.readouterr().out
+
+
+def test_demo_without_data_says_where_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LANDCOVER_DATA", str(tmp_path / "nowhere"))
+    import landcover.demo
+
+    monkeypatch.setattr(landcover.demo, "__file__", str(tmp_path / "a" / "b" / "c" / "demo.py"))
+    assert main(["demo", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Zion sample not found" in err and "spDataLarge" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
