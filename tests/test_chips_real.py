@@ -146,3 +146,47 @@ def test_tiles_in_the_nodata_collar_are_rejected(tmp_path):
         kept = {tuple(int(v) for v in src.index(g.bounds[0] + half, g.bounds[3] - half)) for g in frame.geometry}
     assert kept == expected
     assert info["rejected"]["nodata"] == (valid.shape[0] // 8) * (valid.shape[1] // 8) - len(expected) > 1000
+
+
+def test_geographic_imagery_is_cut_on_its_utm_zone(tmp_path):
+    from rasterio.warp import calculate_default_transform, reproject
+
+    source = need_data("landsat_rasterio", "RGB.byte.tif")
+    geographic = tmp_path / "rgb_wgs84.tif"
+    with rasterio.open(source) as src:
+        transform, width, height = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height,
+                                                               *src.bounds)
+        data = np.zeros((3, height, width), np.uint8)
+        reproject(src.read(), data, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs="EPSG:4326", src_nodata=0, dst_nodata=0)
+    write_raster(geographic, data, "EPSG:4326", transform, nodata=0)
+    labels = constant_labels(tmp_path, source, crs="EPSG:3857")
+    out = tmp_path / "chips"
+    assert run("--image", geographic, "--labels", labels, "--tile-size", "3000m", "--out", out) == 0
+    frame, info = read_manifest(out / "manifest.parquet")
+    assert info["grid"]["crs"] == "EPSG:32618" and len(frame) > 100
+    side = info["grid"]["tile_px"] * info["grid"]["res"]
+    assert abs(side - 3000) <= info["grid"]["res"] / 2 and np.allclose(frame.geometry.area, side * side)
+    with Image.open(out / frame["path"].iloc[0]) as chip:
+        assert chip.mode == "RGB" and np.asarray(chip).any(axis=2).all()
+
+
+def test_float32_and_int16_bands_stack_with_nodata(tmp_path):
+    nc = need_data("landsat_nc")
+    files = [nc / f"lsat7_2000_{b}.tif" for b in (10, 20, 30, 40, 50, 70)]
+    labels = constant_labels(tmp_path, files[0], crs="EPSG:3358")
+    out = tmp_path / "tif"
+    assert run("--image", *files, "--labels", labels, "--tile-size", "20px", "--format", "tif", "--out", out) == 0
+    frame, _ = read_manifest(out / "manifest.parquet")
+    with rasterio.open(out / frame["path"].iloc[0]) as chip, rasterio.open(files[5]) as band7:
+        assert chip.count == 6 and chip.dtypes[0] == "float32"
+        window = from_bounds(*chip.bounds, transform=band7.transform)
+        np.testing.assert_array_equal(chip.read(6), band7.read(1, window=window).astype(np.float32))
+    png = tmp_path / "png"
+    assert run("--image", *files, "--bands", "3", "2", "1", "--labels", labels, "--tile-size", "20px",
+               "--out", png) == 0
+    frame, info = read_manifest(png / "manifest.parquet")
+    stretch = info["scenes"][0]["png_stretch"]
+    assert len(stretch["low"]) == 3 and all(lo > -99999 for lo in stretch["low"])
+    with Image.open(png / frame["path"].iloc[0]) as chip:
+        assert chip.mode == "RGB" and chip.size == (20, 20)

@@ -26,9 +26,9 @@ from landcover.errors import LandcoverError
 from landcover.grid import Grid, footprint, on_lattice, scene_footprint
 from landcover.labels import LabelPatch, LabelRaster
 from landcover.manifest import COLUMNS, empty_frame, read_manifest, write_manifest
-from landcover.raster import Scene
+from landcover.raster import Scene, crs_name
 from landcover.rules import REJECTIONS, Rules, judge
-from landcover.schemes import ClassScheme
+from landcover.schemes import INVALID, ClassScheme
 from landcover.stretch import Stretch, scene_stretch
 
 FORMATS = ("png", "tif")
@@ -60,10 +60,10 @@ class ChipJob:
         """The job as plain data: what the manifest and chips.json record, and what a resume must match."""
         return {
             "scenes": [{"name": s.name, "paths": list(s.paths), "region": r,
-                        "bands": [list(b) for b in s.band_sources], "crs": s.crs.to_string(), "dtype": s.dtype,
+                        "bands": [list(b) for b in s.band_sources], "crs": crs_name(s.crs), "dtype": s.dtype,
                         "nodata": list(s.nodata), "png_stretch": st.to_dict() if st else None}
                        for s, r, st in zip(self.scenes, self.regions, self.stretches, strict=True)],
-            "labels": {"path": self.labels.path, "crs": self.labels.crs.to_string()},
+            "labels": {"path": self.labels.path, "crs_wkt": self.labels.crs.to_wkt()},
             "scheme": self.scheme.to_dict(),
             "grid": self.grid.to_dict(),
             "rules": self.rules.to_dict(),
@@ -235,7 +235,7 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
     bounds = (left, top - height * grid.res, left + width * grid.res, top)
     window = job.labels.window_for(bounds, grid.crs)
     if window is None:
-        classes = np.full((height, width), 255, np.uint8)
+        classes = np.full((height, width), INVALID, np.uint8)
         patch = None
     else:
         patch = LabelPatch(job.labels, job.labels.classes(window, job.lut), window)
@@ -247,12 +247,16 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
         xs = np.broadcast_to(ox + off[None, None, :], (len(block.cols), len(off), len(off)))
         ys = np.broadcast_to(oy - off[None, :, None], xs.shape)
         if patch is None:
-            points = np.full((len(block.cols), len(off) ** 2), 255, np.uint8)
+            points = np.full((len(block.cols), len(off) ** 2), INVALID, np.uint8)
         else:
             points = patch.at_points(xs.ravel(), ys.ravel(), grid.crs).reshape(len(block.cols), -1)
+    if job.fmt == "png":  # 8-bit once for the whole block, nodata black
+        stretch = job.stretches[block.scene]
+        pixels = stretch.apply(pixels) if stretch else pixels.astype(np.uint8)
+        pixels[:, ~valid] = 0
     rows: list[dict] = []
     rejected: Counter = Counter()
-    crs_text = grid.crs.to_string()
+    crs_text = crs_name(grid.crs)
     for i, (col, row) in enumerate(zip(block.cols, block.rows, strict=True)):
         y, x = (row - r0) * grid.stride, (col - c0) * grid.stride
         chip = np.s_[y:y + grid.chip, x:x + grid.chip]
@@ -267,8 +271,7 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
         rel = f"{cls.slug}/{key}.{job.fmt}"
         target = Path(job.out) / rel
         if not target.exists():
-            _write_chip(job, scene, block.scene, pixels[:, chip[0], chip[1]], valid[chip],
-                        grid.chip_transform(col, row), target)
+            _write_chip(job, scene, pixels[:, chip[0], chip[1]], grid.chip_transform(col, row), target)
         cx, cy = grid.chip_transform(col, row) @ (0, 0)
         rows.append({
             "chip_id": key, "path": rel, "label": cls.name, "label_id": cls.id,
@@ -291,16 +294,13 @@ def _read_block(scene: Scene, grid: Grid, transform, width: int, height: int,
     return scene.read_warped(grid.crs, transform, width, height, Resampling[resampling])
 
 
-def _write_chip(job: ChipJob, scene: Scene, index: int, pixels: np.ndarray, valid: np.ndarray,
-                transform, target: Path) -> None:
+def _write_chip(job: ChipJob, scene: Scene, pixels: np.ndarray, transform, target: Path) -> None:
+    """Write one chip (8-bit PNG, or native GeoTIFF) under a temporary name, then rename it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     if job.fmt == "png":
-        stretch = job.stretches[index]
-        data = stretch.apply(pixels) if stretch else pixels.astype(np.uint8)
-        data[:, ~valid] = 0
-        Image.fromarray(np.ascontiguousarray(np.moveaxis(data, 0, -1).squeeze(-1) if data.shape[0] == 1
-                                             else np.moveaxis(data, 0, -1))).save(tmp, format="PNG")
+        image = np.moveaxis(pixels, 0, -1)
+        Image.fromarray(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image)).save(tmp, "PNG")
     else:
         nodata = scene.nodata[0] if len(set(scene.nodata)) == 1 else None
         profile = {"driver": "GTiff", "width": pixels.shape[2], "height": pixels.shape[1],

@@ -41,6 +41,16 @@ def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
     return Transformer.from_crs(src_wkt, dst_wkt, always_xy=True)
 
 
+def crs_name(crs: CRS) -> str:
+    """The CRS as 'EPSG:n' where PROJ identifies it, else as WKT (looked up once per CRS per process)."""
+    return _crs_name(CRS(crs).to_wkt())
+
+
+@lru_cache(maxsize=64)
+def _crs_name(wkt: str) -> str:
+    return CRS.from_wkt(wkt).to_string()
+
+
 def require_crs(src: rasterio.DatasetReader) -> CRS:
     """The dataset's CRS, or a clear failure when it has none."""
     if src.crs is None:
