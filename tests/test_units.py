@@ -50,13 +50,17 @@ def test_lengths():
 
 def test_grid_keys_and_tiles():
     grid = Grid(CRS.from_epsg(32612), 30.0, 16, 16, 2, 300000.0, 4150000.0)
-    assert grid.key(1, 2) == "s16-r30-p2-x300480-y4149040"
+    x, y = grid.origin(1, 2)
+    assert grid.key(x, y) == "s16-r30-p2-x300480-y4149040"
     assert grid.chip == 20
-    t = grid.chip_transform(1, 2)
+    t = grid.chip_transform(x, y)
     assert (t.c, t.f) == (300480.0 - 60, 4149040.0 + 60)
-    cols, rows = grid.tiles_covering((300000.0 - 60, 4150000.0 - 480 * 3 - 60, 300000.0 + 480 * 2 + 60, 4150000.0 + 60))
-    assert sorted(zip(cols, rows, strict=True)) == [(c, r) for c in range(2) for r in range(3)]
-    assert grid.chip_boxes(np.array([0]), np.array([0]))[0].bounds == (299940.0, 4149460.0, 300540.0, 4150060.0)
+    xs, ys = grid.tiles_covering((300000.0 - 60, 4150000.0 - 480 * 3 - 60, 300000.0 + 480 * 2 + 60, 4150000.0 + 60))
+    assert sorted(zip(xs, ys, strict=True)) == sorted(grid.origin(c, r) for c in range(2) for r in range(3))
+    box = grid.chip_boxes(np.array([300000.0]), np.array([4150000.0]))[0]
+    assert box.bounds == (299940.0, 4149460.0, 300540.0, 4150060.0)
+    cx, cy = grid.centred_on(np.array([300250.0]), np.array([4149750.0]))
+    assert (cx[0], cy[0]) == (300000.0, 4150000.0)  # 240 m up-left of the point, snapped to the 30 m lattice
 
 
 def test_rules_points_purity_nodata_keep():

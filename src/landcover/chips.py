@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 import shapely
+from affine import Affine
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -24,14 +25,16 @@ from tqdm.auto import tqdm
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.grid import Grid, footprint, on_lattice, scene_footprint
-from landcover.labels import LabelPatch, LabelRaster
+from landcover.labels import LabelRaster, LabelVector
 from landcover.manifest import COLUMNS, empty_frame, read_manifest, write_manifest
+from landcover.pairs import write_classified_tiles
 from landcover.raster import Scene, crs_name
-from landcover.rules import REJECTIONS, Rules, judge
+from landcover.rules import REJECTIONS, Rules, judge, judge_fixed, judge_mask
 from landcover.schemes import INVALID, ClassScheme
 from landcover.stretch import Stretch, scene_stretch
 
 FORMATS = ("png", "tif")
+LAYOUTS = ("folders", "pairs")
 STATE_DIR = ".landcover-state"
 BLOCK_PX = 2048
 """Blocks of tiles are read, warped and labelled together, up to about this many pixels a side."""
@@ -46,12 +49,13 @@ class ChipJob:
 
     scenes: tuple[Scene, ...]
     regions: tuple[str, ...]
-    labels: LabelRaster
+    labels: LabelRaster | LabelVector
     scheme: ClassScheme
     grid: Grid
     rules: Rules
     out: str
     fmt: str = "png"
+    layout: str = "folders"
     stretches: tuple[Stretch | None, ...] = ()
     resampling: str = "bilinear"
     lut: np.ndarray = field(default=None, compare=False, repr=False)
@@ -63,13 +67,22 @@ class ChipJob:
                         "bands": [list(b) for b in s.band_sources], "crs": crs_name(s.crs), "dtype": s.dtype,
                         "nodata": list(s.nodata), "png_stretch": st.to_dict() if st else None}
                        for s, r, st in zip(self.scenes, self.regions, self.stretches, strict=True)],
-            "labels": {"path": self.labels.path, "crs_wkt": self.labels.crs.to_wkt()},
+            "labels": _describe_labels(self.labels),
             "scheme": self.scheme.to_dict(),
             "grid": self.grid.to_dict(),
             "rules": self.rules.to_dict(),
             "format": self.fmt,
+            "layout": self.layout,
             "resampling": self.resampling,
         }
+
+
+def _describe_labels(labels: LabelRaster | LabelVector) -> dict:
+    if isinstance(labels, LabelRaster):
+        return {"kind": "raster", "path": labels.path, "crs_wkt": labels.crs.to_wkt()}
+    digest = hashlib.sha256(shapely.to_wkb(labels.geometries).sum() + labels.classes.tobytes()).hexdigest()[:16]
+    return {"kind": "points" if labels.is_points else "polygons", "path": labels.path,
+            "features": len(labels.geometries), "all_touched": labels.all_touched, "sha256": digest}
 
 
 @dataclass(frozen=True)
@@ -78,8 +91,11 @@ class Block:
 
     id: str
     scene: int
-    cols: np.ndarray
-    rows: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+    """Upper-left corners of the tiles' cores, in the grid CRS."""
+    fixed: np.ndarray | None = None
+    """Class ids given with the tiles (tiles centred on labelled points), else None."""
 
 
 @dataclass
@@ -103,23 +119,23 @@ class ChipsResult:
         return "\n".join(lines)
 
 
-def make_chips(scenes: list[Scene], labels: LabelRaster, scheme: ClassScheme, grid: Grid, rules: Rules,
-               out: str | Path, *, regions: list[str] | None = None, aoi: str | Path | None = None,
-               fmt: str = "png", resampling: str = "bilinear", engine: Engine | None = None,
-               overwrite: bool = False, progress: bool = True, block_tiles: int | None = None) -> ChipsResult:
-    """Cut, judge and write the chips of every tile; resume a killed run into the same folder."""
-    if fmt not in FORMATS:
-        raise LandcoverError(f"unknown chip format {fmt!r} (choose from {', '.join(FORMATS)})")
-    if resampling not in Resampling.__members__:
-        raise LandcoverError(f"unknown resampling {resampling!r}")
-    if fmt == "png":
-        for s in scenes:
-            if s.count not in (1, 3, 4):
-                raise LandcoverError(f"PNG chips hold 1, 3 or 4 bands, the scene has {s.count}: pick bands "
-                                     "with --bands or write GeoTIFF chips with --format tif", s.paths[0])
+def make_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: ClassScheme, grid: Grid,
+               rules: Rules, out: str | Path, *, regions: list[str] | None = None, aoi: str | Path | None = None,
+               fmt: str = "png", layout: str = "folders", resampling: str = "bilinear",
+               engine: Engine | None = None, overwrite: bool = False, progress: bool = True,
+               block_tiles: int | None = None) -> ChipsResult:
+    """Cut, judge and write the chips of every tile; resume a killed run into the same folder.
+
+    Layout `folders` writes `<class>/<key>.<fmt>`; `pairs` writes `images/<key>.tif` and `labels/<key>.tif`
+    (segmentation masks) with the Classified Tiles metadata. A point layer as labels centres a tile on each
+    point."""
+    _check_output_options(scenes, labels, fmt, layout, resampling)
     engine = engine or Engine()
     footprints = [scene_footprint(s, grid.crs) for s in scenes]
-    label_fp = footprint(labels.bounds, labels.crs, grid.crs)
+    if isinstance(labels, LabelRaster):
+        label_fp = footprint(labels.bounds, labels.crs, grid.crs)
+    else:
+        label_fp = shapely.box(*shapely.total_bounds(labels.geometries)).buffer(grid.res)
     if not any(fp.intersects(label_fp) for fp in footprints):
         raise LandcoverError(f"the labels do not overlap the imagery ({', '.join(s.paths[0] for s in scenes)})",
                              labels.path)
@@ -129,15 +145,17 @@ def make_chips(scenes: list[Scene], labels: LabelRaster, scheme: ClassScheme, gr
         aoi_geom = read_aoi(aoi, grid)
         if not aoi_geom.intersects(area):
             raise LandcoverError("the AOI lies outside the imagery", aoi)
-    window = labels.window_for(shapely.intersection(area, label_fp).bounds, grid.crs)
-    unknown = labels.unknown_codes(scheme, window)
-    if unknown:
-        raise LandcoverError(f"label codes {unknown} are not in scheme {scheme.name!r} "
-                             "(add them to a scheme file, or to its 'ignore' list)", labels.path)
+    if isinstance(labels, LabelRaster):
+        window = labels.window_for(shapely.intersection(area, label_fp).bounds, grid.crs)
+        unknown = labels.unknown_codes(scheme, window)
+        if unknown:
+            raise LandcoverError(f"label codes {unknown} are not in scheme {scheme.name!r} "
+                                 "(add them to a scheme file, or to its 'ignore' list)", labels.path)
     stretches = tuple(scene_stretch(s) if fmt == "png" else None for s in scenes)
     job = ChipJob(tuple(scenes), tuple(regions or [s.name for s in scenes]), labels, scheme, grid, rules,
-                  str(Path(out).resolve()), fmt, stretches, resampling, scheme.lookup())
-    blocks, outside = plan_blocks(grid, footprints, aoi_geom, block_tiles)
+                  str(Path(out).resolve()), fmt, layout, stretches, resampling, scheme.lookup())
+    point_layer = labels if isinstance(labels, LabelVector) and labels.is_points else None
+    blocks, rejected = plan_blocks(grid, footprints, aoi_geom, block_tiles, point_layer)
     info = job.describe()
     fingerprint = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
     finished = _finished_run(Path(out), fingerprint)
@@ -145,7 +163,6 @@ def make_chips(scenes: list[Scene], labels: LabelRaster, scheme: ClassScheme, gr
         return finished
     out, state = _prepare_out(Path(out), fingerprint, overwrite)
 
-    rejected = Counter(outside_aoi=outside)
     records: list[dict] = []
     todo = []
     for block in blocks:
@@ -157,8 +174,8 @@ def make_chips(scenes: list[Scene], labels: LabelRaster, scheme: ClassScheme, gr
         else:
             todo.append(block)
     resumed = len(blocks) - len(todo)
-    total = sum(len(b.cols) for b in blocks)
-    with tqdm(total=total, initial=total - sum(len(b.cols) for b in todo), unit="tile", desc="chips",
+    total = sum(len(b.xs) for b in blocks)
+    with tqdm(total=total, initial=total - sum(len(b.xs) for b in todo), unit="tile", desc="chips",
               disable=not progress, leave=False) as bar:
         for block_id, rows, counts, n in engine.map(process_block, job, todo):
             _write_atomic(state / f"{block_id}.json", json.dumps({"rows": rows, "rejected": counts}))
@@ -168,10 +185,32 @@ def make_chips(scenes: list[Scene], labels: LabelRaster, scheme: ClassScheme, gr
     manifest = _manifest_frame(records, grid)
     info.update(fingerprint=fingerprint, counts=manifest["label"].value_counts().sort_index().to_dict(),
                 rejected={r: rejected[r] for r in REJECTIONS})
+    if layout == "pairs":
+        write_classified_tiles(out, manifest, scheme, grid, scenes[0])
     write_manifest(manifest, out / "manifest.parquet", info)
     _write_atomic(out / "chips.json", json.dumps(info, indent=2, default=str))
     shutil.rmtree(state)
     return ChipsResult(manifest, rejected, out, resumed)
+
+
+def _check_output_options(scenes: list[Scene], labels: LabelRaster | LabelVector, fmt: str, layout: str,
+                          resampling: str) -> None:
+    """Refuse output options that cannot work together, before anything is read or written."""
+    if fmt not in FORMATS:
+        raise LandcoverError(f"unknown chip format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if layout not in LAYOUTS:
+        raise LandcoverError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    if resampling not in Resampling.__members__:
+        raise LandcoverError(f"unknown resampling {resampling!r}")
+    if layout == "pairs" and fmt != "tif":
+        raise LandcoverError("--layout pairs writes GeoTIFF images and masks: use --format tif")
+    if layout == "pairs" and isinstance(labels, LabelVector) and labels.is_points:
+        raise LandcoverError("point labels give one class per tile, not masks: use --layout folders", labels.path)
+    if fmt == "png":
+        for s in scenes:
+            if s.count not in (1, 3, 4):
+                raise LandcoverError(f"PNG chips hold 1, 3 or 4 bands, the scene has {s.count}: pick bands "
+                                     "with --bands or write GeoTIFF chips with --format tif", s.paths[0])
 
 
 def read_aoi(path: str | Path, grid: Grid) -> shapely.Geometry:
@@ -194,62 +233,68 @@ def read_aoi(path: str | Path, grid: Grid) -> shapely.Geometry:
 
 
 def plan_blocks(grid: Grid, footprints: list[shapely.Geometry], aoi: shapely.Geometry | None,
-                block_tiles: int | None = None) -> tuple[list[Block], int]:
+                block_tiles: int | None = None, points: LabelVector | None = None) -> tuple[list[Block], Counter]:
     """Tiles that lie in a scene (and the AOI), grouped into square blocks of `block_tiles` a side
-    (default: about TARGET_BLOCKS blocks); also the count of tiles outside the AOI."""
-    area = shapely.union_all(footprints)
-    cols, rows = grid.tiles_covering(area.bounds)
-    boxes = grid.chip_boxes(cols, rows)
-    owner = np.full(len(cols), -1)
+    (default: about TARGET_BLOCKS blocks); also the counts of tiles rejected on the way.
+
+    Tiles are the grid's lattice, or, for a point layer, one tile centred on each point."""
+    rejected: Counter = Counter()
+    fixed = None
+    if points is None:
+        xs, ys = grid.tiles_covering(shapely.union_all(footprints).bounds)
+    else:
+        xs, ys = grid.centred_on(shapely.get_x(points.geometries), shapely.get_y(points.geometries))
+        keys = [grid.key(x, y) for x, y in zip(xs, ys, strict=True)]
+        first = np.zeros(len(keys), bool)
+        first[np.unique(keys, return_index=True)[1]] = True  # two points on one tile: the first one wins
+        rejected["duplicate"] = int((~first).sum())
+        xs, ys, fixed = xs[first], ys[first], points.classes[first]
+    boxes = grid.chip_boxes(xs, ys)
+    owner = np.full(len(xs), -1)
     for i, fp in enumerate(footprints):  # a tile belongs to the first scene that holds all of it
         shapely.prepare(fp)
         owner[(owner < 0) & shapely.contains(fp, boxes)] = i
     for i, fp in enumerate(footprints):  # else to the first that touches it (its edge pixels count as nodata)
         owner[(owner < 0) & shapely.intersects(fp, boxes)] = i
-    outside = 0
+    rejected["outside_scene"] = int((owner < 0).sum())
     if aoi is not None:
         shapely.prepare(aoi)
         inside = shapely.contains(aoi, boxes)
-        outside = int(((owner >= 0) & ~inside).sum())
+        rejected["outside_aoi"] = int(((owner >= 0) & ~inside).sum())
         owner[~inside] = -1
-    if block_tiles is None:
-        block_tiles = math.ceil(math.sqrt(max(1, int((owner >= 0).sum())) / TARGET_BLOCKS))
-    side = max(1, min(block_tiles, BLOCK_PX // grid.stride))
+    if block_tiles is None:  # scattered points: size blocks by the area they spread over
+        left, bottom, right, top = shapely.union_all(footprints).bounds
+        spread = (right - left) * (top - bottom) / grid.step ** 2 if points is not None else (owner >= 0).sum()
+        block_tiles = math.ceil(math.sqrt(max(1, int(spread)) / TARGET_BLOCKS))
+    side = max(1, min(block_tiles, BLOCK_PX // grid.stride)) * grid.step
+    cells = np.stack([owner, np.floor((xs - grid.x0) / side), np.floor((grid.y0 - ys) / side)], axis=1).astype(int)
     blocks = []
-    keys = np.stack([owner, cols // side, rows // side], axis=1)
-    for key in np.unique(keys[owner >= 0], axis=0):
-        sel = np.all(keys == key, axis=1)
-        blocks.append(Block(f"b{key[0]}_{key[1]}_{key[2]}", int(key[0]), cols[sel], rows[sel]))
-    return blocks, outside
+    for cell in np.unique(cells[owner >= 0], axis=0):
+        sel = np.all(cells == cell, axis=1)
+        blocks.append(Block(f"b{cell[0]}_{cell[1]}_{cell[2]}", int(cell[0]), xs[sel], ys[sel],
+                            None if fixed is None else fixed[sel]))
+    return blocks, rejected
 
 
 def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, int]:
     """Read, label and judge one block of tiles; write the chips that pass. Returns its manifest rows."""
-    grid, scene = job.grid, job.scenes[block.scene]
-    c0, r0 = int(block.cols.min()), int(block.rows.min())
-    width = (int(block.cols.max()) - c0) * grid.stride + grid.chip
-    height = (int(block.rows.max()) - r0) * grid.stride + grid.chip
-    transform = grid.chip_transform(c0, r0)
+    grid, scene, res = job.grid, job.scenes[block.scene], job.grid.res
+    left, top = block.xs.min() - grid.pad * res, block.ys.max() + grid.pad * res
+    width = round((block.xs.max() - block.xs.min()) / res) + grid.chip
+    height = round((block.ys.max() - block.ys.min()) / res) + grid.chip
+    transform = Affine(res, 0, left, 0, -res, top)
     pixels, valid = _read_block(scene, grid, transform, width, height, job.resampling)
-    left, top = transform.c, transform.f
-    bounds = (left, top - height * grid.res, left + width * grid.res, top)
-    window = job.labels.window_for(bounds, grid.crs)
-    if window is None:
-        classes = np.full((height, width), INVALID, np.uint8)
-        patch = None
-    else:
-        patch = LabelPatch(job.labels, job.labels.classes(window, job.lut), window)
-        classes = patch.to_grid(grid.crs, transform, width, height)
-    points = None
-    if job.rules.points:
-        off = job.rules.point_offsets(grid.tile) * grid.res
-        ox, oy = grid.origin(block.cols[:, None, None], block.rows[:, None, None])
-        xs = np.broadcast_to(ox + off[None, None, :], (len(block.cols), len(off), len(off)))
-        ys = np.broadcast_to(oy - off[None, :, None], xs.shape)
-        if patch is None:
-            points = np.full((len(block.cols), len(off) ** 2), INVALID, np.uint8)
-        else:
-            points = patch.at_points(xs.ravel(), ys.ravel(), grid.crs).reshape(len(block.cols), -1)
+    samples = None
+    if job.rules.points and block.fixed is None and job.layout == "folders":
+        off = job.rules.point_offsets(grid.tile) * res
+        px = np.broadcast_to(block.xs[:, None, None] + off[None, None, :], (len(block.xs), len(off), len(off)))
+        py = np.broadcast_to(block.ys[:, None, None] - off[None, :, None], px.shape)
+        samples = (px.ravel(), py.ravel())
+    classes = found = None
+    if block.fixed is None or job.layout == "pairs":
+        classes, found = job.labels.on_grid(grid.crs, transform, width, height, job.lut, samples)
+    if found is not None:
+        found = found.reshape(len(block.xs), -1)
     if job.fmt == "png":  # 8-bit once for the whole block, nodata black
         stretch = job.stretches[block.scene]
         pixels = stretch.apply(pixels) if stretch else pixels.astype(np.uint8)
@@ -257,31 +302,54 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
     rows: list[dict] = []
     rejected: Counter = Counter()
     crs_text = crs_name(grid.crs)
-    for i, (col, row) in enumerate(zip(block.cols, block.rows, strict=True)):
-        y, x = (row - r0) * grid.stride, (col - c0) * grid.stride
-        chip = np.s_[y:y + grid.chip, x:x + grid.chip]
-        core = classes[y + grid.pad:y + grid.pad + grid.tile, x + grid.pad:x + grid.pad + grid.tile]
-        key = grid.key(col, row)
-        verdict = judge(job.rules, key, core, None if points is None else points[i],
-                        int(grid.chip ** 2 - valid[chip].sum()))
+    size = grid.chip * res
+    for i, (x, y) in enumerate(zip(block.xs, block.ys, strict=True)):
+        c, r = round((x - left) / res) - grid.pad, round((top - y) / res) - grid.pad
+        chip = np.s_[r:r + grid.chip, c:c + grid.chip]
+        key = grid.key(x, y)
+        nodata_px = int(grid.chip ** 2 - valid[chip].sum())
+        if job.layout == "pairs":
+            verdict = judge_mask(job.rules, key, classes[chip], nodata_px)
+        elif block.fixed is not None:
+            verdict = judge_fixed(job.rules, key, int(block.fixed[i]), nodata_px)
+        else:
+            core = classes[r + grid.pad:r + grid.pad + grid.tile, c + grid.pad:c + grid.pad + grid.tile]
+            verdict = judge(job.rules, key, core, None if found is None else found[i], nodata_px)
         if verdict.reason:
             rejected[verdict.reason] += 1
             continue
-        cls = job.scheme.by_id(verdict.label_id)
-        rel = f"{cls.slug}/{key}.{job.fmt}"
-        target = Path(job.out) / rel
-        if not target.exists():
-            _write_chip(job, scene, pixels[:, chip[0], chip[1]], grid.chip_transform(col, row), target)
-        cx, cy = grid.chip_transform(col, row) @ (0, 0)
-        rows.append({
-            "chip_id": key, "path": rel, "label": cls.name, "label_id": cls.id,
-            "region": job.regions[block.scene], "scene": scene.name, "crs": crs_text,
-            "purity": round(verdict.purity, 6), "agree_points": verdict.agree_points,
-            "n_points": (job.rules.points or 0) ** 2 or None, "nodata_px": verdict.nodata_px,
-            "size_px": grid.chip, "res": grid.res,
-            "bounds": [cx, cy - grid.chip * grid.res, cx + grid.chip * grid.res, cy],
-        })
-    return block.id, rows, dict(rejected), len(block.cols)
+        cls = job.scheme.by_id(verdict.label_id) if verdict.label_id != INVALID else None
+        row = {"chip_id": key, "label": cls.name if cls else None, "label_id": cls.id if cls else None,
+               "region": job.regions[block.scene], "scene": scene.name, "crs": crs_text,
+               "purity": round(verdict.purity, 6), "agree_points": verdict.agree_points,
+               "n_points": len(found[i]) if found is not None else None, "nodata_px": nodata_px,
+               "size_px": grid.chip, "res": res,
+               "bounds": [x - grid.pad * res, y + grid.pad * res - size, x - grid.pad * res + size,
+                          y + grid.pad * res]}
+        chip_transform = grid.chip_transform(x, y)
+        if job.layout == "pairs":
+            mask = classes[chip]
+            row["path"], row["label_path"] = f"images/{key}.tif", f"labels/{key}.tif"
+            row["labelled_frac"] = round(float((mask != INVALID).mean()), 6)
+            _write_once(job, scene, pixels[:, chip[0], chip[1]], chip_transform, row["path"])
+            _write_once(job, None, pair_mask(mask)[None], chip_transform, row["label_path"])
+        else:
+            row["path"] = f"{cls.slug}/{key}.{job.fmt}"
+            _write_once(job, scene, pixels[:, chip[0], chip[1]], chip_transform, row["path"])
+        rows.append(row)
+    return block.id, rows, dict(rejected), len(block.xs)
+
+
+def pair_mask(classes: np.ndarray) -> np.ndarray:
+    """A segmentation label mask: class id + 1 (the Classified Tiles value), 0 where no class."""
+    return np.where(classes == INVALID, 0, classes.astype(np.uint16) + 1).astype(np.uint8)
+
+
+def _write_once(job: ChipJob, scene: Scene | None, pixels: np.ndarray, transform: Affine, rel: str) -> None:
+    """Write a chip unless a finished one is already there (a resumed run)."""
+    target = Path(job.out) / rel
+    if not target.exists():
+        _write_chip(job, scene, pixels, transform, target)
 
 
 def _read_block(scene: Scene, grid: Grid, transform, width: int, height: int,
@@ -294,15 +362,15 @@ def _read_block(scene: Scene, grid: Grid, transform, width: int, height: int,
     return scene.read_warped(grid.crs, transform, width, height, Resampling[resampling])
 
 
-def _write_chip(job: ChipJob, scene: Scene, pixels: np.ndarray, transform, target: Path) -> None:
-    """Write one chip (8-bit PNG, or native GeoTIFF) under a temporary name, then rename it."""
+def _write_chip(job: ChipJob, scene: Scene | None, pixels: np.ndarray, transform: Affine, target: Path) -> None:
+    """Write one chip (8-bit PNG, or GeoTIFF: native imagery, or a mask when scene is None) atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    if job.fmt == "png":
+    if job.fmt == "png" and scene is not None:
         image = np.moveaxis(pixels, 0, -1)
         Image.fromarray(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image)).save(tmp, "PNG")
     else:
-        nodata = scene.nodata[0] if len(set(scene.nodata)) == 1 else None
+        nodata = scene.nodata[0] if scene is not None and len(set(scene.nodata)) == 1 else None
         profile = {"driver": "GTiff", "width": pixels.shape[2], "height": pixels.shape[1],
                    "count": pixels.shape[0], "dtype": pixels.dtype, "crs": job.grid.crs,
                    "transform": transform, "nodata": nodata, "compress": "lzw"}
@@ -353,13 +421,14 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _manifest_frame(records: list[dict], grid: Grid) -> gpd.GeoDataFrame:
+    """Manifest rows sorted by chip id: the standard columns, then any the layout adds."""
     crs = grid.crs.to_wkt()
     if not records:
         return empty_frame(crs)
     frame = pd.DataFrame.from_records(records).sort_values("chip_id", kind="stable").reset_index(drop=True)
     geometry = shapely.box(*np.array(frame.pop("bounds").tolist()).T)
     frame["split"] = pd.Series([None] * len(frame), dtype="string")
-    frame["agree_points"] = frame["agree_points"].astype("Int64")
-    frame["n_points"] = frame["n_points"].astype("Int64")
+    for column in ("label_id", "agree_points", "n_points"):
+        frame[column] = frame[column].astype("Int64")
     frame = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geometry, crs=crs))
-    return frame[list(COLUMNS)]
+    return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]

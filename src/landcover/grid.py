@@ -16,7 +16,7 @@ from rasterio.crs import CRS
 from rasterio.warp import calculate_default_transform, transform_bounds
 
 from landcover.errors import LandcoverError
-from landcover.raster import Scene, transformer
+from landcover.raster import Scene, canonical_crs, same_crs, transformer
 
 _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(m|px)?\s*$")
 
@@ -44,7 +44,9 @@ PIXEL_TOLERANCE = 1e-3
 
 def on_lattice(scene: Scene, grid: Grid) -> bool:
     """Whether the scene's pixels are the grid's pixels: same CRS, same size, origins a whole number apart."""
-    if scene.crs != grid.crs or not all(math.isclose(r, grid.res, rel_tol=PIXEL_TOLERANCE) for r in scene.res):
+    if not same_crs(scene.crs, grid.crs):
+        return False
+    if not all(math.isclose(r, grid.res, rel_tol=PIXEL_TOLERANCE) for r in scene.res):
         return False
     col, row = (grid.x0 - scene.transform.c) / grid.res, (scene.transform.f - grid.y0) / grid.res
     return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
@@ -89,25 +91,22 @@ class Grid:
         """Upper-left corner of a tile's core."""
         return self.x0 + col * self.step, self.y0 - row * self.step
 
-    def chip_transform(self, col: int, row: int) -> Affine:
-        """Affine transform of a tile's chip (core plus padding)."""
-        x, y = self.origin(col, row)
+    def chip_transform(self, x: float, y: float) -> Affine:
+        """Affine transform of the chip (core plus padding) whose core's upper-left corner is (x, y)."""
         return Affine(self.res, 0, x - self.pad * self.res, 0, -self.res, y + self.pad * self.res)
 
-    def key(self, col: int, row: int) -> str:
-        """Stable tile key: core size (px), resolution, padding (px), upper-left corner."""
-        x, y = self.origin(col, row)
+    def key(self, x: float, y: float) -> str:
+        """Stable tile key: core size (px), resolution, padding (px), core's upper-left corner."""
         return f"s{self.tile}-r{_num(self.res)}-p{self.pad}-x{_num(x)}-y{_num(y)}"
 
-    def chip_boxes(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Chip footprints (core plus padding) as shapely boxes."""
-        x = self.x0 + cols * self.step - self.pad * self.res
-        y = self.y0 - rows * self.step + self.pad * self.res
+    def chip_boxes(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Chip footprints (core plus padding) of cores whose upper-left corners are (xs, ys)."""
+        x, y = np.asarray(xs) - self.pad * self.res, np.asarray(ys) + self.pad * self.res
         size = self.chip * self.res
         return shapely.box(x, y - size, x + size, y)
 
     def tiles_covering(self, bounds: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-        """(cols, rows) of every tile whose chip lies wholly within bounds."""
+        """Upper-left corners (xs, ys) of every lattice tile whose chip lies wholly within bounds."""
         left, bottom, right, top = bounds
         span, eps = self.chip * self.res, 1e-6 * self.res
         c0 = math.ceil((left + self.pad * self.res - self.x0) / self.step - eps)
@@ -115,9 +114,15 @@ class Grid:
         r0 = math.ceil((self.y0 - top + self.pad * self.res) / self.step - eps)
         r1 = math.floor((self.y0 - bottom - span + self.pad * self.res) / self.step + eps)
         if c1 < c0 or r1 < r0:
-            return np.empty(0, int), np.empty(0, int)
+            return np.empty(0), np.empty(0)
         rows, cols = np.mgrid[r0:r1 + 1, c0:c1 + 1]
-        return cols.ravel(), rows.ravel()
+        return self.origin(cols.ravel(), rows.ravel())
+
+    def centred_on(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Upper-left corners of tiles centred on points, snapped to the grid's pixel lattice."""
+        half = self.tile * self.res / 2
+        return (self.x0 + np.round((np.asarray(xs) - half - self.x0) / self.res) * self.res,
+                self.y0 - np.round((self.y0 - np.asarray(ys) - half) / self.res) * self.res)
 
     def to_dict(self) -> dict:
         """The grid's parameters as plain data."""
@@ -128,7 +133,7 @@ class Grid:
 def footprint(bounds: tuple[float, float, float, float], crs: CRS, to_crs: CRS) -> shapely.Geometry:
     """A rectangle given in one CRS as a polygon in another (edges densified)."""
     left, bottom, right, top = bounds
-    if CRS(crs) == CRS(to_crs):
+    if same_crs(crs, to_crs):
         return shapely.box(left, bottom, right, top)
     n = 51
     t = np.linspace(0, 1, n)
@@ -158,15 +163,16 @@ def make_grid(scenes: list[Scene], tile: tuple[float, str], overlap: tuple[float
     if ProjCRS(grid_crs.to_wkt()).is_geographic and tile[1] == "m":
         left, bottom, right, top = transform_bounds(first.crs, "EPSG:4326", *first.bounds)
         grid_crs = utm_crs_for((left + right) / 2, (bottom + top) / 2)
-    same_crs = grid_crs == CRS(first.crs)
+    grid_crs = canonical_crs(grid_crs)
+    on_scene_crs = same_crs(grid_crs, first.crs)
     if resolution:
         res = float(resolution)
-    elif same_crs and math.isclose(*first.res, rel_tol=PIXEL_TOLERANCE):
+    elif on_scene_crs and math.isclose(*first.res, rel_tol=PIXEL_TOLERANCE):
         res = first.res[0]
     else:
         t, _, _ = calculate_default_transform(first.crs, grid_crs, first.width, first.height, *first.bounds)
         res = float(f"{max(abs(t.a), abs(t.e)):.3g}")
-    if same_crs and all(math.isclose(r, res, rel_tol=PIXEL_TOLERANCE) for r in first.res):
+    if on_scene_crs and all(math.isclose(r, res, rel_tol=PIXEL_TOLERANCE) for r in first.res):
         x0, y0 = first.transform.c, first.transform.f
     else:
         left, bottom, right, top = scene_footprint(first, grid_crs).bounds

@@ -51,6 +51,18 @@ def _crs_name(wkt: str) -> str:
     return CRS.from_wkt(wkt).to_string()
 
 
+def canonical_crs(crs: CRS) -> CRS:
+    """The EPSG definition where PROJ identifies one (GDAL would write that code into every GeoTIFF anyway,
+    after a slow search per file), else the CRS as it is."""
+    name = crs_name(crs)
+    return CRS.from_string(name) if name.startswith("EPSG:") else CRS(crs)
+
+
+def same_crs(a: CRS, b: CRS) -> bool:
+    """Whether two CRSs are the same, also when one is an unnamed copy of an EPSG definition."""
+    return CRS(a) == CRS(b) or crs_name(a) == crs_name(b)
+
+
 def require_crs(src: rasterio.DatasetReader) -> CRS:
     """The dataset's CRS, or a clear failure when it has none."""
     if src.crs is None:
