@@ -40,3 +40,30 @@ def chip_sheet(manifest: pd.DataFrame, root: str | Path, scheme: ClassScheme, ou
     return out
 
 
+def split_counts(counts: pd.DataFrame, out: str | Path, title: str = "chips per class and split") -> Path:
+    """A grouped bar chart of chips per class (rows of `counts`) and split (its columns), written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    fig = Figure(figsize=(max(6.0, 1.1 * len(counts) + 2), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, counts.shape[1])
+    colors = {"train": "#4c72b0", "valid": "#dd8452", "test": "#55a868", "unused": "#b0b0b0"}
+    for i, split in enumerate(counts.columns):
+        xs = [j + (i - (counts.shape[1] - 1) / 2) * width for j in range(len(counts))]
+        bars = ax.bar(xs, counts[split].to_numpy(), width, label=str(split), color=colors.get(str(split)))
+        ax.bar_label(bars, fontsize=7, padding=1)
+    positive = counts.to_numpy()[counts.to_numpy() > 0]
+    log = len(positive) and positive.max() / positive.min() > 50
+    if log:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(counts)), [str(c) for c in counts.index], rotation=30, ha="right")
+    ax.set_ylabel("chips (log scale)" if log else "chips")
+    ax.set_title(title, fontsize=10)
+    ax.legend(title="split")
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, out)
+    return out
