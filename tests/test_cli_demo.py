@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from landcover.cli import main
+from landcover.formats import read_tfrecord
 from landcover.manifest import read_manifest
 
 
@@ -27,6 +28,10 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     frame, info = read_manifest(tmp_path / "demo" / "chips" / "manifest.parquet")
     assert len(frame) > 300 and set(frame["label"]) >= {"Forest", "Shrubland"}
     assert info["scheme"]["name"] == "nlcd-grouped" and info["rules"]["points"] == 3
+    assert set(frame["split"]) == {"train", "valid", "test"} and info["split"]["leaking_pairs"] == 0
+    assert (tmp_path / "demo" / "chips" / "split_counts.png").exists()
+    records = list(read_tfrecord(sorted((tmp_path / "demo" / "tfrecord").glob("*.tfrecord"))))
+    assert sorted(r["chip_id"] for r in records) == sorted(frame["chip_id"])
     assert "chips in" in capsys.readouterr().out
 
 

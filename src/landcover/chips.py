@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.grid import Grid, footprint, on_lattice, scene_footprint
-from landcover.labels import LabelRaster, LabelVector
+from landcover.labels import LabelRaster, LabelVector, read_layer
 from landcover.manifest import COLUMNS, empty_frame, read_manifest, write_manifest
 from landcover.pairs import write_classified_tiles
 from landcover.raster import Scene, crs_name
@@ -215,14 +215,7 @@ def _check_output_options(scenes: list[Scene], labels: LabelRaster | LabelVector
 
 def read_aoi(path: str | Path, grid: Grid) -> shapely.Geometry:
     """The union of an AOI layer's polygons, in the grid's CRS."""
-    if not Path(path).exists():
-        raise LandcoverError("no such file", path)
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:
-        raise LandcoverError(f"not a readable vector layer ({str(exc).splitlines()[0]})", path) from None
-    if frame.crs is None:
-        raise LandcoverError("the AOI layer has no CRS", path)
+    frame = read_layer(path, "AOI layer")
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if frame.empty:
         raise LandcoverError("the AOI layer has no geometry", path)

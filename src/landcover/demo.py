@@ -30,12 +30,14 @@ def find_zion(data: str | Path | None = None) -> Path:
 def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo", progress: bool = True) -> Path:
     """Run every stage on Zion into `out`; returns the output folder."""
     from landcover.chips import make_chips
+    from landcover.formats import export
     from landcover.grid import make_grid
     from landcover.labels import LabelRaster
     from landcover.plots import chip_sheet
     from landcover.raster import Scene
     from landcover.rules import Rules
     from landcover.schemes import load_scheme
+    from landcover.splits import SplitSpec, split_manifest
 
     zion = find_zion(data)
     out = Path(out)
@@ -43,7 +45,7 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
     # Stage 1, chips: true-colour PNGs (red, green, blue = stack bands 3, 2, 1), 480 m tiles, 3 x 3 points agree.
     scene = Scene.open(images, bands=[3, 2, 1], name="zion")
     grid = make_grid([scene], (480, "m"))
-    print(f"[1/1] chips: Landsat 8 + NLCD 2011 (nlcd-grouped), {grid.tile * grid.res:g} m tiles, points:3, "
+    print(f"[1/3] chips: Landsat 8 + NLCD 2011 (nlcd-grouped), {grid.tile * grid.res:g} m tiles, points:3, "
           f"inside the park boundary -> {out / 'chips'}")
     result = make_chips([scene], LabelRaster.open(zion / "nlcd2011.tif"), load_scheme("nlcd-grouped"), grid,
                         Rules.parse(["points:3"]), out / "chips", regions=["zion"], aoi=zion / "zion.gpkg",
@@ -52,4 +54,12 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
     if result.manifest["path"].str.endswith(".png").all() and len(result.manifest):
         sheet = chip_sheet(result.manifest, out / "chips", load_scheme("nlcd-grouped"), out / "chips.png")
         print(f"sample chips per class: {sheet}")
+    # Stage 2, split: spatial blocks of 4 x 4 tiles (1.9 km), 80:10:10, stratified by class, no tile leaks.
+    print(f"[2/3] split: blocks of 4 x 4 tiles, 80:10:10 -> {out / 'chips' / 'split.json'}")
+    split = split_manifest(out / "chips", SplitSpec(ratios=(0.8, 0.1, 0.1), blocks=4))
+    print(split.summary())
+    # Stage 3, export: TFRecord shards per split (the chips' PNG bytes), readable without TensorFlow.
+    print(f"[3/3] export: TFRecord, 2 shards per split -> {out / 'tfrecord'}")
+    exported = export(out / "chips", out / "tfrecord", "tfrecord", shards=2, overwrite=True, progress=progress)
+    print(exported.summary())
     return out

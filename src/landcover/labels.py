@@ -178,6 +178,19 @@ class LabelVector:
         return out, found
 
 
+def read_layer(path: str | Path, what: str) -> gpd.GeoDataFrame:
+    """Read a vector layer (any OGR format) that must have a CRS, or fail with one line naming the file."""
+    if not Path(path).exists():
+        raise LandcoverError("no such file", path)
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:
+        raise LandcoverError(f"not a readable vector layer ({str(exc).splitlines()[0]})", path) from None
+    if frame.crs is None:
+        raise LandcoverError(f"the {what} has no CRS (set one, e.g. ogr2ogr -a_srs EPSG:XXXX)", path)
+    return frame
+
+
 def read_vector_labels(path: str | Path, crs: CRS, scheme: ClassScheme | None, attribute: str | None = None,
                        burn_value: int | None = None, class_name: str = "feature", strict: bool = False,
                        all_touched: bool = False) -> tuple[LabelVector, ClassScheme, int]:
@@ -187,16 +200,9 @@ def read_vector_labels(path: str | Path, crs: CRS, scheme: ClassScheme | None, a
     is built from the distinct values. Invalid geometries are skipped and counted (an error with `strict`).
     """
     path = str(path)
-    if not Path(path).exists():
-        raise LandcoverError("no such file", path)
     if (attribute is None) == (burn_value is None):
         raise LandcoverError("vector labels need one of --burn-attribute or --burn-value", path)
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:
-        raise LandcoverError(f"not a readable vector layer ({str(exc).splitlines()[0]})", path) from None
-    if frame.crs is None:
-        raise LandcoverError("the layer has no CRS (set one, e.g. ogr2ogr -a_srs EPSG:XXXX)", path)
+    frame = read_layer(path, "layer")
     if frame.empty:
         raise LandcoverError("the layer has no features", path)
     if attribute is not None and attribute not in frame.columns:
