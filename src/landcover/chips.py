@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from landcover.atomic import replacing, write_text
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.grid import Grid, footprint, on_lattice, scene_footprint
@@ -178,7 +178,7 @@ def make_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: C
     with tqdm(total=total, initial=total - sum(len(b.xs) for b in todo), unit="tile", desc="chips",
               disable=not progress, leave=False) as bar:
         for block_id, rows, counts, n in engine.map(process_block, job, todo):
-            _write_atomic(state / f"{block_id}.json", json.dumps({"rows": rows, "rejected": counts}))
+            write_text(state / f"{block_id}.json", json.dumps({"rows": rows, "rejected": counts}))
             records += rows
             rejected.update(counts)
             bar.update(n)
@@ -188,7 +188,7 @@ def make_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: C
     if layout == "pairs":
         write_classified_tiles(out, manifest, scheme, grid, scenes[0])
     write_manifest(manifest, out / "manifest.parquet", info)
-    _write_atomic(out / "chips.json", json.dumps(info, indent=2, default=str))
+    write_text(out / "chips.json", json.dumps(info, indent=2, default=str))
     shutil.rmtree(state)
     return ChipsResult(manifest, rejected, out, resumed)
 
@@ -356,9 +356,14 @@ def _read_block(scene: Scene, grid: Grid, transform, width: int, height: int,
 
 
 def _write_chip(job: ChipJob, scene: Scene | None, pixels: np.ndarray, transform: Affine, target: Path) -> None:
-    """Write one chip (8-bit PNG, or GeoTIFF: native imagery, or a mask when scene is None) atomically."""
+    """Write one chip atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with replacing(target) as tmp:
+        _encode_chip(job, scene, pixels, transform, tmp)
+
+
+def _encode_chip(job: ChipJob, scene: Scene | None, pixels: np.ndarray, transform: Affine, tmp: Path) -> None:
+    """Encode a chip into a file: 8-bit PNG, or GeoTIFF (native imagery, or a mask when scene is None)."""
     if job.fmt == "png" and scene is not None:
         image = np.moveaxis(pixels, 0, -1)
         Image.fromarray(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image)).save(tmp, "PNG")
@@ -369,7 +374,6 @@ def _write_chip(job: ChipJob, scene: Scene | None, pixels: np.ndarray, transform
                    "transform": transform, "nodata": nodata, "compress": "lzw"}
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(pixels)
-    os.replace(tmp, target)
 
 
 def _finished_run(out: Path, fingerprint: str) -> ChipsResult | None:
@@ -403,14 +407,10 @@ def _prepare_out(out: Path, fingerprint: str, overwrite: bool) -> tuple[Path, Pa
     for stale in out.rglob(".*.tmp"):
         stale.unlink()
     if not marker.exists():
-        _write_atomic(marker, json.dumps({"fingerprint": fingerprint}))
+        write_text(marker, json.dumps({"fingerprint": fingerprint}))
     return out, state
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _manifest_frame(records: list[dict], grid: Grid) -> gpd.GeoDataFrame:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import geopandas as gpd
@@ -11,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from landcover import __version__
+from landcover.atomic import replacing
 from landcover.errors import LandcoverError
 
 FORMAT_VERSION = 1
@@ -23,15 +23,13 @@ META_KEY = b"landcover"
 
 def write_manifest(frame: gpd.GeoDataFrame, path: str | Path, info: dict) -> None:
     """Write the manifest atomically, with the dataset description in the file's metadata."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    table = pq.read_table(tmp)
-    meta = {**(table.schema.metadata or {}),
-            META_KEY: json.dumps({"format_version": FORMAT_VERSION, "landcover": __version__, **info},
-                                 default=str).encode()}
-    pq.write_table(table.replace_schema_metadata(meta), tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+        table = pq.read_table(tmp)
+        meta = {**(table.schema.metadata or {}),
+                META_KEY: json.dumps({"format_version": FORMAT_VERSION, "landcover": __version__, **info},
+                                     default=str).encode()}
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
 
 
 def read_manifest(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 
+from landcover.atomic import write_text
 from landcover.grid import Grid
 from landcover.raster import Scene
 from landcover.schemes import ClassScheme
@@ -54,6 +54,4 @@ def write_classified_tiles(out: Path, manifest: gpd.GeoDataFrame, scheme: ClassS
         "stats.txt": "\n".join(lines) + "\n",
     }
     for name, text in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text(out / name, text)

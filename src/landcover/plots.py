@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from landcover.atomic import replacing
 from landcover.schemes import ClassScheme
 
 
@@ -34,9 +34,8 @@ def chip_sheet(manifest: pd.DataFrame, root: str | Path, scheme: ClassScheme, ou
                 chip = chip.convert("RGB") if chip.mode in ("RGB", "RGBA", "L") else chip
                 chip = chip.resize((sample_px, sample_px), Image.NEAREST)
             sheet.paste(chip, (label_w + j * (sample_px + pad), y))
-    tmp = out.with_name(f".{out.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        sheet.save(tmp, format="PNG")
     return out
 
 
@@ -63,7 +62,6 @@ def split_counts(counts: pd.DataFrame, out: str | Path, title: str = "chips per 
     ax.set_ylabel("chips (log scale)" if log else "chips")
     ax.set_title(title, fontsize=10)
     ax.legend(title="split")
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return out

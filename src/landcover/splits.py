@@ -15,16 +15,16 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from landcover.atomic import write_text
 from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest, write_manifest
+from landcover.materialize import build_tree, check_tree_target
 
 SPLITS = ("train", "valid", "test")
 UNUSED = "unused"
 """The split of rows held out by balancing or by the overlap guard: kept in the manifest, used by no stage."""
 RESTARTS = 8
 """Seeded restarts of the group assignment search; the lowest-cost assignment wins."""
-TREE_MARK = ".landcover-split"
-"""The file that marks a --materialize folder as ours (and so replaceable by the next split)."""
 MAX_SWAP_GROUPS = 600
 """Above this many groups the search only moves groups (pairwise swaps cost G^2 memory)."""
 
@@ -392,15 +392,15 @@ def split_manifest(path: str | Path, spec: SplitSpec, materialize: str | Path | 
     if path.is_dir():
         path = path / "manifest.parquet"
     frame, info = read_manifest(path)
-    target = _check_tree_target(Path(materialize)) if materialize else None
+    target = check_tree_target(Path(materialize)) if materialize else None
     result = split_frame(frame, spec, info, path)
     root = path.parent
-    tmp_tree = _build_tree(result.frame, root, target, spec.names) if target else None
+    tmp_tree = build_tree(result.frame, root, target, spec.names) if target else None
     info = {k: v for k, v in info.items() if k not in ("format_version", "landcover")}
     summary = result.to_dict()
     info["split"] = {**summary["settings"], "counts": summary["counts"], "leaking_pairs": result.leaks}
     write_manifest(result.frame, path, info)
-    _write_text(root / "split.json", json.dumps({"manifest": path.name, **summary}, indent=2))
+    write_text(root / "split.json", json.dumps({"manifest": path.name, **summary}, indent=2))
     if plot:
         from landcover.plots import split_counts
 
@@ -413,49 +413,3 @@ def split_manifest(path: str | Path, spec: SplitSpec, materialize: str | Path | 
             shutil.rmtree(target)
         os.replace(tmp_tree, target)
     return result
-
-
-def _check_tree_target(target: Path) -> Path:
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / TREE_MARK).exists())):
-        raise LandcoverError("--materialize folder exists and holds other files; choose an empty or new folder",
-                             target)
-    return target
-
-
-def _build_tree(frame: pd.DataFrame, root: Path, target: Path, names: tuple[str, ...]) -> Path:
-    """The train/ valid/ test/ tree under a temporary name: <class>/ folders, or images/ + labels/ for pairs."""
-    pairs = "label_path" in frame.columns and frame["label_path"].notna().any()
-    links = []
-    for row in frame[frame["split"].isin(names)].itertuples(index=False):
-        rel = Path(row.path)
-        if pairs:
-            links.append((rel, Path(row.split) / "images" / rel.name))
-            links.append((Path(row.label_path), Path(row.split) / "labels" / Path(row.label_path).name))
-        else:
-            folder = rel.parts[0] if len(rel.parts) > 1 else str(row.label)
-            links.append((rel, Path(row.split) / folder / rel.name))
-    dests = [d for _, d in links]
-    if len(set(dests)) != len(dests):
-        raise LandcoverError("two chips would share one file name in the --materialize tree", target)
-    missing = next((src for src, _ in links if not (root / src).is_file()), None)
-    if missing is not None:
-        raise LandcoverError("chip file listed in the manifest is missing", root / missing)
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for folder in sorted({d.parent for d in dests}):
-        (tmp / folder).mkdir(parents=True, exist_ok=True)
-    for src, dest in links:
-        try:
-            os.link(root / src, tmp / dest)
-        except OSError:
-            shutil.copy2(root / src, tmp / dest)
-    (tmp / TREE_MARK).write_text("made by `landcover split --materialize`; replaced by the next one\n")
-    return tmp
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-

@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from landcover import __version__
+from landcover.atomic import replacing, temp_path, write_text
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.formats.mapfile import write_mapfile
@@ -129,14 +130,14 @@ def export(manifest: str | Path, out: str | Path, fmt: str, *, shards: int = 1, 
         for shard in plan:
             result.files.setdefault(shard.prefix, []).append(shard.name)
             result.counts[shard.prefix] = result.counts.get(shard.prefix, 0) + len(shard.samples)
-        _write_atomic(out / LABELS, "".join(f"{name}\n" for name in classes))
-        _write_atomic(out / SPLIT_INFO, _split_info(plan, root))
+        write_text(out / LABELS, "".join(f"{name}\n" for name in classes))
+        write_text(out / SPLIT_INFO, _split_info(plan, root))
         card = {"format": fmt, "encoding": encoding, "manifest": str(Path(manifest).resolve()),
                 "chips": sum(result.counts.values()), "splits": {p: {"chips": result.counts[p], "files": names}
                                                                  for p, names in result.files.items()},
                 "classes": classes, "masks": any(s.mask_path for sh in plan for s in sh.samples),
                 "shuffle": shuffle, "seed": seed, "landcover": __version__}
-        _write_atomic(out / CARD, json.dumps(card, indent=2))
+        write_text(out / CARD, json.dumps(card, indent=2))
     except BaseException:
         _remove_partial(out, plan, created)
         raise
@@ -234,16 +235,11 @@ WRITERS: dict[str, Callable] = {"tfrecord": write_tfrecord, "webdataset": write_
 
 def write_shard(job: ExportJob, shard: Shard) -> tuple[str, int]:
     """Write one shard under a temporary name, then rename it (an engine task)."""
-    target = Path(job.out) / shard.name
-    tmp = target.with_name(f".{shard.name}.tmp")
-    try:
+    with replacing(Path(job.out) / shard.name) as tmp:
         if job.fmt == "tfrecord":
             write_tfrecord(tmp, shard.samples, job.encoding)
         else:
             WRITERS[job.fmt](tmp, shard.samples)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return shard.name, len(shard.samples)
 
 
@@ -281,7 +277,7 @@ def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, bool]:
 def _remove_partial(out: Path, plan: list[Shard], created: bool) -> None:
     """Undo a failed export: its shards and side files go, and the folder if this run made it."""
     for name in [s.name for s in plan] + [LABELS, SPLIT_INFO, CARD]:
-        for path in (out / name, out / f".{name}.tmp"):
+        for path in (out / name, temp_path(out / name)):
             path.unlink(missing_ok=True)
     if created and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
@@ -298,7 +294,3 @@ def _split_info(plan: list[Shard], root: Path) -> str:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
