@@ -411,8 +411,6 @@ def _prepare_out(out: Path, fingerprint: str, overwrite: bool) -> tuple[Path, Pa
     return out, state
 
 
-
-
 def _manifest_frame(records: list[dict], grid: Grid) -> gpd.GeoDataFrame:
     """Manifest rows sorted by chip id: the standard columns, then any the layout adds."""
     crs = grid.crs.to_wkt()
