@@ -1,0 +1,144 @@
+"""Model bundles: a folder with safetensors weights and model.json, all that evaluate and predict need."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landcover import __version__
+from landcover.atomic import temp_path, write_text
+from landcover.data import InputSpec
+from landcover.errors import LandcoverError
+
+BUNDLE_VERSION = 1
+"""Bumped when model.json changes meaning; loaders refuse newer bundles."""
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def refuse_pickle(path: str | Path) -> None:
+    """Refuse weights stored as a Python pickle: loading one can run arbitrary code."""
+    path = Path(path)
+    head = path.read_bytes()[:2] if path.is_file() else b""
+    if path.suffix.lower() in PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK":
+        raise LandcoverError("is a pickle (torch.save / joblib): loading one runs arbitrary code, so landcover "
+                             "only reads safetensors; convert it with safetensors.torch.save_file", path)
+
+
+@dataclass
+class Bundle:
+    """A trained classifier: how to build it, its weights (or fitted head), its classes and its input."""
+
+    kind: str
+    """'finetune' (a whole network) or 'features' (a frozen backbone and a classical head)."""
+    architecture: str
+    classes: list[dict]
+    """[{'id', 'name', 'color'}] in label id order."""
+    input: InputSpec
+    chip: dict
+    """{'size_px', 'res', 'crs', 'bands'}: what the chips looked like (band names/sources, ground resolution)."""
+    provenance: dict = field(default_factory=dict)
+    backbone_weights: str = "none"
+    """For 'features' bundles: the pretrained weights the frozen backbone is rebuilt from."""
+    path: Path | None = None
+    model: torch.nn.Module | None = field(default=None, repr=False)
+    head: object | None = field(default=None, repr=False)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes the bundle predicts."""
+        return len(self.classes)
+
+    def to_json(self) -> dict:
+        """model.json's content."""
+        return {
+            "format_version": BUNDLE_VERSION, "landcover": __version__, "kind": self.kind,
+            "architecture": self.architecture, "classes": self.classes, "input": self.input.to_dict(),
+            "chip": self.chip, "backbone_weights": self.backbone_weights, "provenance": self.provenance,
+            "weights": "weights.safetensors" if self.kind == "finetune" else None,
+            "head": "head" if self.kind == "features" else None,
+        }
+
+    @torch.no_grad()
+    def predict_proba(self, raw: torch.Tensor) -> np.ndarray:
+        """Class probabilities (n, n_classes) for a batch of raw chips (n, bands, h, w)."""
+        from landcover.models import pooled_features
+
+        x = self.input.prepare(raw)
+        self.model.eval()
+        if self.kind == "finetune":
+            return torch.softmax(self.model(x), dim=1).numpy()
+        return self.head.predict_proba(pooled_features(self.model, x).numpy())
+
+
+def save_bundle(bundle: Bundle, out: str | Path) -> Path:
+    """Write the bundle folder (under a temporary name, then renamed into place)."""
+    from safetensors.torch import save_file
+
+    from landcover.heads import save_head
+
+    out = Path(out)
+    tmp = temp_path(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if bundle.kind == "finetune":
+        state = {k: v.detach().contiguous() for k, v in bundle.model.state_dict().items()}
+        save_file(state, tmp / "weights.safetensors", metadata={"format": "pt"})
+    else:
+        save_head(bundle.head, tmp / "head")
+    write_text(tmp / "model.json", json.dumps(bundle.to_json(), indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle folder and build its model; refuse pickles, missing files and newer versions."""
+    from landcover.models import build_model
+
+    path = Path(path)
+    if path.is_file():
+        refuse_pickle(path)
+        raise LandcoverError("a bundle is a folder holding model.json and its weights", path)
+    meta_path = path / "model.json"
+    if not meta_path.is_file():
+        raise LandcoverError("not a model bundle: model.json is missing", path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LandcoverError(f"model.json is not valid JSON ({exc.msg})", meta_path) from None
+    if meta.get("format_version", 0) > BUNDLE_VERSION:
+        raise LandcoverError(f"bundle format {meta['format_version']} is newer than this landcover "
+                             f"({__version__}, format {BUNDLE_VERSION}): upgrade landcover", path)
+    spec = InputSpec.from_dict(meta["input"])
+    n_classes = len(meta["classes"])
+    bundle = Bundle(meta["kind"], meta["architecture"], meta["classes"], spec, meta["chip"],
+                    meta.get("provenance", {}), meta.get("backbone_weights", "none"), path)
+    if bundle.kind == "finetune":
+        weights = path / meta["weights"]
+        if not weights.is_file():
+            raise LandcoverError(f"the bundle's weights file {meta['weights']} is missing", path)
+        if weights.suffix != ".safetensors":
+            refuse_pickle(weights)
+        from safetensors.torch import load_file
+
+        model, _ = build_model(bundle.architecture, n_classes, len(spec.bands), weights="none")
+        try:
+            model.load_state_dict(load_file(weights))
+        except (RuntimeError, OSError) as exc:
+            raise LandcoverError(f"weights do not fit {bundle.architecture} ({str(exc).splitlines()[0]})",
+                                 weights) from None
+    else:
+        from landcover.heads import load_head
+
+        model, _ = build_model(bundle.architecture, 0, len(spec.bands), weights=bundle.backbone_weights,
+                               rgb_bands=tuple(meta["chip"].get("rgb_bands") or (0, 1, 2))
+                               if len(spec.bands) >= 3 else None)
+        bundle.head = load_head(path / "head")
+    bundle.model = model.eval()
+    return bundle

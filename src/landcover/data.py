@@ -1,0 +1,122 @@
+"""Torch datasets over a manifest, and the input pipeline a model bundle records: bands, scaling, resizing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from landcover.errors import LandcoverError
+from landcover.manifest import read_manifest
+
+SCALE_PERCENTILES = (2.0, 98.0)
+"""Non-8-bit chips are scaled to [0, 1] between these per-band percentiles of the training chips."""
+
+
+def read_chip(path: str | Path) -> np.ndarray:
+    """A chip's pixels as (bands, height, width) in their stored dtype (PNG or GeoTIFF)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as im:
+                data = np.asarray(im)
+            return data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
+        with rasterio.open(path) as src:
+            return src.read()
+    except (OSError, rasterio.errors.RasterioIOError) as exc:
+        raise LandcoverError(f"cannot read chip ({str(exc).splitlines()[0]})", path) from None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How chip pixels become model input: bands picked, scaled to [0, 1], resized, normalised."""
+
+    bands: tuple[int, ...]
+    """0-based indices into the chip's bands, in model input order."""
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    """Per input band: the value mapped to 0 and to 1 (0 and 255 for 8-bit chips)."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int
+    """Model input size in pixels (chips are resized to it, as the backbone was pretrained)."""
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict:
+        """Plain data for model.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputSpec:
+        """Back from model.json."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw chip batch (n, bands, h, w) to normalised model input (n, len(bands), size, size)."""
+        x = batch[:, list(self.bands)].float()
+        low = torch.tensor(self.low, dtype=x.dtype).view(1, -1, 1, 1)
+        span = (torch.tensor(self.high, dtype=x.dtype).view(1, -1, 1, 1) - low).clamp_min(1e-12)
+        x = ((x - low) / span).clamp_(0, 1)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            mode = "bilinear" if self.interpolation in ("bilinear", "bicubic") else "nearest"
+            x = F.interpolate(x, size=(self.size, self.size), mode=mode,
+                              **({"align_corners": False, "antialias": True} if mode != "nearest" else {}))
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def scaling_for(frame: pd.DataFrame, root: Path, bands: tuple[int, ...], sample: int = 256,
+                seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band (low, high) that map chips to [0, 1]: (0, 255) for 8-bit, else percentiles of a sample."""
+    picks = frame.sample(min(sample, len(frame)), random_state=seed)
+    chips = [read_chip(root / p) for p in picks["path"]]
+    if chips[0].dtype == np.uint8:
+        return tuple(0.0 for _ in bands), tuple(255.0 for _ in bands)
+    stack = np.concatenate([c[list(bands)].reshape(len(bands), -1) for c in chips], axis=1).astype(np.float64)
+    low, high = np.nanpercentile(stack, SCALE_PERCENTILES, axis=1)
+    return tuple(map(float, low)), tuple(map(float, high))
+
+
+class ChipDataset(torch.utils.data.Dataset):
+    """The chips of one split of a manifest: (raw pixels as a float tensor, class id)."""
+
+    def __init__(self, manifest: str | Path, split: str | None = None, augment: bool = False,
+                 frame: pd.DataFrame | None = None):
+        path = Path(manifest)
+        path = path / "manifest.parquet" if path.is_dir() else path
+        self.root = path.parent
+        if frame is None:
+            frame, self.info = read_manifest(path)
+        else:
+            self.info = {}
+        if split is not None:
+            if "split" not in frame.columns or frame["split"].isna().all():
+                raise LandcoverError("the manifest has no split yet: run `landcover split` first", path)
+            frame = frame[frame["split"] == split]
+            if frame.empty:
+                raise LandcoverError(f"split {split!r} has no chips", path)
+        frame = frame[frame["label_id"].notna()]
+        self.frame = frame.reset_index(drop=True)
+        self.labels = self.frame["label_id"].astype(int).to_numpy()
+        self.augment = augment
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        chip = read_chip(self.root / self.frame["path"].iat[index])
+        x = torch.from_numpy(chip.astype(np.float32))
+        if self.augment:  # flips and 90-degree turns: the eight symmetries of a square chip
+            g = torch.randint(0, 8, ()).item()
+            x = torch.rot90(x, g % 4, dims=(1, 2))
+            if g >= 4:
+                x = torch.flip(x, dims=(2,))
+        return x, int(self.labels[index])
