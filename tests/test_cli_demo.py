@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from landcover.cli import main
@@ -32,6 +34,10 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     assert (tmp_path / "demo" / "chips" / "split_counts.png").exists()
     records = list(read_tfrecord(sorted((tmp_path / "demo" / "tfrecord").glob("*.tfrecord"))))
     assert sorted(r["chip_id"] for r in records) == sorted(frame["chip_id"])
+    run = tmp_path / "demo" / "runs" / "lite0-logreg"
+    assert (run / "bundle" / "model.json").exists() and (run / "bundle" / "head.safetensors").exists()
+    report = json.loads((run / "eval-test" / "report.json").read_text())
+    assert report["n_samples"] == (frame["split"] == "test").sum() and report["accuracy"] > 0.6
     assert "chips in" in capsys.readouterr().out
 
 

@@ -152,3 +152,25 @@ def test_two_process_data_parallel_training(chips, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = (runs / "ddp" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and (runs / "ddp" / "bundle" / "model.json").exists()
+
+
+def test_config_file_with_overrides_and_mlflow(chips, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    mlflow = pytest.importorskip("mlflow") if os.environ.get("CI") != "true" else __import__("mlflow")
+    runs = tmp_path / "runs"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"manifest": str(chips), "runs": str(runs), "name": "cfg", "mode": "features",
+                                      "head": "logreg", "architecture": "efficientnet-lite0", "input_size": 32,
+                                      "rgb_bands": [3, 2, 1], "lr": 0.5}))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store stands in for the user's server
+    uri = f"file://{tmp_path / 'mlruns'}"
+    assert main(["train", "--quiet", "--config", str(config), "--head", "rf", "--mlflow-uri", uri]) == 0
+    resolved = yaml.safe_load((runs / "cfg" / "config.yaml").read_text())
+    assert resolved["head"] == "rf" and resolved["lr"] == 0.5 and resolved["mode"] == "features"
+    client = mlflow.tracking.MlflowClient(uri)
+    logged = client.search_runs([client.get_experiment_by_name("landcover").experiment_id])
+    assert len(logged) == 1 and logged[0].data.params["head"] == "rf" and "val_macro_f1" in logged[0].data.metrics
+    config.write_text(config.read_text() + "learning_rate: 0.1\n")
+    assert main(["train", "--quiet", "--config", str(config)]) == 2
+    assert "unknown config keys ['learning_rate']" in capsys.readouterr().err

@@ -178,10 +178,18 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if config.mode == "features":
         from landcover.training_features import fit_features
 
-        return fit_features(run, out, progress)
-    from landcover.finetune import fine_tune
+        fit_features(run, out, progress)
+    else:
+        from landcover.finetune import fine_tune
 
-    return fine_tune(run, out, resume, progress)
+        fine_tune(run, out, resume, progress)
+    if config.mlflow_uri and rank == 0:
+        from landcover.tracking import log_to_mlflow
+
+        run_id = log_to_mlflow(config.mlflow_uri, out, config.to_dict(), read_metrics(out))
+        if progress:
+            print(f"logged to MLflow ({config.mlflow_uri}): run {run_id}")
+    return out
 
 
 def write_metrics(out: Path, rows: list[dict]) -> None:
