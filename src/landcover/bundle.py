@@ -13,22 +13,10 @@ import torch
 from landcover import __version__
 from landcover.atomic import temp_path, write_text
 from landcover.data import InputSpec
-from landcover.errors import LandcoverError
+from landcover.errors import LandcoverError, refuse_pickle
 
 BUNDLE_VERSION = 1
 """Bumped when model.json changes meaning; loaders refuse newer bundles."""
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-
-
-def refuse_pickle(path: str | Path) -> None:
-    """Refuse weights stored as a Python pickle: loading one can run arbitrary code."""
-    path = Path(path)
-    head = path.read_bytes()[:2] if path.is_file() else b""
-    if path.suffix.lower() in PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK":
-        raise LandcoverError("is a pickle (torch.save / joblib): loading one runs arbitrary code, so landcover "
-                             "only reads safetensors; convert it with safetensors.torch.save_file", path)
-
-
 @dataclass
 class Bundle:
     """A trained classifier: how to build it, its weights (or fitted head), its classes and its input."""

@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from landcover.atomic import temp_path, write_text
-from landcover.bundle import refuse_pickle
-from landcover.errors import LandcoverError
+from landcover.errors import LandcoverError, refuse_pickle
 
 
 def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

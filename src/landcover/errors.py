@@ -11,3 +11,18 @@ class LandcoverError(Exception):
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def refuse_pickle(path: str | Path, expected: str = "safetensors") -> None:
+    """Refuse a Python pickle (pickle / joblib / torch.save) file: loading one can run arbitrary code."""
+    path = Path(path)
+    magic = b""
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    if path.suffix.lower() in PICKLE_SUFFIXES or magic[:1] == b"\x80" or magic == b"PK":
+        raise LandcoverError(f"is a pickle (pickle / joblib / torch.save): loading one runs arbitrary code, so "
+                             f"landcover only reads {expected}", path)

@@ -55,13 +55,12 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from landcover.atomic import replacing, write_text
-from landcover.errors import LandcoverError
+from landcover.errors import LandcoverError, refuse_pickle
 
 FORMAT = "landcover-head"
 VERSION = 1
 """Bumped when the file layout changes meaning; loaders refuse other versions."""
 KINDS = ("logreg", "rf")
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt")
 TENSORS = {
     "logreg": {"classes": "int64", "mean": "float64", "scale": "float64", "coef": "float64",
                "intercept": "float64"},
@@ -260,7 +259,7 @@ def load_head(path_prefix: str | Path) -> Head:
     """Read a head saved by `save_head` (the prefix, or either of its two files); refuse anything else."""
     given = Path(path_prefix)
     if given.is_file() and given.suffix not in (".json", ".safetensors"):
-        _refuse_pickle(given)
+        refuse_pickle(given, "heads from <prefix>.json + <prefix>.safetensors")
         raise LandcoverError("not a landcover head: expected <prefix>.json and <prefix>.safetensors", given)
     tensors_path, json_path = _paths(given)
     for path in (json_path, tensors_path):
@@ -269,7 +268,7 @@ def load_head(path_prefix: str | Path) -> Head:
     try:
         doc = json.loads(json_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _refuse_pickle(json_path)
+        refuse_pickle(json_path, "heads from <prefix>.json + <prefix>.safetensors")
         raise LandcoverError(f"not valid JSON ({str(exc).splitlines()[0]})", json_path) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise LandcoverError(f"not a landcover head description (format is not {FORMAT!r})", json_path)
@@ -286,7 +285,7 @@ def load_head(path_prefix: str | Path) -> Head:
     try:
         arrays = load_file(tensors_path)
     except (SafetensorError, OSError, ValueError) as exc:
-        _refuse_pickle(tensors_path)
+        refuse_pickle(tensors_path, "heads from <prefix>.json + <prefix>.safetensors")
         raise LandcoverError(f"not a readable safetensors file ({str(exc).splitlines()[0]})", tensors_path) from None
     _check_arrays(arrays, kind, n_classes, n_features, tensors_path)
     return HEAD_TYPES[kind](arrays, n_classes, n_features, doc.get("params"), doc.get("meta"))
@@ -363,15 +362,3 @@ def _paths(path_prefix: str | Path) -> tuple[Path, Path]:
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
-
-
-def _refuse_pickle(path: Path) -> None:
-    """Refuse a pickle (or joblib / torch zip) file: loading one runs arbitrary code."""
-    magic = b""
-    if path.is_file():
-        with open(path, "rb") as f:
-            magic = f.read(2)
-    if path.suffix.lower() in PICKLE_SUFFIXES or magic[:1] == b"\x80" or magic == b"PK":
-        raise LandcoverError("is a pickle (pickle / joblib / torch.save): loading one runs arbitrary code, so "
-                             "landcover refuses it; heads are read only from <prefix>.json + <prefix>.safetensors",
-                             path)
