@@ -133,12 +133,31 @@ def test_bad_input(chips, tmp_path, capsys):
     meta = json.loads((bundle / "model.json").read_text())
     (bundle / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
     fails(["evaluate", str(bundle), "--manifest", str(chips)], "bundle format 99 is newer")
+    (bundle / "model.json").write_text(json.dumps(meta))
     pickled = tmp_path / "model.pth"
     torch.save({"w": torch.zeros(1)}, pickled)
     fails(["evaluate", str(pickled), "--manifest", str(chips)], "is a pickle")
     fails(train_args(chips, runs, "nan", "--epochs", "1", "--lr", "1e30", "--optimizer", "sgd"),
           "the loss became")
     fails(train_args(chips, runs, "b", "--epochs", "1"), "the run folder exists")
+    # A 4-band bundle on 3-band PNG chips.
+    zion = need_data("zion")
+    png = tmp_path / "png"
+    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4)]
+    assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011.tif"), "--scheme",
+                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--out", str(png)]) == 0
+    assert main(["split", str(png), "--random", "--ratios", "80:20", "--no-plot"]) == 0
+    fails(["evaluate", str(bundle), "--manifest", str(png), "--split", "valid"],
+          "the bundle reads 4 bands but the chips have 3")
+    # A manifest whose classes are not its scheme's.
+    import geopandas as gpd
+
+    from landcover.manifest import read_manifest, write_manifest
+
+    frame, info = read_manifest(png / "manifest.parquet")
+    frame.loc[frame.index[0], "label"] = "Glacier"
+    write_manifest(gpd.GeoDataFrame(frame), png / "manifest.parquet", info)
+    fails(train_args(png, runs, "unknown", "--epochs", "1"), "classes ['Glacier (")
 
 
 @pytest.mark.slow

@@ -124,6 +124,13 @@ class Run:
         self.val = ChipDataset(config.manifest, config.val_split)
         info = self.train.info
         self.classes = [{"id": c["id"], "name": c["name"], "color": c["color"]} for c in info["scheme"]["classes"]]
+        names = {c["id"]: c["name"] for c in self.classes}
+        for dataset in (self.train, self.val):
+            pairs = set(zip(dataset.frame["label_id"].astype(int), dataset.frame["label"], strict=True))
+            unknown = sorted(f"{name} ({i})" for i, name in pairs if names.get(i) != name)
+            if unknown:
+                raise LandcoverError(f"classes {unknown} are not in the manifest's scheme "
+                                     f"{info['scheme'].get('name')!r}", dataset.path)
         first = read_chip(self.train.root / self.train.frame["path"].iat[0])
         bands = tuple(b - 1 for b in config.bands) if config.bands else tuple(range(first.shape[0]))
         if max(bands) >= first.shape[0] or min(bands) < 0:
