@@ -15,6 +15,8 @@ from PIL import Image
 from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest
 
+PRELOAD_BYTES = 1 << 30
+"""A split whose chips fit in this much memory is read once and kept (epochs then cost no I/O)."""
 SCALE_PERCENTILES = (2.0, 98.0)
 """Non-8-bit chips are scaled to [0, 1] between these per-band percentiles of the training chips."""
 
@@ -88,7 +90,7 @@ class ChipDataset(torch.utils.data.Dataset):
     """The chips of one split of a manifest: (raw pixels as a float tensor, class id)."""
 
     def __init__(self, manifest: str | Path, split: str | None = None, augment: bool = False,
-                 frame: pd.DataFrame | None = None):
+                 frame: pd.DataFrame | None = None, preload: bool | None = None):
         path = Path(manifest)
         path = path / "manifest.parquet" if path.is_dir() else path
         self.root = path.parent
@@ -107,12 +109,19 @@ class ChipDataset(torch.utils.data.Dataset):
         self.labels = self.frame["label_id"].astype(int).to_numpy()
         self.augment = augment
         self.path = path
+        self.chips: list[np.ndarray] | None = None
+        if preload or (preload is None and len(self.frame) and self._bytes() <= PRELOAD_BYTES):
+            self.chips = [read_chip(self.root / p) for p in self.frame["path"]]
+
+    def _bytes(self) -> int:
+        """Memory the split's chips take once read (estimated from the first chip)."""
+        return read_chip(self.root / self.frame["path"].iat[0]).nbytes * len(self.frame)
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        chip = read_chip(self.root / self.frame["path"].iat[index])
+        chip = self.chips[index] if self.chips is not None else read_chip(self.root / self.frame["path"].iat[index])
         x = torch.from_numpy(chip.astype(np.float32))
         if self.augment:  # flips and 90-degree turns: the eight symmetries of a square chip
             g = torch.randint(0, 8, ()).item()
