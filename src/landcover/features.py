@@ -98,18 +98,6 @@ def spectral_feature_names(n_bands: int, ndvi: bool = False, band_names: Sequenc
     return [*names, "ndvi_mean", "ndvi_std"] if ndvi else names
 
 
-def spectral_featurizer(red: int | None = None, nir: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A featurize callable for `extract_features`: spectral features of each chip in a batch (NaN = nodata)."""
-
-    def featurize(images: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        chips = images.detach().cpu().numpy()
-        return torch.from_numpy(np.stack([spectral_features(c, red=red, nir=nir) for c in chips]))
-
-    return featurize
-
-
 def _featurize_all(featurize: Callable, batches: Iterable, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Run featurize over every batch without gradients; concatenate features (float32) and labels."""
     import torch
