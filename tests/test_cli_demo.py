@@ -11,7 +11,8 @@ from landcover.formats import read_tfrecord
 from landcover.manifest import read_manifest
 
 
-@pytest.mark.parametrize("command", [[], ["chips"], ["demo"], ["schemes"]])
+@pytest.mark.parametrize("command", [[], ["chips"], ["demo"], ["schemes"], ["predict"], ["export-onnx"], ["map"],
+                                     ["change"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*command, "--help"])
@@ -38,7 +39,14 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     assert (run / "bundle" / "model.json").exists() and (run / "bundle" / "head.safetensors").exists()
     report = json.loads((run / "eval-test" / "report.json").read_text())
     assert report["n_samples"] == (frame["split"] == "test").sum() and report["accuracy"] > 0.6
-    assert "chips in" in capsys.readouterr().out
+    maps = tmp_path / "demo" / "maps"
+    summary = json.loads((maps / "zion.json").read_text())
+    assert summary["windows"] > 5000 and summary["scores"]["map"]["agreement"] > 0.6
+    assert {"map", "smoothed 3x3"} <= set(summary["scores"])
+    for name in ("zion.tif", "zion.smooth3.tif", "zion.probs.tif", "zion.tiles.parquet", "zion.png"):
+        assert (maps / name).exists(), name
+    out = capsys.readouterr().out
+    assert "chips in" in out and "[7/7] map" in out
 
 
 def test_demo_without_data_says_where_to_get_it(tmp_path, monkeypatch, capsys):

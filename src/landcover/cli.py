@@ -400,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _runs_parser(sub)
+    from landcover import cli_maps, cli_predict
+
+    cli_predict.add_parsers(sub)
+    cli_maps.add_parsers(sub)
     p = sub.add_parser("schemes", help="list the built-in class schemes",
                        description="List the class schemes shipped with landcover.")
     p.add_argument("-v", "--verbose", action="store_true", help="also list each scheme's classes and codes")

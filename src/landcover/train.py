@@ -109,6 +109,16 @@ def run_dir(config: TrainConfig) -> Path:
     return Path(config.runs) / name
 
 
+def chip_source(info: dict) -> dict:
+    """How the chips were cut from imagery, so predict can cut a raster the same way: the chip format, the
+    source bands ([file index, 1-based band] over the first scene's files) and the PNG stretch's percentiles."""
+    scene = (info.get("scenes") or [{}])[0]
+    stretch = scene.get("png_stretch")
+    return {"format": info.get("format"), "source_files": [Path(p).name for p in scene.get("paths", [])],
+            "source_bands": scene.get("bands"), "source_dtype": scene.get("dtype"),
+            "stretch_percentiles": stretch["percentiles"] if stretch else None}
+
+
 def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -147,7 +157,7 @@ class Run:
         self.chip = {"size_px": int(first.shape[-1]), "res": float(self.train.frame["res"].iat[0]),
                      "crs": str(self.train.frame["crs"].iat[0]), "dtype": str(first.dtype),
                      "rgb_bands": list(rgb) if rgb else None,
-                     "scenes": [s.get("name") for s in info.get("scenes", [])]}
+                     "scenes": [s.get("name") for s in info.get("scenes", [])], **chip_source(info)}
 
     def bundle(self, kind: str, head: object | None = None) -> Bundle:
         """A bundle of the current model (and head) with its provenance."""

@@ -1,0 +1,526 @@
+"""Whole rasters into class maps: windows on the bundle's grid, batched inference, overlap averaging, COGs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+import torch
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+from tqdm.auto import tqdm
+
+from landcover.atomic import replacing, write_text
+from landcover.bundle import Bundle, load_bundle
+from landcover.classmap import NODATA, ClassMap, write_class_map, write_probabilities
+from landcover.engine import Engine
+from landcover.errors import LandcoverError
+from landcover.grid import Grid, make_grid, on_lattice, parse_length, scene_footprint, to_pixels
+from landcover.raster import Scene, crs_name
+from landcover.stretch import Stretch, scene_stretch
+
+BLOCK_WINDOWS = 64
+"""Windows per block (one read, one engine task, one resume record): bounds memory whatever the raster's size."""
+MIN_CELL_VALID = 0.5
+"""A map cell is nodata when less than this share of its imagery pixels is valid."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of windows [r0, r1) x [c0, c1) read at once; `keep` marks windows inside the AOI."""
+
+    id: str
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    keep: np.ndarray = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RasterJob:
+    """Everything a worker needs to turn blocks into probabilities (sent once per worker)."""
+
+    bundle: str
+    runtime: str
+    scene: Scene
+    png: bool
+    """The bundle's chips were 8-bit PNGs: imagery is made 8-bit the same way (stretch, or as is)."""
+    stretch: Stretch | None
+    grid: Grid
+    direct: bool
+    resampling: str
+    rows: int
+    cols: int
+    """Map cells (one per stride) down and across; windows are k x k cells, k = tile / stride."""
+    batch_size: int
+    max_nodata: float
+    threads: int | None
+
+    @property
+    def k(self) -> int:
+        """Cells a window spans per side."""
+        return self.grid.tile // self.grid.stride
+
+
+@dataclass
+class BlockResult:
+    """A block's predicted windows (absolute window row, col), their probabilities and its cells' validity."""
+
+    id: str
+    rows: np.ndarray
+    cols: np.ndarray
+    probs: np.ndarray
+    cell_valid: np.ndarray
+    """Valid share of each cell the block reads: cells [r0, r1 + k - 1) x [c0, c1 + k - 1)."""
+    seconds_read: float = 0.0
+    seconds_infer: float = 0.0
+
+
+@dataclass
+class RasterResult:
+    """What a prediction wrote and measured."""
+
+    out: Path
+    files: dict[str, Path]
+    counts: dict[str, int]
+    """Map cells per class (and 'nodata')."""
+    hectares: dict[str, float]
+    windows: int
+    skipped: int
+    resumed: int
+    seconds: float
+    seconds_read: float
+    seconds_infer: float
+    reading: str
+    scores: dict = field(default_factory=dict)
+
+    @property
+    def tiles_per_second(self) -> float:
+        """Windows predicted per second of wall time (this run's windows only)."""
+        return self.windows / self.seconds if self.seconds else float("nan")
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        total = sum(v for k, v in self.hectares.items())
+        lines = [f"map: {self.out}  ({self.reading})",
+                 f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
+                 + (f", {self.resumed} blocks resumed" if self.resumed else "")
+                 + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s"]
+        shares = ", ".join(f"{n} {h:,.0f} ha ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
+        lines.append(f"classes: {shares}" if total else "classes: none predicted")
+        for name, score in self.scores.items():
+            lines.append(f"agreement with truth ({name}): {score['agreement']:.3f} over {score['n_cells']} cells")
+        lines += [f"{k}: {v}" for k, v in self.files.items() if k != "map"]
+        return "\n".join(lines)
+
+
+def pick_bands(bundle: Bundle, images: list[str], bands: list[int] | None) -> list[int]:
+    """1-based stack bands that make the bundle's chip bands: --bands, else the bands the chips were cut from."""
+    if bands:
+        return list(bands)
+    stack = Scene.open(images)
+    source = bundle.chip.get("source_bands")
+    if source and len(bundle.chip.get("source_files") or []) == len(images):
+        offsets: dict[int, int] = {}
+        for pos, (fi, _) in enumerate(stack.band_sources):
+            offsets.setdefault(fi, pos)
+        picks = [offsets.get(fi, -stack.count) + b for fi, b in source]
+        if all(1 <= p <= stack.count and stack.band_sources[p - 1] == (fi, b)
+               for p, (fi, b) in zip(picks, source, strict=True)):
+            return picks
+    if not source or stack.count == len(source):
+        return list(range(1, stack.count + 1))
+    need = len(source)
+    raise LandcoverError(f"the bundle's chips had {need} bands (cut from {bundle.chip.get('source_files')} as "
+                         f"{source}); the imagery stacks {stack.count}: pick them with --bands",
+                         ", ".join(images))
+
+
+def plurality_filter(classes: np.ndarray, n_classes: int, size: int = 3) -> np.ndarray:
+    """Each cell becomes the most common class in its size x size neighbourhood (nodata ignored and kept;
+    ties keep the cell's own class when it is among the most common, else the lowest class id)."""
+    if size <= 1:
+        return classes.copy()
+    h, w = classes.shape
+    r = size // 2
+    counts = np.zeros((n_classes, h + 2 * r, w + 2 * r), np.int16)
+    for c in range(n_classes):
+        counts[c, r:r + h, r:r + w] = classes == c
+    padded = counts
+    votes = np.zeros((n_classes, h, w), np.int16)
+    for dy in range(size):
+        for dx in range(size):
+            votes += padded[:, dy:dy + h, dx:dx + w]
+    best = votes.max(axis=0)
+    out = votes.argmax(axis=0).astype(np.uint8)
+    own = np.where(classes < n_classes, classes, 0).astype(np.intp)
+    keep_own = np.take_along_axis(votes, own[None], axis=0)[0] == best
+    out = np.where(keep_own, own, out).astype(np.uint8)
+    out[classes >= n_classes] = NODATA
+    return out
+
+
+def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str | Path,
+                   bands: list[int] | None = None, stride: str | None = None, aoi: str | Path | None = None,
+                   smooth: int = 0, probabilities: bool = False, truth: str | Path | None = None,
+                   truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int = 64,
+                   runtime: str = "torch", engine: Engine | None = None, resampling: str = "bilinear",
+                   overwrite: bool = False, block_windows: int = BLOCK_WINDOWS, progress: bool = True,
+                   log=print) -> RasterResult:
+    """Predict a whole raster with a bundle into a class-map COG (+ smoothed map, probabilities, tiles.parquet)."""
+    started = time.perf_counter()
+    engine = engine or Engine()
+    out = Path(out)
+    images = [str(p) for p in images]
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
+    if not 0 <= max_nodata <= 1:
+        raise LandcoverError(f"--max-nodata {max_nodata} must be a fraction between 0 and 1")
+    if smooth and (smooth < 3 or smooth % 2 == 0):
+        raise LandcoverError(f"--smooth {smooth} must be an odd window size >= 3")
+    if truth and not truth_scheme:
+        raise LandcoverError("--truth needs --scheme (how its codes map to classes)", truth)
+    if resampling not in Resampling.__members__:
+        raise LandcoverError(f"unknown resampling {resampling!r}")
+    bundle = load_bundle(bundle_path)
+    picks = pick_bands(bundle, images, bands)
+    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
+    need = max(bundle.input.bands) + 1
+    if scene.count < need:
+        raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
+                             images[0])
+    grid, reading = _grid(bundle, scene, stride, resampling)
+    job = _job(bundle, scene, grid, runtime, resampling, batch_size, max_nodata, engine)
+    cell_in_aoi = _aoi_cells(job, aoi)
+    blocks = _plan(job, cell_in_aoi, block_windows)
+    log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
+        f"windows of {grid.tile} px in {len(blocks)} blocks")
+    files = _output_files(out, smooth, probabilities)
+    fingerprint = _fingerprint(job, images, picks, aoi, block_windows)
+    state = out.with_name(f".{out.name}.landcover-state")
+    _prepare(out, files, state, fingerprint, overwrite)
+
+    results: dict[str, BlockResult] = {}
+    for block in blocks:
+        record = state / f"{block.id}.npz"
+        if record.exists():
+            results[block.id] = _load_result(record)
+    resumed = len(results)
+    todo = [b for b in blocks if b.id not in results]
+    total = sum(int(b.keep.sum()) for b in blocks)
+    with tqdm(total=total, initial=total - sum(int(b.keep.sum()) for b in todo), unit="tile", desc="predict",
+              disable=not progress, leave=False) as bar:
+        for result in _run(job, bundle, todo, engine):
+            _save_result(state / f"{result.id}.npz", result)
+            results[result.id] = result
+            bar.update(len(result.rows))
+    classes, probs, valid = _assemble(job, blocks, results, cell_in_aoi, bundle.n_classes)
+    tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()),
+            "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
+            "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_STRIDE_M": f"{grid.step:g}",
+            "LANDCOVER_TILE_M": f"{grid.tile * grid.res:g}"}
+    if probabilities:
+        tags["LANDCOVER_PROBABILITIES"] = files["probabilities"].name
+    transform = Affine(grid.step, 0, grid.x0, 0, -grid.step, grid.y0)
+    write_class_map(ClassMap(classes, transform, grid.crs, bundle.classes, tags), files["map"])
+    if smooth:
+        smoothed = plurality_filter(classes, bundle.n_classes, smooth)
+        write_class_map(ClassMap(smoothed, transform, grid.crs, bundle.classes,
+                                 {**tags, "LANDCOVER_SMOOTH": str(smooth)}), files["smoothed"])
+    if probabilities:
+        write_probabilities(files["probabilities"], probs, valid, transform, grid.crs, bundle.classes, tags)
+    _write_tiles(files["tiles"], job, blocks, results, bundle)
+    scores = {}
+    if truth:
+        from landcover.maps import compare_to_truth
+
+        scores["map"] = compare_to_truth(files["map"], truth, truth_scheme)
+        if smooth:
+            scores[f"smoothed {smooth}x{smooth}"] = compare_to_truth(files["smoothed"], truth, truth_scheme)
+    cell_ha = grid.step ** 2 / 1e4
+    counts = {c["name"]: int((classes == c["id"]).sum()) for c in bundle.classes}
+    counts["nodata"] = int((classes == NODATA).sum())
+    result = RasterResult(
+        out, files, counts, {n: v * cell_ha for n, v in counts.items() if n != "nodata"},
+        windows=sum(len(results[b.id].rows) for b in todo),
+        skipped=total - sum(len(results[b.id].rows) for b in blocks), resumed=resumed,
+        seconds=time.perf_counter() - started,
+        seconds_read=sum(results[b.id].seconds_read for b in todo),
+        seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores)
+    summary = {"bundle": tags["LANDCOVER_BUNDLE"], "images": json.loads(tags["LANDCOVER_IMAGES"]), "bands": picks,
+               "grid": grid.to_dict(), "reading": reading, "cells": [job.rows, job.cols], "stride_m": grid.step,
+               "max_nodata": max_nodata, "aoi": str(aoi) if aoi else None, "smooth": smooth, "runtime": runtime,
+               "engine": engine.name, "workers": engine.workers, "counts": counts, "hectares": result.hectares,
+               "windows": result.windows, "skipped": result.skipped, "resumed_blocks": resumed,
+               "seconds": round(result.seconds, 3), "tiles_per_second": round(result.tiles_per_second, 2),
+               "scores": scores, "files": {k: v.name for k, v in files.items()}}
+    write_text(files["summary"], json.dumps(summary, indent=2, default=str))
+    shutil.rmtree(state, ignore_errors=True)
+    return result
+
+
+def _grid(bundle: Bundle, scene: Scene, stride: str | None, resampling: str) -> tuple[Grid, str]:
+    """The bundle's tiles (size in px at its ground resolution) on the imagery's CRS, and how it is read."""
+    tile, res = int(bundle.chip["size_px"]), float(bundle.chip["res"])
+    step = to_pixels(parse_length(stride, "stride"), res, "stride") if stride else tile
+    if not 1 <= step <= tile or tile % step:
+        raise LandcoverError(f"--stride {stride} must divide the tile ({tile} px of {res:g} m = {tile * res:g} m) "
+                             "into whole steps")
+    grid = make_grid([scene], (tile, "px"), overlap=(tile - step, "px"), resolution=res)
+    if on_lattice(scene, grid):
+        return grid, f"reading {scene.res[0]:g} m imagery directly (the bundle's ground resolution)"
+    return grid, (f"warping imagery on the fly from {crs_name(scene.crs)} at {scene.res[0]:g} m to "
+                  f"{crs_name(grid.crs)} at {res:g} m (the bundle's ground resolution), {resampling}")
+
+
+def _job(bundle: Bundle, scene: Scene, grid: Grid, runtime: str, resampling: str, batch_size: int,
+         max_nodata: float, engine: Engine) -> RasterJob:
+    _, bottom, right, _ = scene_footprint(scene, grid.crs).bounds
+    eps = 1e-6
+    cols = math.floor((right - grid.x0) / grid.step + eps)
+    rows = math.floor((grid.y0 - bottom) / grid.step + eps)
+    png = bundle.chip.get("format", "png" if bundle.chip.get("dtype") == "uint8" else "tif") == "png"
+    stretch = None
+    if png and np.dtype(scene.dtype) != np.uint8:
+        percentiles = tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0))
+        stretch = scene_stretch(scene, percentiles)
+    threads = None if engine.name == "local" else max(1, (os.cpu_count() or 1) // engine.workers)
+    return RasterJob(str(Path(bundle.path).resolve()), runtime, scene, png, stretch, grid, on_lattice(scene, grid),
+                     resampling, rows, cols, batch_size, max_nodata, threads)
+
+
+def _aoi_cells(job: RasterJob, aoi: str | Path | None) -> np.ndarray:
+    """Cells whose centre lies inside the AOI (all cells without one)."""
+    inside = np.ones((job.rows, job.cols), bool)
+    if aoi is None:
+        return inside
+    from landcover.chips import read_aoi
+
+    geom = read_aoi(aoi, job.grid)
+    if not geom.intersects(scene_footprint(job.scene, job.grid.crs)):
+        raise LandcoverError(f"the imagery ({job.scene.paths[0]}) does not overlap the AOI", aoi)
+    rr, cc = np.mgrid[0:job.rows, 0:job.cols]
+    xs = job.grid.x0 + (cc + 0.5) * job.grid.step
+    ys = job.grid.y0 - (rr + 0.5) * job.grid.step
+    inside = shapely.contains_xy(geom, xs, ys)
+    if not inside.any():
+        raise LandcoverError("no map cell centre lies inside the AOI", aoi)
+    return inside
+
+
+def _window_sums(cells: np.ndarray, k: int) -> np.ndarray:
+    """Sum over every k x k window of a cell array: (rows - k + 1, cols - k + 1)."""
+    if k == 1:
+        return cells.astype(np.float64)
+    return np.lib.stride_tricks.sliding_window_view(cells.astype(np.float64), (k, k)).sum(axis=(-1, -2))
+
+
+def _plan(job: RasterJob, cell_in_aoi: np.ndarray, block_windows: int) -> list[Block]:
+    """Square blocks of about block_windows windows; blocks with no window in the AOI are left out."""
+    k = job.k
+    nwr, nwc = job.rows - k + 1, job.cols - k + 1
+    if nwr < 1 or nwc < 1:
+        raise LandcoverError(f"the imagery is smaller than one {job.grid.tile * job.grid.res:g} m tile",
+                             job.scene.paths[0])
+    keep = _window_sums(cell_in_aoi, k) > 0
+    side = max(1, round(math.sqrt(block_windows)))
+    blocks = []
+    for r0 in range(0, nwr, side):
+        for c0 in range(0, nwc, side):
+            r1, c1 = min(r0 + side, nwr), min(c0 + side, nwc)
+            sub = keep[r0:r1, c0:c1]
+            if sub.any():
+                blocks.append(Block(f"b{r0:06d}-{c0:06d}", r0, r1, c0, c1, sub.copy()))
+    return blocks
+
+
+def _output_files(out: Path, smooth: int, probabilities: bool) -> dict[str, Path]:
+    stem = out.with_suffix("")
+    files = {"map": out, "tiles": Path(f"{stem}.tiles.parquet"), "summary": Path(f"{stem}.json")}
+    if smooth:
+        files["smoothed"] = Path(f"{stem}.smooth{smooth}.tif")
+    if probabilities:
+        files["probabilities"] = Path(f"{stem}.probs.tif")
+    return files
+
+
+def _fingerprint(job: RasterJob, images: list[str], picks: list[int], aoi, block_windows: int) -> str:
+    """What a resumed run must match: bundle, imagery, bands, grid, and the settings that change results."""
+    bundle = Path(job.bundle)
+    weights = sorted(p for p in bundle.rglob("*") if p.is_file() and p.suffix != ".onnx" and p.name != "onnx.json")
+    data = {"bundle": [(str(p.relative_to(bundle)), p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
+            "images": [str(Path(p).resolve()) for p in images], "bands": picks, "grid": job.grid.to_dict(),
+            "aoi": str(aoi), "max_nodata": job.max_nodata, "runtime": job.runtime, "resampling": job.resampling,
+            "block_windows": block_windows}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare(out: Path, files: dict[str, Path], state: Path, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to clobber a finished map unless told; resume a matching unfinished run, else start afresh."""
+    if state.exists():
+        stamp = state / "fingerprint"
+        if stamp.exists() and stamp.read_text() == fingerprint:
+            return
+        if not overwrite:
+            raise LandcoverError("an unfinished prediction with other settings is in the way (rerun it with its "
+                                 "own settings, or pass --overwrite)", state)
+        shutil.rmtree(state)
+    existing = [p for p in files.values() if p.exists()]
+    if existing and not overwrite:
+        raise LandcoverError("exists (pass --overwrite to replace it)", existing[0])
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    state.mkdir()
+    write_text(state / "fingerprint", fingerprint)
+
+
+# --- the work: blocks read, windows cut, inferred -------------------------------------------------------------
+
+_RUNTIMES: dict[tuple, object] = {}
+
+
+def _runtime(job: RasterJob, bundle: Bundle | None = None):
+    """The worker's model, loaded once per process (the bundle already in memory, when given)."""
+    key = (job.bundle, job.runtime, job.threads)
+    if key not in _RUNTIMES:
+        from landcover.runtime import load_runtime, open_runtime
+
+        if job.threads:
+            torch.set_num_threads(job.threads)
+        _RUNTIMES.clear()
+        _RUNTIMES[key] = (load_runtime(bundle, job.runtime, job.threads) if bundle is not None
+                          else open_runtime(job.bundle, job.runtime, job.threads))
+    return _RUNTIMES[key]
+
+
+@dataclass
+class _Pixels:
+    block: Block
+    pixels: np.ndarray
+    cell_valid: np.ndarray
+    windows: np.ndarray
+    """(n, 2) window row, col (relative to the block) to predict."""
+    seconds: float
+
+
+def load_block(job: RasterJob, block: Block) -> _Pixels:
+    """Read (or warp) the block's pixels once, make them what the chips were, and pick the windows to predict."""
+    t0 = time.perf_counter()
+    grid, s, k = job.grid, job.grid.stride, job.k
+    nr, nc = block.r1 - block.r0 + k - 1, block.c1 - block.c0 + k - 1
+    width, height = nc * s, nr * s
+    x, y = grid.origin(block.c0, block.r0)
+    scene = job.scene
+    if job.direct:
+        col = round((x - scene.transform.c) / scene.transform.a)
+        row = round((y - scene.transform.f) / scene.transform.e)
+        pixels, valid = scene.read(Window(col, row, width, height))
+    else:
+        pixels, valid = scene.read_warped(grid.crs, Affine(grid.res, 0, x, 0, -grid.res, y), width, height,
+                                          Resampling[job.resampling])
+    if job.png:
+        pixels = job.stretch.apply(pixels) if job.stretch else pixels.astype(np.uint8)
+    cell_valid = valid.reshape(nr, s, nc, s).mean(axis=(1, 3)).astype(np.float32)
+    window_valid = _window_sums(cell_valid, k) / (k * k)
+    wanted = block.keep & (window_valid >= 1 - job.max_nodata - 1e-9)
+    return _Pixels(block, pixels, cell_valid, np.argwhere(wanted), time.perf_counter() - t0)
+
+
+def infer_block(job: RasterJob, loaded: _Pixels, bundle: Bundle | None = None) -> BlockResult:
+    """Probabilities for the block's windows, in batches."""
+    t0 = time.perf_counter()
+    runtime = _runtime(job, bundle)
+    s, t = job.grid.stride, job.grid.tile
+    windows = loaded.windows
+    probs = []
+    for i in range(0, len(windows), job.batch_size):
+        batch = np.stack([loaded.pixels[:, r * s:r * s + t, c * s:c * s + t]
+                          for r, c in windows[i:i + job.batch_size]])
+        probs.append(np.asarray(runtime.predict_proba(torch.from_numpy(batch.astype(np.float32))), np.float32))
+    block = loaded.block
+    return BlockResult(block.id, windows[:, 0] + block.r0, windows[:, 1] + block.c0,
+                       np.concatenate(probs) if probs else np.zeros((0, 0), np.float32), loaded.cell_valid,
+                       loaded.seconds, time.perf_counter() - t0)
+
+
+def run_block(job: RasterJob, block: Block) -> BlockResult:
+    """One engine task: read a block and predict its windows (the model loaded once per worker)."""
+    return infer_block(job, load_block(job, block))
+
+
+def _run(job: RasterJob, bundle: Bundle, blocks: list[Block], engine: Engine):
+    """Results block by block; in-process, the next blocks are read while this one is inferred."""
+    if engine.name != "local" and not (engine.name == "process" and engine.workers == 1):
+        yield from engine.map(run_block, job, blocks)
+        return
+    with ThreadPoolExecutor(1) as reader:
+        ahead = [reader.submit(load_block, job, b) for b in blocks[:2]]
+        for i in range(len(blocks)):
+            loaded = ahead.pop(0).result()
+            if i + 2 < len(blocks):
+                ahead.append(reader.submit(load_block, job, blocks[i + 2]))
+            yield infer_block(job, loaded, bundle)
+
+
+def _save_result(path: Path, result: BlockResult) -> None:
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, rows=result.rows, cols=result.cols, probs=result.probs, cell_valid=result.cell_valid)
+
+
+def _load_result(path: Path) -> BlockResult:
+    with np.load(path) as data:
+        return BlockResult(path.stem, data["rows"], data["cols"], data["probs"], data["cell_valid"])
+
+
+def _assemble(job: RasterJob, blocks: list[Block], results: dict[str, BlockResult], cell_in_aoi: np.ndarray,
+              n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell classes, mean probabilities of the windows covering each cell, and cell validity (block order)."""
+    k = job.k
+    sums = np.zeros((n_classes, job.rows, job.cols), np.float64)
+    hits = np.zeros((job.rows, job.cols), np.int32)
+    cell_valid = np.zeros((job.rows, job.cols), np.float32)
+    for block in blocks:
+        result = results[block.id]
+        nr, nc = result.cell_valid.shape
+        cell_valid[block.r0:block.r0 + nr, block.c0:block.c0 + nc] = result.cell_valid
+        for (r, c), p in zip(zip(result.rows, result.cols, strict=True), result.probs, strict=True):
+            sums[:, r:r + k, c:c + k] += p[:, None, None]
+            hits[r:r + k, c:c + k] += 1
+    valid = (hits > 0) & (cell_valid >= MIN_CELL_VALID) & cell_in_aoi
+    probs = (sums / np.maximum(hits, 1)).astype(np.float32)
+    classes = probs.argmax(axis=0).astype(np.uint8)
+    classes[~valid] = NODATA
+    return classes, probs, valid
+
+
+def _write_tiles(path: Path, job: RasterJob, blocks: list[Block], results: dict[str, BlockResult],
+                 bundle: Bundle) -> None:
+    """tiles.parquet: one row per predicted window: footprint, class, confidence, probability per class."""
+    import geopandas as gpd
+    import pandas as pd
+
+    rows = np.concatenate([results[b.id].rows for b in blocks]).astype(int)
+    cols = np.concatenate([results[b.id].cols for b in blocks]).astype(int)
+    probs = np.concatenate([results[b.id].probs.reshape(-1, bundle.n_classes) for b in blocks])
+    xs, ys = job.grid.origin(cols, rows)
+    names = [c["name"] for c in bundle.classes]
+    ids = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+    frame = pd.DataFrame({"tile_id": [job.grid.key(x, y) for x, y in zip(xs, ys, strict=True)],
+                          "window_row": rows, "window_col": cols, "class_id": ids.astype(np.int16),
+                          "class": [names[i] for i in ids], "confidence": probs.max(axis=1) if len(probs) else []})
+    for i, name in enumerate(names):
+        frame[f"p_{name}"] = probs[:, i]
+    tiles = gpd.GeoDataFrame(frame, geometry=job.grid.chip_boxes(xs, ys), crs=job.grid.crs.to_wkt())
+    with replacing(path) as tmp:
+        tiles.to_parquet(tmp)
