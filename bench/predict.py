@@ -13,7 +13,8 @@ Measured, each prediction in a fresh process (peak RSS of that process):
   2. predict on the 16k raster and on the 2k raster (local engine): tiles/s, peak RSS; ratio to (1), RSS ratio;
   3. km²/h at 1 m, 4 bands, 224 m tiles;
   4. engines on a 4096 x 4096 cut (324 windows): local, process pool 2, Ray 1 and 2 workers (a local cluster
-     started by the run, so its start-up is part of the overhead); onnxruntime vs torch.
+     started by the run, so its start-up is part of the overhead; peak RSS is the driver's only); onnxruntime
+     vs torch, model-only and on the large raster.
 Writes <out>/predict.json and prints a markdown table.
 """
 
@@ -177,6 +178,8 @@ def main() -> None:
     export_onnx(bundle)
     results["onnx_model_only_tiles_per_second"] = model_only(bundle, "onnx")
     results["engines"]["local, onnxruntime"] = predict(bundle, mid, work / "map_engine.tif", "--runtime", "onnx")
+    results["large_onnx"] = predict(bundle, big, work / "map_large_onnx.tif", "--runtime", "onnx")
+    print(f"large, onnxruntime: {results['large_onnx']}", flush=True)
     (out / "predict.json").write_text(json.dumps(results, indent=2))
     print(report(results))
 
@@ -185,9 +188,10 @@ def report(r: dict) -> str:
     """The markdown tables for bench/README.md."""
     lines = ["| raster | windows | tiles/s | vs model-only | peak RSS |", "|---|---:|---:|---:|---:|",
              f"| model only (in-memory batch of {r['batch']}) | | {r['model_only_tiles_per_second']:.1f} | 100% | |"]
-    for name, side in (("small", 2048), ("large", r["size"])):
+    for name, side in (("small", 2048), ("large", r["size"]), ("large_onnx", r["size"])):
         x = r[name]
-        lines.append(f"| {side} x {side} NAIP | {x['windows']} | {x['tiles_per_second']:.1f} | "
+        runtime = ", onnxruntime" if name.endswith("onnx") else ""
+        lines.append(f"| {side} x {side} NAIP{runtime} | {x['windows']} | {x['tiles_per_second']:.1f} | "
                      f"{100 * x['tiles_per_second'] / r['model_only_tiles_per_second']:.0f}% | "
                      f"{x['peak_rss_mb']:.0f} MB |")
     lines += ["", f"throughput ratio {100 * r['throughput_ratio']:.1f}%, peak RSS ratio {r['rss_ratio']:.2f}, "

@@ -250,3 +250,32 @@ def test_cli_change(pair, tmp_path, capsys):
     assert set(read_class_map(before).names) == {"Water", "Bare", "Vegetation"}
     frame = gpd.read_file(tmp_path / "out" / "candidates.gpkg")
     assert set(frame["to"]) == {"Vegetation"} and frame["cells"].min() >= 2
+
+
+def test_full_nlcd_classes_need_a_wide_change_raster(tmp_path):
+    """Full NLCD (20 classes with Alaska's): codes up to 401 do not fit a byte, so change.tif is uint16 (nodata 65535).
+    Before: Zion's NLCD 2011 on its own UTM grid; after: the Albers copy, resampled onto it (real disagreement)."""
+    from landcover.schemes import load_scheme
+
+    zion = need_data("zion")
+    scheme = load_scheme("nlcd")
+    classes = [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(scheme.classes)]
+    assert len(classes) == 20
+    maps = []
+    for name in ("nlcd2011.tif", "nlcd2011_albers.tif"):
+        with rasterio.open(zion / name) as src:
+            ids = scheme.lookup()[src.read(1)]
+            ids = np.where(ids < len(classes), ids, 255).astype(np.uint8)
+            maps.append(ClassMap(ids, src.transform, src.crs, classes))
+            write_class_map(maps[-1], tmp_path / name)
+    result = detect_change(tmp_path / "nlcd2011.tif", tmp_path / "nlcd2011_albers.tif", tmp_path / "out",
+                           min_cells=4, progress=False)
+    with rasterio.open(tmp_path / "out" / "change.tif") as src:
+        change = src.read(1)
+        assert src.dtypes[0] == "uint16" and src.nodata == 65535
+    b = maps[0].data
+    moved = (change != 0) & (change != 65535)
+    frm, to = decode(change, 20)
+    assert moved.sum() > 1000 and np.array_equal(frm[moved], b[moved]) and (frm[moved] != to[moved]).all()
+    assert result.changed_ha == pytest.approx(moved.sum() * maps[0].cell_area / 1e4)
+    assert (tmp_path / "out" / "change.png").exists()

@@ -158,26 +158,26 @@ def test_warped_imagery_gives_the_same_map(zion_bundle, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_outputs(zion_bundle, tmp_path, monkeypatch):
-    import landcover.predict_raster as pr
+    import landcover.predict_blocks as pb
 
     bundle, images, _ = zion_bundle
     whole = predict_raster(bundle, images, tmp_path / "whole.tif", block_windows=400, progress=False,
                            log=lambda _: None)
-    real, calls = pr.infer_block, []
+    real, calls = pb.infer_block, []
 
-    def dying(job, loaded, b=None):
+    def dying(job, loaded, runtime=None):
         calls.append(1)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return real(job, loaded, b)
+        return real(job, loaded, runtime)
 
-    monkeypatch.setattr(pr, "infer_block", dying)
+    monkeypatch.setattr(pb, "infer_block", dying)
     with pytest.raises(KeyboardInterrupt):
         predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=400, progress=False, log=lambda _: None)
     records = list((tmp_path / ".cut.tif.landcover-state").glob("*.npz"))
     assert not (tmp_path / "cut.tif").exists() and len(records) == 4
     done = sum(len(np.load(r)["rows"]) for r in records)
-    monkeypatch.setattr(pr, "infer_block", real)
+    monkeypatch.setattr(pb, "infer_block", real)
     with pytest.raises(LandcoverError, match="other settings"):
         predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=100, progress=False, log=lambda _: None)
     resumed = predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=400, progress=False,

@@ -22,8 +22,8 @@ from landcover.errors import LandcoverError
 from landcover.raster import crs_name, same_crs, transformer
 
 UNCHANGED = 0
-MAX_CLASSES = 15
-"""Change codes from_id * n + to_id + 1 must fit below 255 in a byte."""
+WIDE_NODATA = 65535
+"""change.tif is uint8 (nodata 255) while from_id * n + to_id + 1 fits below 255 (up to 15 classes), else uint16."""
 
 
 @dataclass
@@ -133,8 +133,6 @@ def detect_change(before: str | Path, after: str | Path, out_dir: str | Path, to
     if not b.crs.is_projected:
         raise LandcoverError("is in a geographic CRS: areas need a projected CRS (warp it to one first)", before)
     n = max(int(c["id"]) for c in b.classes) + 1
-    if n > MAX_CLASSES:
-        raise LandcoverError(f"has {n} class ids; change rasters hold at most {MAX_CLASSES}", before)
     if min_cells < 1:
         raise LandcoverError(f"min_cells must be at least 1, not {min_cells}")
     to_ids, from_ids = _class_ids(to_classes, b, "--to"), _class_ids(from_classes, b, "--from")
@@ -164,7 +162,8 @@ def detect_change(before: str | Path, after: str | Path, out_dir: str | Path, to
     names = [f"class {i}" for i in range(n)]
     for c in b.classes:
         names[int(c["id"])] = c["name"]
-    code = np.where(valid, pair + 1, NODATA).astype(np.uint8)
+    nodata = NODATA if n * n + 1 < NODATA else WIDE_NODATA
+    code = np.where(valid, pair + 1, nodata).astype(np.uint8 if nodata == NODATA else np.uint16)
     code[valid & (b.data == after_data)] = UNCHANGED
 
     # candidates: 8-connected components of each matching transition
@@ -285,18 +284,21 @@ def _write(tmp: Path, before: Path, after: Path, b: ClassMap, a: ClassMap, after
     table.loc["total"] = [*(counts.sum(axis=0) * cell_ha), counts.sum() * cell_ha]
     table.to_csv(tmp / "transitions.csv")
 
-    colormap = {i: (0, 0, 0, 0) for i in range(256)}
-    colormap[UNCHANGED] = (*hex_rgb(UNCHANGED_COLOR), 255)
+    nodata = NODATA if code.dtype == np.uint8 else WIDE_NODATA
+    colormap = {i: (0, 0, 0, 0) for i in range(256)} if nodata == NODATA else None  # palettes: 8-bit only
     categories = ["unchanged"] + [""] * (n * n)
     colors = {int(c["id"]): c["color"] for c in b.classes}
     for f in range(n):
         for t in range(n):
             if f != t:
-                colormap[f * n + t + 1] = (*hex_rgb(colors.get(t, "#000000")), 255)
+                if colormap is not None:
+                    colormap[f * n + t + 1] = (*hex_rgb(colors.get(t, "#000000")), 255)
                 categories[f * n + t + 1] = f"{names[f]} -> {names[t]}"
+    if colormap is not None:
+        colormap[UNCHANGED] = (*hex_rgb(UNCHANGED_COLOR), 255)
     encoding = {"classes": names, "value": "from_id * n_classes + to_id + 1", "unchanged": UNCHANGED,
-                "nodata": NODATA, "before": str(before), "after": str(after)}
-    write_cog(tmp / "change.tif", code, b.transform, b.crs, NODATA, colormap=colormap,
+                "nodata": nodata, "before": str(before), "after": str(after)}
+    write_cog(tmp / "change.tif", code, b.transform, b.crs, nodata, colormap=colormap,
               tags={"LANDCOVER_CHANGE": json.dumps(encoding)}, descriptions=["change"], resampling="NEAREST",
               category_names=categories)
 
@@ -316,10 +318,10 @@ def _write(tmp: Path, before: Path, after: Path, b: ClassMap, a: ClassMap, after
         "resampled": resampled,
         "totals": {"changed_ha": changed * cell_ha, "unchanged_ha": diag * cell_ha,
                    "valid_ha": int(counts.sum()) * cell_ha, "changed_share": changed / counts.sum() if counts.sum()
-                   else None, "nodata_ha": int((code == NODATA).sum()) * cell_ha,
+                   else None, "nodata_ha": int((code == nodata).sum()) * cell_ha,
                    "nodata_cells": {"before": int((b.data == NODATA).sum()),
                                     "after": int((after_data == NODATA).sum()),
-                                    "either": int((code == NODATA).sum())}},
+                                    "either": int((code == nodata).sum())}},
         "transitions_ha": dict(sorted(transitions.items(), key=lambda kv: -kv[1])),
         "candidates": {"count": len(candidates), "ranking": ranking,
                        "confidence": ("mean over the component of p_after(to) * p_before(from)"
@@ -334,5 +336,8 @@ def _write(tmp: Path, before: Path, after: Path, b: ClassMap, a: ClassMap, after
     }
     (tmp / "change.json").write_text(json.dumps(report, indent=2) + "\n")
     hectares = counts * cell_ha
-    change_figure(b, after_data, code, hectares, tmp / "change.png", title=f"{before.name} -> {after.name}")
+    # the figure colours a change by its new class
+    shown = np.where(code == nodata, NODATA, np.where(code == UNCHANGED, UNCHANGED, after_data.astype(np.int32) + 1))
+    change_figure(b, after_data, shown.astype(np.uint8), hectares, tmp / "change.png",
+                  title=f"{before.name} -> {after.name}")
     return files

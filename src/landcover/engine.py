@@ -35,15 +35,19 @@ class Engine:
             raise LandcoverError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
         return cls(name, workers, ray_address)
 
-    def map(self, fn: Callable[[Any, Any], Any], shared: Any, tasks: Iterable[Any]) -> Iterator[Any]:
-        """Run fn(shared, task) for every task; yield results as they finish (any order)."""
+    def map(self, fn: Callable[[Any, Any], Any], shared: Any, tasks: Iterable[Any],
+            spawn: bool = False) -> Iterator[Any]:
+        """Run fn(shared, task) for every task; yield results as they finish (any order).
+
+        `spawn`: pool workers start as fresh interpreters instead of forks (needed once this process has run torch:
+        a forked OpenMP thread pool deadlocks)."""
         tasks = list(tasks)
         if not tasks:
             return iter(())
         if self.name == "local" or (self.name == "process" and self.workers == 1):
             return (fn(shared, t) for t in tasks)
         if self.name == "process":
-            return _pool_map(fn, shared, tasks, self.workers)
+            return _pool_map(fn, shared, tasks, self.workers, spawn)
         return _ray_map(fn, shared, tasks, self.workers, self.ray_address)
 
 
@@ -56,8 +60,8 @@ def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
     return fn(_shared, task)
 
 
-def _pool_map(fn: Callable, shared: Any, tasks: list, workers: int) -> Iterator[Any]:
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+def _pool_map(fn: Callable, shared: Any, tasks: list, workers: int, spawn: bool = False) -> Iterator[Any]:
+    context = multiprocessing.get_context("fork" if os.name == "posix" and not spawn else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(shared,)) as pool:
         pending = {pool.submit(_call, fn, t) for t in tasks}

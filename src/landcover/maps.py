@@ -308,7 +308,9 @@ def render_map(map_path: str | Path, out_png: str | Path, image: list[str] | Non
 
 def change_figure(before: ClassMap, after: np.ndarray, change: np.ndarray, hectares: np.ndarray, out: str | Path,
                   title: str = "") -> Path:
-    """Before | after | change panels in class colours, and the transition matrix (hectares) as a heatmap."""
+    """Before | after | change panels in class colours, and the transition matrix (hectares) as a heatmap.
+
+    `change`: 0 where unchanged, 1 + the new class id where changed, NODATA where either map has none."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import LogNorm
@@ -324,10 +326,7 @@ def change_figure(before: ClassMap, after: np.ndarray, change: np.ndarray, hecta
         names[int(c["id"])] = c["name"]
     change_lut = np.zeros((256, 4), dtype=np.uint8)
     change_lut[0] = (*hex_rgb(UNCHANGED_COLOR), 255)
-    for f in range(n):
-        for t in range(n):
-            if f != t:
-                change_lut[f * n + t + 1] = lut[t]
+    change_lut[1:n + 1] = lut[:n]
     panel_w = 4.5
     map_h = round(4 * min(max(panel_w * (top - bottom) / (right - left), 2.5), 9.0)) / 4
     fig = Figure(figsize=(2 * panel_w + LEGEND_IN, 2 * map_h + 1.2), layout="constrained")

@@ -1,4 +1,4 @@
-"""Whole rasters into class maps: windows on the bundle's grid, batched inference, overlap averaging, COGs."""
+"""Whole rasters into class maps: the bundle's tiles on the imagery, overlap averaging, smoothing, COG outputs."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import math
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import shapely
-import torch
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from landcover.atomic import replacing, write_text
@@ -26,65 +23,21 @@ from landcover.classmap import NODATA, ClassMap, write_class_map, write_probabil
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.grid import Grid, make_grid, on_lattice, parse_length, scene_footprint, to_pixels
+from landcover.predict_blocks import (
+    BLOCK_WINDOWS,
+    Block,
+    BlockResult,
+    RasterJob,
+    load_result,
+    plan_blocks,
+    run_blocks,
+    save_result,
+)
 from landcover.raster import Scene, crs_name
-from landcover.stretch import Stretch, scene_stretch
+from landcover.stretch import scene_stretch
 
-BLOCK_WINDOWS = 64
-"""Windows per block (one read, one engine task, one resume record): bounds memory whatever the raster's size."""
 MIN_CELL_VALID = 0.5
 """A map cell is nodata when less than this share of its imagery pixels is valid."""
-
-
-@dataclass(frozen=True)
-class Block:
-    """A rectangle of windows [r0, r1) x [c0, c1) read at once; `keep` marks windows inside the AOI."""
-
-    id: str
-    r0: int
-    r1: int
-    c0: int
-    c1: int
-    keep: np.ndarray = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class RasterJob:
-    """Everything a worker needs to turn blocks into probabilities (sent once per worker)."""
-
-    bundle: str
-    runtime: str
-    scene: Scene
-    png: bool
-    """The bundle's chips were 8-bit PNGs: imagery is made 8-bit the same way (stretch, or as is)."""
-    stretch: Stretch | None
-    grid: Grid
-    direct: bool
-    resampling: str
-    rows: int
-    cols: int
-    """Map cells (one per stride) down and across; windows are k x k cells, k = tile / stride."""
-    batch_size: int
-    max_nodata: float
-    threads: int | None
-
-    @property
-    def k(self) -> int:
-        """Cells a window spans per side."""
-        return self.grid.tile // self.grid.stride
-
-
-@dataclass
-class BlockResult:
-    """A block's predicted windows (absolute window row, col), their probabilities and its cells' validity."""
-
-    id: str
-    rows: np.ndarray
-    cols: np.ndarray
-    probs: np.ndarray
-    cell_valid: np.ndarray
-    """Valid share of each cell the block reads: cells [r0, r1 + k - 1) x [c0, c1 + k - 1)."""
-    seconds_read: float = 0.0
-    seconds_infer: float = 0.0
 
 
 @dataclass
@@ -203,7 +156,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     grid, reading = _grid(bundle, scene, stride, resampling)
     job = _job(bundle, scene, grid, runtime, resampling, batch_size, max_nodata, engine)
     cell_in_aoi = _aoi_cells(job, aoi)
-    blocks = _plan(job, cell_in_aoi, block_windows)
+    blocks = plan_blocks(job, cell_in_aoi, block_windows)
     log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
         f"windows of {grid.tile} px in {len(blocks)} blocks")
     files = _output_files(out, smooth, probabilities)
@@ -215,14 +168,14 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     for block in blocks:
         record = state / f"{block.id}.npz"
         if record.exists():
-            results[block.id] = _load_result(record)
+            results[block.id] = load_result(record)
     resumed = len(results)
     todo = [b for b in blocks if b.id not in results]
     total = sum(int(b.keep.sum()) for b in blocks)
     with tqdm(total=total, initial=total - sum(int(b.keep.sum()) for b in todo), unit="tile", desc="predict",
               disable=not progress, leave=False) as bar:
-        for result in _run(job, bundle, todo, engine):
-            _save_result(state / f"{result.id}.npz", result)
+        for result in run_blocks(job, bundle, todo, engine):
+            save_result(state / f"{result.id}.npz", result)
             results[result.id] = result
             bar.update(len(result.rows))
     classes, probs, valid = _assemble(job, blocks, results, cell_in_aoi, bundle.n_classes)
@@ -319,32 +272,6 @@ def _aoi_cells(job: RasterJob, aoi: str | Path | None) -> np.ndarray:
     return inside
 
 
-def _window_sums(cells: np.ndarray, k: int) -> np.ndarray:
-    """Sum over every k x k window of a cell array: (rows - k + 1, cols - k + 1)."""
-    if k == 1:
-        return cells.astype(np.float64)
-    return np.lib.stride_tricks.sliding_window_view(cells.astype(np.float64), (k, k)).sum(axis=(-1, -2))
-
-
-def _plan(job: RasterJob, cell_in_aoi: np.ndarray, block_windows: int) -> list[Block]:
-    """Square blocks of about block_windows windows; blocks with no window in the AOI are left out."""
-    k = job.k
-    nwr, nwc = job.rows - k + 1, job.cols - k + 1
-    if nwr < 1 or nwc < 1:
-        raise LandcoverError(f"the imagery is smaller than one {job.grid.tile * job.grid.res:g} m tile",
-                             job.scene.paths[0])
-    keep = _window_sums(cell_in_aoi, k) > 0
-    side = max(1, round(math.sqrt(block_windows)))
-    blocks = []
-    for r0 in range(0, nwr, side):
-        for c0 in range(0, nwc, side):
-            r1, c1 = min(r0 + side, nwr), min(c0 + side, nwc)
-            sub = keep[r0:r1, c0:c1]
-            if sub.any():
-                blocks.append(Block(f"b{r0:06d}-{c0:06d}", r0, r1, c0, c1, sub.copy()))
-    return blocks
-
-
 def _output_files(out: Path, smooth: int, probabilities: bool) -> dict[str, Path]:
     stem = out.with_suffix("")
     files = {"map": out, "tiles": Path(f"{stem}.tiles.parquet"), "summary": Path(f"{stem}.json")}
@@ -383,104 +310,6 @@ def _prepare(out: Path, files: dict[str, Path], state: Path, fingerprint: str, o
         out.parent.mkdir(parents=True)
     state.mkdir()
     write_text(state / "fingerprint", fingerprint)
-
-
-# --- the work: blocks read, windows cut, inferred -------------------------------------------------------------
-
-_RUNTIMES: dict[tuple, object] = {}
-
-
-def _runtime(job: RasterJob, bundle: Bundle | None = None):
-    """The worker's model, loaded once per process (the bundle already in memory, when given)."""
-    key = (job.bundle, job.runtime, job.threads)
-    if key not in _RUNTIMES:
-        from landcover.runtime import load_runtime, open_runtime
-
-        if job.threads:
-            torch.set_num_threads(job.threads)
-        _RUNTIMES.clear()
-        _RUNTIMES[key] = (load_runtime(bundle, job.runtime, job.threads) if bundle is not None
-                          else open_runtime(job.bundle, job.runtime, job.threads))
-    return _RUNTIMES[key]
-
-
-@dataclass
-class _Pixels:
-    block: Block
-    pixels: np.ndarray
-    cell_valid: np.ndarray
-    windows: np.ndarray
-    """(n, 2) window row, col (relative to the block) to predict."""
-    seconds: float
-
-
-def load_block(job: RasterJob, block: Block) -> _Pixels:
-    """Read (or warp) the block's pixels once, make them what the chips were, and pick the windows to predict."""
-    t0 = time.perf_counter()
-    grid, s, k = job.grid, job.grid.stride, job.k
-    nr, nc = block.r1 - block.r0 + k - 1, block.c1 - block.c0 + k - 1
-    width, height = nc * s, nr * s
-    x, y = grid.origin(block.c0, block.r0)
-    scene = job.scene
-    if job.direct:
-        col = round((x - scene.transform.c) / scene.transform.a)
-        row = round((y - scene.transform.f) / scene.transform.e)
-        pixels, valid = scene.read(Window(col, row, width, height))
-    else:
-        pixels, valid = scene.read_warped(grid.crs, Affine(grid.res, 0, x, 0, -grid.res, y), width, height,
-                                          Resampling[job.resampling])
-    if job.png:
-        pixels = job.stretch.apply(pixels) if job.stretch else pixels.astype(np.uint8)
-    cell_valid = valid.reshape(nr, s, nc, s).mean(axis=(1, 3)).astype(np.float32)
-    window_valid = _window_sums(cell_valid, k) / (k * k)
-    wanted = block.keep & (window_valid >= 1 - job.max_nodata - 1e-9)
-    return _Pixels(block, pixels, cell_valid, np.argwhere(wanted), time.perf_counter() - t0)
-
-
-def infer_block(job: RasterJob, loaded: _Pixels, bundle: Bundle | None = None) -> BlockResult:
-    """Probabilities for the block's windows, in batches."""
-    t0 = time.perf_counter()
-    runtime = _runtime(job, bundle)
-    s, t = job.grid.stride, job.grid.tile
-    windows = loaded.windows
-    probs = []
-    for i in range(0, len(windows), job.batch_size):
-        batch = np.stack([loaded.pixels[:, r * s:r * s + t, c * s:c * s + t]
-                          for r, c in windows[i:i + job.batch_size]])
-        probs.append(np.asarray(runtime.predict_proba(torch.from_numpy(batch.astype(np.float32))), np.float32))
-    block = loaded.block
-    return BlockResult(block.id, windows[:, 0] + block.r0, windows[:, 1] + block.c0,
-                       np.concatenate(probs) if probs else np.zeros((0, 0), np.float32), loaded.cell_valid,
-                       loaded.seconds, time.perf_counter() - t0)
-
-
-def run_block(job: RasterJob, block: Block) -> BlockResult:
-    """One engine task: read a block and predict its windows (the model loaded once per worker)."""
-    return infer_block(job, load_block(job, block))
-
-
-def _run(job: RasterJob, bundle: Bundle, blocks: list[Block], engine: Engine):
-    """Results block by block; in-process, the next blocks are read while this one is inferred."""
-    if engine.name != "local" and not (engine.name == "process" and engine.workers == 1):
-        yield from engine.map(run_block, job, blocks)
-        return
-    with ThreadPoolExecutor(1) as reader:
-        ahead = [reader.submit(load_block, job, b) for b in blocks[:2]]
-        for i in range(len(blocks)):
-            loaded = ahead.pop(0).result()
-            if i + 2 < len(blocks):
-                ahead.append(reader.submit(load_block, job, blocks[i + 2]))
-            yield infer_block(job, loaded, bundle)
-
-
-def _save_result(path: Path, result: BlockResult) -> None:
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, rows=result.rows, cols=result.cols, probs=result.probs, cell_valid=result.cell_valid)
-
-
-def _load_result(path: Path) -> BlockResult:
-    with np.load(path) as data:
-        return BlockResult(path.stem, data["rows"], data["cols"], data["probs"], data["cell_valid"])
 
 
 def _assemble(job: RasterJob, blocks: list[Block], results: dict[str, BlockResult], cell_in_aoi: np.ndarray,
