@@ -33,7 +33,8 @@ from landcover.predict_blocks import (
     run_blocks,
     save_result,
 )
-from landcover.raster import Scene, crs_name
+from landcover.raster import Scene, crs_name, open_raster
+from landcover.schemes import load_scheme
 from landcover.stretch import scene_stretch
 
 MIN_CELL_VALID = 0.5
@@ -65,7 +66,7 @@ class RasterResult:
 
     def summary(self) -> str:
         """A few lines for the terminal."""
-        total = sum(v for k, v in self.hectares.items())
+        total = sum(self.hectares.values())
         lines = [f"map: {self.out}  ({self.reading})",
                  f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
                  + (f", {self.resumed} blocks resumed" if self.resumed else "")
@@ -107,10 +108,9 @@ def plurality_filter(classes: np.ndarray, n_classes: int, size: int = 3) -> np.n
         return classes.copy()
     h, w = classes.shape
     r = size // 2
-    counts = np.zeros((n_classes, h + 2 * r, w + 2 * r), np.int16)
+    padded = np.zeros((n_classes, h + 2 * r, w + 2 * r), np.int16)
     for c in range(n_classes):
-        counts[c, r:r + h, r:r + w] = classes == c
-    padded = counts
+        padded[c, r:r + h, r:r + w] = classes == c
     votes = np.zeros((n_classes, h, w), np.int16)
     for dy in range(size):
         for dx in range(size):
@@ -144,6 +144,9 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
         raise LandcoverError(f"--smooth {smooth} must be an odd window size >= 3")
     if truth and not truth_scheme:
         raise LandcoverError("--truth needs --scheme (how its codes map to classes)", truth)
+    if truth:  # checked now, not after the prediction
+        load_scheme(truth_scheme)
+        open_raster(truth).close()
     if resampling not in Resampling.__members__:
         raise LandcoverError(f"unknown resampling {resampling!r}")
     bundle = load_bundle(bundle_path)
