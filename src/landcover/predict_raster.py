@@ -156,8 +156,9 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     if scene.count < need:
         raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
                              images[0])
-    grid, reading = _grid(bundle, scene, stride, resampling)
+    grid = _grid(bundle, scene, stride)
     job = _job(bundle, scene, grid, runtime, resampling, batch_size, max_nodata, engine)
+    reading = _reading(job)
     cell_in_aoi = _aoi_cells(job, aoi)
     blocks = plan_blocks(job, cell_in_aoi, block_windows)
     log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
@@ -226,18 +227,23 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     return result
 
 
-def _grid(bundle: Bundle, scene: Scene, stride: str | None, resampling: str) -> tuple[Grid, str]:
-    """The bundle's tiles (size in px at its ground resolution) on the imagery's CRS, and how it is read."""
+def _grid(bundle: Bundle, scene: Scene, stride: str | None) -> Grid:
+    """The bundle's tiles (size in px at its ground resolution, every stride) on the imagery's CRS."""
     tile, res = int(bundle.chip["size_px"]), float(bundle.chip["res"])
     step = to_pixels(parse_length(stride, "stride"), res, "stride") if stride else tile
     if not 1 <= step <= tile or tile % step:
         raise LandcoverError(f"--stride {stride} must divide the tile ({tile} px of {res:g} m = {tile * res:g} m) "
                              "into whole steps")
-    grid = make_grid([scene], (tile, "px"), overlap=(tile - step, "px"), resolution=res)
-    if on_lattice(scene, grid):
-        return grid, f"reading {scene.res[0]:g} m imagery directly (the bundle's ground resolution)"
-    return grid, (f"warping imagery on the fly from {crs_name(scene.crs)} at {scene.res[0]:g} m to "
-                  f"{crs_name(grid.crs)} at {res:g} m (the bundle's ground resolution), {resampling}")
+    return make_grid([scene], (tile, "px"), overlap=(tile - step, "px"), resolution=res)
+
+
+def _reading(job: RasterJob) -> str:
+    """How the imagery is read, for the log: plain windows, or warped onto the bundle's grid."""
+    scene, grid = job.scene, job.grid
+    if job.direct:
+        return f"reading {scene.res[0]:g} m imagery directly (the bundle's ground resolution)"
+    return (f"warping imagery on the fly from {crs_name(scene.crs)} at {scene.res[0]:g} m to "
+            f"{crs_name(grid.crs)} at {grid.res:g} m (the bundle's ground resolution), {job.resampling}")
 
 
 def _job(bundle: Bundle, scene: Scene, grid: Grid, runtime: str, resampling: str, batch_size: int,
@@ -323,12 +329,18 @@ def _assemble(job: RasterJob, blocks: list[Block], results: dict[str, BlockResul
     hits = np.zeros((job.rows, job.cols), np.int32)
     cell_valid = np.zeros((job.rows, job.cols), np.float32)
     for block in blocks:
-        result = results[block.id]
-        nr, nc = result.cell_valid.shape
-        cell_valid[block.r0:block.r0 + nr, block.c0:block.c0 + nc] = result.cell_valid
-        for (r, c), p in zip(zip(result.rows, result.cols, strict=True), result.probs, strict=True):
-            sums[:, r:r + k, c:c + k] += p[:, None, None]
-            hits[r:r + k, c:c + k] += 1
+        nr, nc = results[block.id].cell_valid.shape
+        cell_valid[block.r0:block.r0 + nr, block.c0:block.c0 + nc] = results[block.id].cell_valid
+    rows = np.concatenate([results[b.id].rows for b in blocks]).astype(np.intp)
+    cols = np.concatenate([results[b.id].cols for b in blocks]).astype(np.intp)
+    window_probs = np.concatenate([results[b.id].probs.reshape(-1, n_classes) for b in blocks])
+    size = job.rows * job.cols
+    for dy in range(k):  # each window adds its probabilities to the k x k cells it covers
+        for dx in range(k):
+            cells = (rows + dy) * job.cols + cols + dx
+            hits += np.bincount(cells, minlength=size).reshape(hits.shape).astype(np.int32)
+            for c in range(n_classes):
+                sums[c] += np.bincount(cells, weights=window_probs[:, c], minlength=size).reshape(hits.shape)
     valid = (hits > 0) & (cell_valid >= MIN_CELL_VALID) & cell_in_aoi
     probs = (sums / np.maximum(hits, 1)).astype(np.float32)
     classes = probs.argmax(axis=0).astype(np.uint8)
