@@ -41,3 +41,19 @@ def write_raster(path: Path, data: np.ndarray, crs: str, transform, nodata=None)
                        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
         dst.write(data)
     return path
+
+
+@pytest.fixture(scope="session")
+def park_chips(tmp_path_factory) -> Path:
+    """Zion GeoTIFF chips inside the park (4 bands, uint16, 32 px), split by blocks 70:15:15 (read-only: copy
+    before changing anything)."""
+    from landcover.cli import main
+
+    zion = need_data("zion")
+    chips = tmp_path_factory.mktemp("park") / "chips"
+    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
+    assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011.tif"), "--scheme",
+                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--format", "tif",
+                 "--aoi", str(zion / "zion.gpkg"), "--out", str(chips)]) == 0
+    assert main(["split", str(chips), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"]) == 0
+    return chips

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import need_data
 from safetensors.torch import load_file, save_file
 
 from landcover.cli import main
@@ -22,16 +21,9 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
-def zion_bundles(tmp_path_factory):
-    """Zion GeoTIFF chips in the park (4 bands, uint16, 32 px), a bundle fine-tuned for 1 epoch, a features one."""
-    zion = need_data("zion")
-    root = tmp_path_factory.mktemp("onnx")
-    chips, runs = root / "chips", root / "runs"
-    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011.tif"), "--scheme",
-                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--format", "tif",
-                 "--aoi", str(zion / "zion.gpkg"), "--out", str(chips)]) == 0
-    assert main(["split", str(chips), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"]) == 0
+def zion_bundles(tmp_path_factory, park_chips):
+    """Zion park chips (see conftest), a bundle fine-tuned for 1 epoch, a features one."""
+    chips, runs = park_chips, tmp_path_factory.mktemp("onnx") / "runs"
     common = ["train", "--quiet", "--manifest", str(chips), "--runs", str(runs), "--arch", "efficientnet-lite0",
               "--input-size", "32", "--batch-size", "16", "--rgb-bands", "3", "2", "1"]
     assert main([*common, "--name", "finetune", "--epochs", "1", "--train-from", "head"]) == 0

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import rasterio
 import torch
-from conftest import need_data
 from PIL import Image
 
 from landcover.cli import main
@@ -21,22 +20,16 @@ PER_CLASS = 12
 
 
 @pytest.fixture(scope="module")
-def zion(tmp_path_factory):
-    """Zion GeoTIFF chips in the park (4 bands, uint16, 32 px), a features + logreg bundle, a small chip folder.
+def zion(tmp_path_factory, park_chips):
+    """Zion park chips (see conftest), a features + logreg bundle, a small chip folder.
 
     The folder holds up to PER_CLASS chips of each class in class folders (named by slug, and one by class
     name in its own case) and a few in a folder that names no class.
     """
     from landcover.manifest import read_manifest
 
-    data = need_data("zion")
     root = tmp_path_factory.mktemp("predict-folder")
-    chips, runs = root / "chips", root / "runs"
-    images = [str(data / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    assert main(["chips", "--quiet", "--image", *images, "--labels", str(data / "nlcd2011.tif"), "--scheme",
-                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--format", "tif",
-                 "--aoi", str(data / "zion.gpkg"), "--out", str(chips)]) == 0
-    assert main(["split", str(chips), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"]) == 0
+    chips, runs = park_chips, root / "runs"
     assert main(["train", "--quiet", "--manifest", str(chips), "--runs", str(runs), "--arch", "efficientnet-lite0",
                  "--input-size", "32", "--batch-size", "16", "--rgb-bands", "3", "2", "1", "--name", "features",
                  "--mode", "features", "--head", "logreg"]) == 0
