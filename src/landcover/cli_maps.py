@@ -27,12 +27,14 @@ have probabilities, else by area; change.json (totals and settings) and change.p
 
 
 def _warnings_as_lines(func, *args, **kwargs):
-    """Call func; print each warning it raises as one `warning:` line on stderr."""
+    """Call func; print each user warning it raises as one `warning:` line on stderr (libraries' deprecation
+    notices, e.g. rasterio's own use of affine, are not the user's business)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = func(*args, **kwargs)
     for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
     return result
 
 
