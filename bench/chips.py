@@ -31,12 +31,12 @@ import rasterio
 from pyproj import Transformer
 from rasterio.windows import Window
 
-from landcover.chips import make_chips
+from landcover.chips.cut import cut_chips
+from landcover.chips.labels import LabelPatch, LabelRaster
+from landcover.chips.rules import Rules
 from landcover.engine import Engine
-from landcover.grid import Grid, make_grid
-from landcover.labels import LabelPatch, LabelRaster
-from landcover.raster import Scene
-from landcover.rules import Rules
+from landcover.geo.grid import Grid, make_grid
+from landcover.geo.raster import Scene
 from landcover.schemes import INVALID, ClassScheme, load_scheme
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def run_landcover(inputs: Inputs, config: str, workers: int, work: Path) -> tupl
         start = time.perf_counter()
         scene = inputs.scene()
         grid = make_grid([scene], TILE)
-        result = make_chips([scene], LabelRaster.open(inputs.labels), load_scheme(SCHEME), grid,
+        result = cut_chips([scene], LabelRaster.open(inputs.labels), load_scheme(SCHEME), grid,
                             Rules.parse(specs, max_nodata=max_nodata), out / "chips", aoi=None, fmt="png",
                             engine=Engine.choose(None, workers=workers), progress=False)
         seconds = time.perf_counter() - start

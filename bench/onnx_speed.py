@@ -34,9 +34,9 @@ from landcover.compat import guard_torchvision
 guard_torchvision()  # before anything imports torchvision or timm
 
 from landcover import cli  # noqa: E402
-from landcover.data import ChipDataset  # noqa: E402
-from landcover.onnx_export import export_onnx  # noqa: E402
-from landcover.runtime import load_runtime  # noqa: E402
+from landcover.predict.onnx_export import export_onnx  # noqa: E402
+from landcover.predict.runtime import load_runtime  # noqa: E402
+from landcover.train.data import ChipDataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("b2", "b3", "b4", "b5")

@@ -89,9 +89,8 @@ def cut(src_path: Path, out: Path, size: int) -> Path:
 
 def timing_bundle(out: Path) -> Path:
     """Lite0 (ImageNet weights, 4 bands), 224 px chips at 1 m, an untrained 8-class head, saved as a bundle."""
-    from landcover.bundle import Bundle, save_bundle
-    from landcover.data import InputSpec
-    from landcover.models import build_model
+    from landcover.bundle import Bundle, InputSpec, save_bundle
+    from landcover.models.backbones import build_model
     from landcover.schemes import load_scheme
 
     if (out / "model.json").exists():
@@ -110,7 +109,7 @@ def timing_bundle(out: Path) -> Path:
 
 def model_only(bundle_path: Path, runtime: str = "torch") -> float:
     """Tiles/s of the runtime on an in-memory batch of 64 raw windows (best of 3 after a warm-up)."""
-    from landcover.runtime import open_runtime
+    from landcover.predict.runtime import open_runtime
 
     rt = open_runtime(bundle_path, runtime)
     batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (BATCH, 4, TILE_PX, TILE_PX)).astype(
@@ -173,7 +172,7 @@ def main() -> None:
     for name, extra in engines.items():
         results["engines"][name] = predict(bundle, mid, work / "map_engine.tif", *extra)
         print(f"{name}: {results['engines'][name]}", flush=True)
-    from landcover.onnx_export import export_onnx
+    from landcover.predict.onnx_export import export_onnx
 
     export_onnx(bundle)
     results["onnx_model_only_tiles_per_second"] = model_only(bundle, "onnx")

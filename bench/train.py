@@ -40,11 +40,14 @@ from landcover.compat import guard_torchvision
 guard_torchvision()  # before anything imports torchvision, timm or TorchGeo
 
 from landcover import cli  # noqa: E402
-from landcover.data import ChipDataset, InputSpec, read_chip  # noqa: E402
+from landcover.bundle import InputSpec  # noqa: E402
 from landcover.evaluate import Report, evaluate_predictions, read_report  # noqa: E402
-from landcover.features import spectral_features  # noqa: E402
-from landcover.heads import fit_head  # noqa: E402
-from landcover.train import Run, TrainConfig, read_metrics  # noqa: E402
+from landcover.models.heads import fit_head  # noqa: E402
+from landcover.train.config import TrainConfig  # noqa: E402
+from landcover.train.data import ChipDataset, read_chip  # noqa: E402
+from landcover.train.features import spectral_features  # noqa: E402
+from landcover.train.run import Run  # noqa: E402
+from landcover.train.runs import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("b2", "b3", "b4", "b5")
@@ -248,7 +251,7 @@ def torchgeo_run(manifest: Path, work: Path, names: list[str], s: Settings) -> d
         from torchgeo.trainers import ClassificationTask
     except ImportError as exc:
         return {"skipped": f"TorchGeo/Lightning not importable ({exc}); pip install -e '.[bench]' -c constraints.txt"}
-    from landcover.finetune import class_weights
+    from landcover.train.finetune import class_weights
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -358,7 +361,7 @@ def prepared_train_tensors(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
 
 def bare_loop(run: Run, s: Settings, max_batches: int | None) -> dict:
     """Forward, backward and AdamW step over in-memory prepared tensors, in shuffled batches: the ceiling."""
-    from landcover.models import set_trainable
+    from landcover.models.backbones import set_trainable
 
     x, y = prepared_train_tensors(run)
     model = run.model
@@ -429,10 +432,10 @@ def data_pipeline(run: Run) -> dict:
 
 
 PROFILE_PARTS: dict[str, tuple[str, str]] = {
-    "epoch (landcover.finetune._train_epoch)": ("landcover/finetune.py", "_train_epoch"),
+    "epoch (landcover.train.finetune._train_epoch)": ("landcover/train/finetune.py", "_train_epoch"),
     "DataLoader __next__ (read, augment, collate)": ("torch/utils/data/dataloader.py", "__next__"),
-    "  read_chip (rasterio open + read)": ("landcover/data.py", "read_chip"),
-    "InputSpec.prepare (scale, resize, normalise)": ("landcover/data.py", "prepare"),
+    "  read_chip (rasterio open + read)": ("landcover/train/data.py", "read_chip"),
+    "InputSpec.prepare (scale, resize, normalise)": ("landcover/bundle.py", "prepare"),
     "forward (timm EfficientNet.forward)": ("timm/models/efficientnet.py", "forward"),
     "backward (Tensor.backward)": ("torch/_tensor.py", "backward"),
     "optimizer step (AdamW, i.e. Adam.step)": ("torch/optim/adam.py", "step"),
@@ -443,8 +446,8 @@ PROFILE_PARTS: dict[str, tuple[str, str]] = {
 
 def profile_epoch(manifest: Path, work: Path, s: Settings) -> dict:
     """cProfile of one epoch of landcover's own fine-tuning loop (train from all), as `landcover train` runs it."""
-    from landcover.finetune import _train_epoch, make_optimizer
-    from landcover.models import set_trainable
+    from landcover.models.backbones import set_trainable
+    from landcover.train.finetune import _train_epoch, make_optimizer
 
     run = reference_run(manifest, work / "profile-run", s)
     set_trainable(run.model, "all")

@@ -21,10 +21,10 @@ from rasterio.features import rasterize
 from rasterio.warp import reproject
 from scipy import ndimage
 
-from landcover.change import detect_change
-from landcover.classmap import ClassMap, read_class_map, read_probabilities, write_class_map, write_probabilities
-from landcover.cli_maps import add_parsers
+from landcover.cli.maps import add_parsers
 from landcover.errors import LandcoverError
+from landcover.maps.change import detect_change
+from landcover.maps.classmap import ClassMap, read_class_map, read_probabilities, write_class_map, write_probabilities
 
 CLASSES = [{"id": 0, "name": "Water", "color": "#466b9f"}, {"id": 1, "name": "Bare", "color": "#b3ac9f"},
            {"id": 2, "name": "Vegetation", "color": "#1c5f2c"}]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from landcover.cli import main
-from landcover.formats import read_tfrecord
+from landcover.datasets.formats import read_tfrecord
 from landcover.manifest import read_manifest
 
 
@@ -52,9 +52,9 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
 def test_demo_without_data_says_where_to_get_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LANDCOVER_DATA", str(tmp_path / "nowhere"))
-    import landcover.demo
+    import landcover.cli.demo
 
-    monkeypatch.setattr(landcover.demo, "__file__", str(tmp_path / "a" / "b" / "c" / "demo.py"))
+    monkeypatch.setattr(landcover.cli.demo, "__file__", str(tmp_path / "a" / "b" / "c" / "d" / "demo.py"))
     assert main(["demo", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "Zion sample not found" in err and "spDataLarge" in err and "\n" not in err

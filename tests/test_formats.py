@@ -17,8 +17,7 @@ from conftest import need_data
 from PIL import Image
 
 from landcover.cli import main
-from landcover.errors import LandcoverError
-from landcover.formats import (
+from landcover.datasets.formats import (
     Sample,
     chip_id_from_key,
     decode_example,
@@ -31,7 +30,8 @@ from landcover.formats import (
     sample_key,
     write_webdataset,
 )
-from landcover.formats.crc32c import crc32c, masked_crc32c
+from landcover.datasets.formats.crc32c import crc32c, masked_crc32c
+from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest, write_manifest
 
 NAMES = ["Water", "Developed", "Barren", "Forest", "Shrubland", "Grassland", "Cultivated", "Wetlands"]

@@ -13,8 +13,8 @@ from conftest import need_data
 from rasterio.windows import Window
 
 from landcover.errors import LandcoverError
-from landcover.features import extract_features, spectral_feature_names, spectral_features
-from landcover.heads import fit_head, load_head, save_head
+from landcover.models.heads import fit_head, load_head, save_head
+from landcover.train.features import extract_features, spectral_feature_names, spectral_features
 
 N_CLASSES = 5
 PRESENT = (0, 1, 3, 4)

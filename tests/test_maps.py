@@ -16,10 +16,10 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from landcover.classmap import ClassMap, write_class_map
-from landcover.cli_maps import add_parsers
+from landcover.cli.maps import add_parsers
 from landcover.errors import LandcoverError
-from landcover.maps import (
+from landcover.maps.classmap import ClassMap, write_class_map
+from landcover.maps.figures import (
     DPI,
     MapWarning,
     compare_to_truth,

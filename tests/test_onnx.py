@@ -34,7 +34,7 @@ def zion_bundles(tmp_path_factory, park_chips):
 @pytest.fixture(scope="module")
 def test_chips(zion_bundles):
     """Every chip, raw, as one float batch (what predict_dataset feeds a bundle)."""
-    from landcover.data import ChipDataset
+    from landcover.train.data import ChipDataset
 
     dataset = ChipDataset(zion_bundles["chips"])
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
@@ -46,8 +46,8 @@ def copy_bundle(zion_bundles, kind, tmp_path):
 
 @pytest.mark.parametrize("kind", ["finetune", "features"])
 def test_onnx_probabilities_match_torch(zion_bundles, test_chips, tmp_path, kind):
-    from landcover.onnx_export import export_onnx
-    from landcover.runtime import load_runtime, open_runtime
+    from landcover.predict.onnx_export import export_onnx
+    from landcover.predict.runtime import load_runtime, open_runtime
 
     bundle_path = copy_bundle(zion_bundles, kind, tmp_path)
     assert export_onnx(bundle_path) == bundle_path / "model.onnx"
@@ -74,8 +74,8 @@ def test_onnx_probabilities_match_torch(zion_bundles, test_chips, tmp_path, kind
 
 
 def test_missing_and_stale_graphs_are_refused(zion_bundles, tmp_path):
-    from landcover.onnx_export import export_onnx
-    from landcover.runtime import open_runtime
+    from landcover.predict.onnx_export import export_onnx
+    from landcover.predict.runtime import open_runtime
 
     bundle_path = copy_bundle(zion_bundles, "finetune", tmp_path)
     with pytest.raises(LandcoverError, match=r"no model.onnx: run `landcover export-onnx .*finetune`"):
@@ -107,8 +107,8 @@ def test_missing_and_stale_graphs_are_refused(zion_bundles, tmp_path):
 
 
 def test_features_graph_survives_a_new_head_but_not_a_new_backbone(zion_bundles, tmp_path):
-    from landcover.onnx_export import export_onnx
-    from landcover.runtime import open_runtime
+    from landcover.predict.onnx_export import export_onnx
+    from landcover.predict.runtime import open_runtime
 
     bundle_path = copy_bundle(zion_bundles, "features", tmp_path)
     export_onnx(bundle_path)
@@ -122,7 +122,7 @@ def test_features_graph_survives_a_new_head_but_not_a_new_backbone(zion_bundles,
 
 
 def test_export_refuses_a_graph_that_disagrees(zion_bundles, tmp_path, monkeypatch):
-    import landcover.onnx_export as onnx_export
+    import landcover.predict.onnx_export as onnx_export
 
     bundle_path = copy_bundle(zion_bundles, "finetune", tmp_path)
     monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)
@@ -137,8 +137,8 @@ def test_export_refuses_a_graph_that_disagrees(zion_bundles, tmp_path, monkeypat
 
 def test_runtime_choice_errors_and_pickling(zion_bundles, tmp_path, monkeypatch):
     from landcover.bundle import load_bundle
-    from landcover.onnx_export import export_onnx
-    from landcover.runtime import TorchRuntime, load_runtime, open_runtime
+    from landcover.predict.onnx_export import export_onnx
+    from landcover.predict.runtime import TorchRuntime, load_runtime, open_runtime
 
     bundle = load_bundle(zion_bundles["finetune"])
     with pytest.raises(LandcoverError, match=r"unknown runtime 'tensorrt' \(choose from torch, onnx\)"):

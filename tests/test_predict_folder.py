@@ -53,8 +53,8 @@ def zion(tmp_path_factory, park_chips):
 def reference(zion):
     """predict_dataset's probabilities for the folder's chips, by file name in the folder."""
     from landcover.bundle import load_bundle
-    from landcover.data import ChipDataset
-    from landcover.predict import predict_dataset
+    from landcover.predict.chips import predict_dataset
+    from landcover.train.data import ChipDataset
 
     dataset = ChipDataset(zion["chips"] / "manifest.parquet", frame=zion["frame"])
     probs, labels = predict_dataset(load_bundle(zion["bundle"]), dataset, progress=False)
@@ -66,11 +66,11 @@ def reference(zion):
 
 def test_folder_predictions_and_evaluation_match_predict_dataset(zion, reference, tmp_path, caplog):
     from landcover.evaluate import evaluate_predictions
-    from landcover.predict_folder import predict_folder
+    from landcover.predict.folder import predict_folder
 
     files, probs, labels = reference
     out = tmp_path / "preds.csv"
-    with caplog.at_level(logging.WARNING, logger="landcover.predict_folder"):
+    with caplog.at_level(logging.WARNING, logger="landcover.predict.folder"):
         result = predict_folder(zion["bundle"], zion["images"], out, batch_size=16, progress=False)
     assert result.predicted == len(files) and result.skipped == [] and result.out == out
     table = pd.read_csv(out)
@@ -102,8 +102,8 @@ def test_folder_predictions_and_evaluation_match_predict_dataset(zion, reference
 
 
 def test_corrupt_and_odd_sized_chips_are_skipped_and_named(zion, reference, tmp_path, caplog, monkeypatch):
-    import landcover.predict_folder as pf
-    from landcover.data import read_chip
+    import landcover.predict.folder as pf
+    from landcover.train.data import read_chip
 
     files, probs, _ = reference
     images = shutil.copytree(zion["images"], tmp_path / "images")
@@ -121,7 +121,7 @@ def test_corrupt_and_odd_sized_chips_are_skipped_and_named(zion, reference, tmp_
     with rasterio.open(images / "forest" / "small.tif", "w", **profile) as dst:
         dst.write(pixels[:, :16, :16])
     monkeypatch.setattr(pf, "WARN_LIMIT", 2)
-    with caplog.at_level(logging.WARNING, logger="landcover.predict_folder"):
+    with caplog.at_level(logging.WARNING, logger="landcover.predict.folder"):
         result = pf.predict_folder(zion["bundle"], images, tmp_path / "preds.parquet", progress=False)
     skipped = dict(result.skipped)
     assert sorted(skipped) == ["forest/broken.png", "forest/garbage.jpg", "forest/small.tif"]
@@ -138,7 +138,7 @@ def test_corrupt_and_odd_sized_chips_are_skipped_and_named(zion, reference, tmp_
 
 
 def test_outputs_csv_parquet_overwrite_and_bad_requests(zion, tmp_path):
-    from landcover.predict_folder import predict_folder
+    from landcover.predict.folder import predict_folder
 
     bundle, images = zion["bundle"], zion["images"]
     csv, parquet = tmp_path / "p.csv", tmp_path / "t.parquet"
@@ -185,8 +185,8 @@ def test_outputs_csv_parquet_overwrite_and_bad_requests(zion, tmp_path):
 def test_onnx_runtime_gives_the_same_table(zion, reference, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from landcover.onnx_export import export_onnx
-    from landcover.predict_folder import predict_folder
+    from landcover.predict.folder import predict_folder
+    from landcover.predict.onnx_export import export_onnx
 
     files, probs, _ = reference
     bundle = shutil.copytree(zion["bundle"], tmp_path / "bundle")

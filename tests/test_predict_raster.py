@@ -16,7 +16,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from landcover.cli import main
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
-from landcover.predict_raster import plurality_filter, predict_raster
+from landcover.predict.raster import plurality_filter, predict_raster
 
 torch.set_num_threads(2)
 
@@ -39,8 +39,8 @@ def zion_bundle(tmp_path_factory):
 def test_map_cells_are_the_chip_predictions(zion_bundle, tmp_path):
     """Cut from the raster with the chips' bands and stretch, every window is predicted as its chip is."""
     from landcover.bundle import load_bundle
-    from landcover.data import ChipDataset
-    from landcover.predict import predict_dataset
+    from landcover.predict.chips import predict_dataset
+    from landcover.train.data import ChipDataset
 
     bundle, images, root = zion_bundle
     result = predict_raster(bundle, images, tmp_path / "map.tif", progress=False, log=lambda _: None)
@@ -158,7 +158,7 @@ def test_warped_imagery_gives_the_same_map(zion_bundle, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_outputs(zion_bundle, tmp_path, monkeypatch):
-    import landcover.predict_blocks as pb
+    import landcover.predict.blocks as pb
 
     bundle, images, _ = zion_bundle
     whole = predict_raster(bundle, images, tmp_path / "whole.tif", block_windows=400, progress=False,

@@ -16,9 +16,9 @@ from conftest import need_data
 from PIL import Image
 
 from landcover.cli import main
+from landcover.datasets.splits import SplitSpec, parse_ratios, split_frame
 from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest, write_manifest
-from landcover.splits import SplitSpec, parse_ratios, split_frame
 
 
 def make_chips(out, *extra) -> None:

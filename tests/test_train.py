@@ -101,8 +101,8 @@ def test_frozen_features_with_a_classical_head(chips, tmp_path, head):
 
 def test_evaluate_reports_what_the_bundle_predicts(chips, tmp_path):
     from landcover.bundle import load_bundle
-    from landcover.data import ChipDataset
-    from landcover.predict import predict_dataset
+    from landcover.predict.chips import predict_dataset
+    from landcover.train.data import ChipDataset
 
     runs = tmp_path / "runs"
     assert main(train_args(chips, runs, "e", "--epochs", "1", "--train-from", "head")) == 0

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from rasterio.crs import CRS
 
+from landcover.chips.rules import Rules, judge
 from landcover.errors import LandcoverError
-from landcover.grid import Grid, parse_length, to_pixels
-from landcover.rules import Rules, judge
+from landcover.geo.grid import Grid, parse_length, to_pixels
 from landcover.schemes import INVALID, builtin_schemes, load_scheme
 
 

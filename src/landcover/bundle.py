@@ -4,19 +4,62 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from landcover import __version__
 from landcover.atomic import temp_path, write_text
-from landcover.data import InputSpec
 from landcover.errors import LandcoverError, refuse_pickle
+from landcover.models.backbones import build_model, pooled_features
+from landcover.models.heads import load_head, save_head
+from landcover.version import __version__
 
 BUNDLE_VERSION = 1
 """Bumped when model.json changes meaning; loaders refuse newer bundles."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How chip pixels become model input: bands picked, scaled to [0, 1], resized, normalised."""
+
+    bands: tuple[int, ...]
+    """0-based indices into the chip's bands, in model input order."""
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    """Per input band: the value mapped to 0 and to 1 (0 and 255 for 8-bit chips)."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int
+    """Model input size in pixels (chips are resized to it, as the backbone was pretrained)."""
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict:
+        """Plain data for model.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputSpec:
+        """Back from model.json."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw chip batch (n, bands, h, w) to normalised model input (n, len(bands), size, size)."""
+        x = batch[:, list(self.bands)].float()
+        low = torch.tensor(self.low, dtype=x.dtype).view(1, -1, 1, 1)
+        span = (torch.tensor(self.high, dtype=x.dtype).view(1, -1, 1, 1) - low).clamp_min(1e-12)
+        x = ((x - low) / span).clamp_(0, 1)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            mode = "bilinear" if self.interpolation in ("bilinear", "bicubic") else "nearest"
+            x = F.interpolate(x, size=(self.size, self.size), mode=mode,
+                              **({"align_corners": False, "antialias": True} if mode != "nearest" else {}))
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
 @dataclass
 class Bundle:
     """A trained classifier: how to build it, its weights (or fitted head), its classes and its input."""
@@ -54,8 +97,6 @@ class Bundle:
     @torch.no_grad()
     def predict_proba(self, raw: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, n_classes) for a batch of raw chips (n, bands, h, w)."""
-        from landcover.models import pooled_features
-
         x = self.input.prepare(raw).contiguous(memory_format=torch.channels_last)  # 1.6x faster convs on CPU
         self.model.eval()
         if self.kind == "finetune":
@@ -66,8 +107,6 @@ class Bundle:
 def save_bundle(bundle: Bundle, out: str | Path) -> Path:
     """Write the bundle folder (under a temporary name, then renamed into place)."""
     from safetensors.torch import save_file
-
-    from landcover.heads import save_head
 
     out = Path(out)
     tmp = temp_path(out)
@@ -86,9 +125,12 @@ def save_bundle(bundle: Bundle, out: str | Path) -> Path:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Load a bundle folder and build its model; refuse pickles, missing files and newer versions."""
-    from landcover.models import build_model
+    """Load a model bundle folder (model.json + safetensors weights) and build its model, ready for
+    `bundle.predict_proba(chips)`; refuse pickles, missing files and bundles from a newer landcover.
 
+        bundle = load_bundle("runs/lite0-lr/bundle")
+        [c["name"] for c in bundle.classes]
+    """
     path = Path(path)
     if path.is_file():
         refuse_pickle(path)
@@ -122,7 +164,6 @@ def load_bundle(path: str | Path) -> Bundle:
             raise LandcoverError(f"weights do not fit {bundle.architecture} ({str(exc).splitlines()[0]})",
                                  weights) from None
     else:
-        from landcover.heads import load_head
 
         model, _ = build_model(bundle.architecture, 0, len(spec.bands), weights=bundle.backbone_weights,
                                rgb_bands=tuple(meta["chip"].get("rgb_bands") or (0, 1, 2))

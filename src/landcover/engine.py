@@ -35,6 +35,17 @@ class Engine:
             raise LandcoverError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
         return cls(name, workers, ray_address)
 
+    @classmethod
+    def of(cls, engine: Engine | str | None) -> Engine:
+        """An engine from what an API caller passes: an Engine, None (in-process), or a name with an optional
+        worker count: 'local', 'process:2', 'ray', 'ray:4'."""
+        if engine is None or isinstance(engine, Engine):
+            return engine or cls()
+        name, _, workers = str(engine).partition(":")
+        if workers and not workers.isdigit():
+            raise LandcoverError(f"engine {engine!r}: the worker count after ':' must be a whole number")
+        return cls.choose(name, int(workers or 1))
+
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, tasks: Iterable[Any],
             spawn: bool = False) -> Iterator[Any]:
         """Run fn(shared, task) for every task; yield results as they finish (any order).

@@ -336,3 +336,14 @@ def _nan(value: Any) -> float:
 def _fmt(value: float, digits: int = 3) -> str:
     """A number for text tables; '-' when undefined."""
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro F1 over the classes present in y or pred (the training-time summary score)."""
+    scores = []
+    for k in range(n_classes):
+        tp = int(((pred == k) & (y == k)).sum())
+        fp, fn = int(((pred == k) & (y != k)).sum()), int(((pred != k) & (y == k)).sum())
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else float("nan")

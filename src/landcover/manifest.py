@@ -9,9 +9,9 @@ import geopandas as gpd
 import pandas as pd
 import pyarrow.parquet as pq
 
-from landcover import __version__
 from landcover.atomic import replacing
 from landcover.errors import LandcoverError
+from landcover.version import __version__
 
 FORMAT_VERSION = 1
 """Bumped when the manifest's columns change meaning; readers refuse newer versions."""

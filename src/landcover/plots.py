@@ -114,7 +114,7 @@ def confusion_matrix(counts: np.ndarray, class_names: list[str], out: str | Path
     return out
 
 
-def _figure(width: float = 9, height: float = 3.6, cols: int = 2):
+def new_figure(width: float = 9, height: float = 3.6, cols: int = 2):
     """A matplotlib figure on the Agg canvas (no display needed) and its axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -126,7 +126,7 @@ def _figure(width: float = 9, height: float = 3.6, cols: int = 2):
 
 def training_curves(rows: list[dict], out: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train and validation."""
-    fig, (loss_ax, acc_ax) = _figure()
+    fig, (loss_ax, acc_ax) = new_figure()
     epochs = [r["epoch"] for r in rows]
     for key, ax, label in (("train_loss", loss_ax, "train"), ("val_loss", loss_ax, "valid"),
                            ("train_acc", acc_ax, "train"), ("val_acc", acc_ax, "valid"),
@@ -148,7 +148,7 @@ def training_curves(rows: list[dict], out: str | Path, title: str = "") -> Path:
 
 def compare_curves(runs: dict[str, list[dict]], out: Path) -> Path:
     """Validation loss and macro-F1 per epoch of several runs on one figure."""
-    fig, (loss_ax, f1_ax) = _figure()
+    fig, (loss_ax, f1_ax) = new_figure()
     for name, rows in runs.items():
         epochs = [r["epoch"] for r in rows]
         if any(r.get("val_loss") is not None for r in rows):

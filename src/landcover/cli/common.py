@@ -1,0 +1,30 @@
+"""What every command shares: the engine options, and library warnings printed as one line each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+
+def engine_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The engine options every parallel command shares; returns their group."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "process", "ray"],
+                   help="local (one process), process (a pool of --workers), ray (a Ray cluster)")
+    g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return g
+
+
+def warnings_as_lines(func, *args, **kwargs):
+    """Call func; print each user warning it raises as one `warning:` line on stderr (libraries' deprecation
+    notices, e.g. rasterio's own use of affine, are not the user's business)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = func(*args, **kwargs)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    return result

@@ -1,0 +1,134 @@
+"""The training commands: `landcover train`, `evaluate` and `runs`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from landcover.errors import LandcoverError
+
+TRAIN_EXAMPLE = """examples:
+  landcover train --manifest chips/ --mode features --arch efficientnet-lite0 --head logreg
+  landcover train --manifest chips/ --arch efficientnet-lite0 --train-from last-block --epochs 10 --name lite0
+  landcover train --config run.yaml --lr 3e-4          # flags override the config file
+  landcover train --config run.yaml --name lite0 --resume
+  torchrun --nproc_per_node 2 -m landcover train --config run.yaml   # data parallel (gloo on CPU)
+The run folder (runs/<name>/) holds config.yaml, metrics.csv, curves.png, checkpoints/last and
+checkpoints/best (safetensors + state.json) and bundle/, the model evaluate and predict need."""
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a land-cover classifier on a chip manifest",
+                       description="Train a classifier on the chips of a manifest: frozen pretrained features "
+                                   "with logistic regression or a random forest, or fine-tuning from a chosen "
+                                   "depth. A YAML/JSON config holds the whole run; flags override it.",
+                       epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file with the run's settings")
+    p.add_argument("--resume", action="store_true", help="continue the run --name from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("data")
+    g.add_argument("--manifest", help="manifest.parquet (or its chips folder), already split")
+    g.add_argument("--train-split", help="split to train on (default train)")
+    g.add_argument("--val-split", help="split to validate on (default valid)")
+    g.add_argument("--bands", type=int, nargs="+", metavar="N", help="1-based chip bands, in input order")
+    g.add_argument("--rgb-bands", type=int, nargs=3, metavar="N",
+                   help="positions (1-based, within --bands) of red, green, blue: they get the pretrained "
+                        "RGB filters (default 1 2 3)")
+    g.add_argument("--runs", help="folder of runs (default runs)")
+    g.add_argument("--name", help="run name (default: mode-architecture-time)")
+    g = p.add_argument_group("model")
+    g.add_argument("--mode", choices=["finetune", "features"], help="default finetune")
+    g.add_argument("--arch", dest="architecture",
+                   help="resnet18, resnet50, mobilenetv2 or efficientnet-lite0 (default)")
+    g.add_argument("--weights", help="imagenet (default), none, or a local .safetensors file")
+    g.add_argument("--input-size", type=int, help="model input size in pixels (default: the backbone's)")
+    g.add_argument("--head", choices=["logreg", "rf"], help="features mode: the classical head")
+    g.add_argument("--sample-frac", type=float, help="features mode: fraction of training chips to use")
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--train-from", help="head, last-block, all (default), or a layer name")
+    g.add_argument("--freeze-bn", action="store_true", default=None, help="keep BatchNorm statistics frozen")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default adamw")
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    g.add_argument("--weight-decay", type=float, help="default 1e-4")
+    g.add_argument("--schedule", choices=["none", "step", "exponential", "cosine"], help="default cosine")
+    g.add_argument("--step-size", type=int, metavar="EPOCHS", help="step schedule: epochs between decays")
+    g.add_argument("--gamma", type=float, help="step/exponential schedule: decay factor (default 0.5)")
+    g.add_argument("--epochs", type=int, help="default 10")
+    g.add_argument("--batch-size", type=int, help="default 32")
+    g.add_argument("--workers", type=int, help="data-loading processes (default 0)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no random flips and 90-degree rotations")
+    g.add_argument("--class-weights", choices=["none", "balanced"], help="weight the loss against imbalance")
+    g.add_argument("--early-stopping", type=int, metavar="EPOCHS",
+                   help="stop after this many epochs without a better validation macro-F1")
+    g.add_argument("--checkpoint-every", type=int, metavar="EPOCHS", help="default 1")
+    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI")
+
+    def run(args: argparse.Namespace) -> None:
+        from landcover.train.trainer import train_model
+
+        names = ("manifest", "train_split", "val_split", "bands", "rgb_bands", "runs", "name", "mode",
+                 "architecture", "weights", "input_size", "head", "sample_frac", "train_from", "freeze_bn",
+                 "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs", "batch_size",
+                 "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed", "mlflow_uri")
+        out = train_model(config=args.config, resume=args.resume, progress=not args.quiet,
+                          **{n: getattr(args, n) for n in names})
+        print(f"run: {out}  bundle: {out / 'bundle'}")
+
+    p.set_defaults(run=run)
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a model bundle on one split of a manifest",
+                       description="Accuracy, per-class precision/recall/F1, macro and weighted F1, Cohen's kappa, "
+                                   "mean posterior of the predicted class and the confusion matrix of a bundle on "
+                                   "the chips of one split; report.json, confusion.png and a summary.")
+    p.add_argument("bundle", metavar="BUNDLE", help="a model bundle folder (runs/<name>/bundle)")
+    p.add_argument("--manifest", required=True, help="manifest.parquet or its chips folder")
+    p.add_argument("--split", default="test", help="which split to score (default test)")
+    p.add_argument("--out", help="report folder (default: eval-<split> beside the bundle)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> None:
+        from landcover.predict.chips import evaluate_bundle
+
+        report, out = evaluate_bundle(args.bundle, args.manifest, args.split, args.out, progress=not args.quiet)
+        print(report.summary())
+        print(f"report: {out}")
+
+    p.set_defaults(run=run)
+
+
+def _runs_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list training runs, or compare some",
+                       description="List the runs in a folder with their key settings and best validation "
+                                   "scores; `landcover runs compare A B ...` prints a table and draws their "
+                                   "validation curves on one figure.")
+    p.add_argument("action", nargs="?", choices=["list", "compare"], default="list")
+    p.add_argument("names", nargs="*", metavar="RUN", help="runs to compare (names in --runs, or folders)")
+    p.add_argument("--runs", default="runs", help="folder of runs (default runs)")
+    p.add_argument("--out", help="compare: the figure (default <runs>/compare.png)")
+
+    def run(args: argparse.Namespace) -> None:
+        from landcover.train.runs import compare, list_runs
+
+        if args.action == "list":
+            table = list_runs(args.runs)
+            print(table.to_string(index=False) if len(table) else f"no runs in {args.runs}")
+            return
+        if len(args.names) < 1:
+            raise LandcoverError("runs compare needs one or more runs")
+        folders = [Path(n) if Path(n).is_dir() else Path(args.runs) / n for n in args.names]
+        table, figure = compare(folders, args.out or Path(args.runs) / "compare.png")
+        print(table.to_string(index=False))
+        print(f"curves: {figure}")
+
+    p.set_defaults(run=run)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register train, evaluate and runs."""
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _runs_parser(sub)

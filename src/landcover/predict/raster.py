@@ -1,0 +1,381 @@
+"""Whole rasters into class maps: the bundle's tiles on the imagery, overlap averaging, smoothing, COG outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+from affine import Affine
+from rasterio.enums import Resampling
+from tqdm.auto import tqdm
+
+from landcover.atomic import replacing, write_text
+from landcover.bundle import Bundle, load_bundle
+from landcover.engine import Engine
+from landcover.errors import LandcoverError
+from landcover.geo.grid import Grid, make_grid, on_lattice, parse_length, scene_footprint, to_pixels
+from landcover.geo.raster import Scene, crs_name, open_raster
+from landcover.geo.stretch import scene_stretch
+from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_probabilities
+from landcover.predict.blocks import (
+    BLOCK_WINDOWS,
+    Block,
+    BlockResult,
+    RasterJob,
+    load_result,
+    plan_blocks,
+    run_blocks,
+    save_result,
+)
+from landcover.schemes import load_scheme
+
+MIN_CELL_VALID = 0.5
+"""A map cell is nodata when less than this share of its imagery pixels is valid."""
+
+
+@dataclass
+class RasterResult:
+    """What a prediction wrote and measured."""
+
+    out: Path
+    files: dict[str, Path]
+    counts: dict[str, int]
+    """Map cells per class (and 'nodata')."""
+    hectares: dict[str, float]
+    windows: int
+    skipped: int
+    resumed: int
+    seconds: float
+    seconds_read: float
+    seconds_infer: float
+    reading: str
+    scores: dict = field(default_factory=dict)
+
+    @property
+    def tiles_per_second(self) -> float:
+        """Windows predicted per second of wall time (this run's windows only)."""
+        return self.windows / self.seconds if self.seconds else float("nan")
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        total = sum(self.hectares.values())
+        lines = [f"map: {self.out}  ({self.reading})",
+                 f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
+                 + (f", {self.resumed} blocks resumed" if self.resumed else "")
+                 + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s"]
+        shares = ", ".join(f"{n} {h:,.0f} ha ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
+        lines.append(f"classes: {shares}" if total else "classes: none predicted")
+        for name, score in self.scores.items():
+            lines.append(f"agreement with truth ({name}): {score['agreement']:.3f} over {score['n_cells']} cells")
+        lines += [f"{k}: {v}" for k, v in self.files.items() if k != "map"]
+        return "\n".join(lines)
+
+
+def pick_bands(bundle: Bundle, images: list[str], bands: list[int] | None) -> list[int]:
+    """1-based stack bands that make the bundle's chip bands: --bands, else the bands the chips were cut from."""
+    if bands:
+        return list(bands)
+    stack = Scene.open(images)
+    source = bundle.chip.get("source_bands")
+    if source and len(bundle.chip.get("source_files") or []) == len(images):
+        offsets: dict[int, int] = {}
+        for pos, (fi, _) in enumerate(stack.band_sources):
+            offsets.setdefault(fi, pos)
+        picks = [offsets.get(fi, -stack.count) + b for fi, b in source]
+        if all(1 <= p <= stack.count and stack.band_sources[p - 1] == (fi, b)
+               for p, (fi, b) in zip(picks, source, strict=True)):
+            return picks
+    if not source or stack.count == len(source):
+        return list(range(1, stack.count + 1))
+    need = len(source)
+    raise LandcoverError(f"the bundle's chips had {need} bands (cut from {bundle.chip.get('source_files')} as "
+                         f"{source}); the imagery stacks {stack.count}: pick them with --bands",
+                         ", ".join(images))
+
+
+def plurality_filter(classes: np.ndarray, n_classes: int, size: int = 3) -> np.ndarray:
+    """Each cell becomes the most common class in its size x size neighbourhood (nodata ignored and kept;
+    ties keep the cell's own class when it is among the most common, else the lowest class id)."""
+    if size <= 1:
+        return classes.copy()
+    h, w = classes.shape
+    r = size // 2
+    padded = np.zeros((n_classes, h + 2 * r, w + 2 * r), np.int16)
+    for c in range(n_classes):
+        padded[c, r:r + h, r:r + w] = classes == c
+    votes = np.zeros((n_classes, h, w), np.int16)
+    for dy in range(size):
+        for dx in range(size):
+            votes += padded[:, dy:dy + h, dx:dx + w]
+    best = votes.max(axis=0)
+    out = votes.argmax(axis=0).astype(np.uint8)
+    own = np.where(classes < n_classes, classes, 0).astype(np.intp)
+    keep_own = np.take_along_axis(votes, own[None], axis=0)[0] == best
+    out = np.where(keep_own, own, out).astype(np.uint8)
+    out[classes >= n_classes] = NODATA
+    return out
+
+
+def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str | Path,
+                   bands: list[int] | None = None, stride: str | None = None, aoi: str | Path | None = None,
+                   smooth: int = 0, probabilities: bool = False, truth: str | Path | None = None,
+                   truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int = 64,
+                   runtime: str = "torch", engine: Engine | str | None = None, resampling: str = "bilinear",
+                   overwrite: bool = False, block_windows: int = BLOCK_WINDOWS, progress: bool = True,
+                   log: Callable[[str], None] = print) -> RasterResult:
+    """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif), one cell per `stride`.
+
+    `images` are the scene's rasters, stacked as bands (the bands the chips were cut from are picked, `bands`
+    overrides). Beside the map: <out>.tiles.parquet (one row per window), <out>.json (settings, class areas,
+    timing); `smooth=3` adds <out>.smooth3.tif, `probabilities=True` <out>.probs.tif. `aoi` limits the map to
+    polygons; `truth` with `truth_scheme` scores it against a land-cover raster. `engine` is 'local',
+    'process:N' or 'ray[:N]'. A killed run, called again with the same arguments, resumes.
+
+        result = predict_raster("runs/lite0-lr/bundle", ["b2.tif", "b3.tif", "b4.tif", "b5.tif"], "maps/zion.tif",
+                                stride="240m", smooth=3)
+    """
+    started = time.perf_counter()
+    engine = Engine.of(engine)
+    out = Path(out)
+    images = [str(p) for p in images]
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
+    if not 0 <= max_nodata <= 1:
+        raise LandcoverError(f"--max-nodata {max_nodata} must be a fraction between 0 and 1")
+    if smooth and (smooth < 3 or smooth % 2 == 0):
+        raise LandcoverError(f"--smooth {smooth} must be an odd window size >= 3")
+    if truth and not truth_scheme:
+        raise LandcoverError("--truth needs --scheme (how its codes map to classes)", truth)
+    if truth:  # checked now, not after the prediction
+        load_scheme(truth_scheme)
+        open_raster(truth).close()
+    if resampling not in Resampling.__members__:
+        raise LandcoverError(f"unknown resampling {resampling!r}")
+    bundle = load_bundle(bundle_path)
+    picks = pick_bands(bundle, images, bands)
+    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
+    need = max(bundle.input.bands) + 1
+    if scene.count < need:
+        raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
+                             images[0])
+    grid = _grid(bundle, scene, stride)
+    job = _job(bundle, scene, grid, runtime, resampling, batch_size, max_nodata, engine)
+    reading = _reading(job)
+    cell_in_aoi = _aoi_cells(job, aoi)
+    blocks = plan_blocks(job, cell_in_aoi, block_windows)
+    log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
+        f"windows of {grid.tile} px in {len(blocks)} blocks")
+    files = _output_files(out, smooth, probabilities)
+    fingerprint = _fingerprint(job, images, picks, aoi, block_windows)
+    state = out.with_name(f".{out.name}.landcover-state")
+    _prepare(out, files, state, fingerprint, overwrite)
+
+    results: dict[str, BlockResult] = {}
+    for block in blocks:
+        record = state / f"{block.id}.npz"
+        if record.exists():
+            results[block.id] = load_result(record)
+    resumed = len(results)
+    todo = [b for b in blocks if b.id not in results]
+    total = sum(int(b.keep.sum()) for b in blocks)
+    with tqdm(total=total, initial=total - sum(int(b.keep.sum()) for b in todo), unit="tile", desc="predict",
+              disable=not progress, leave=False) as bar:
+        for result in run_blocks(job, bundle, todo, engine):
+            save_result(state / f"{result.id}.npz", result)
+            results[result.id] = result
+            bar.update(len(result.rows))
+    classes, probs, valid = _assemble(job, blocks, results, cell_in_aoi, bundle.n_classes)
+    tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()),
+            "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
+            "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_STRIDE_M": f"{grid.step:g}",
+            "LANDCOVER_TILE_M": f"{grid.tile * grid.res:g}"}
+    if probabilities:
+        tags["LANDCOVER_PROBABILITIES"] = files["probabilities"].name
+    transform = Affine(grid.step, 0, grid.x0, 0, -grid.step, grid.y0)
+    write_class_map(ClassMap(classes, transform, grid.crs, bundle.classes, tags), files["map"])
+    if smooth:
+        smoothed = plurality_filter(classes, bundle.n_classes, smooth)
+        write_class_map(ClassMap(smoothed, transform, grid.crs, bundle.classes,
+                                 {**tags, "LANDCOVER_SMOOTH": str(smooth)}), files["smoothed"])
+    if probabilities:
+        write_probabilities(files["probabilities"], probs, valid, transform, grid.crs, bundle.classes, tags)
+    _write_tiles(files["tiles"], job, blocks, results, bundle)
+    scores = {}
+    if truth:
+        from landcover.maps.figures import compare_to_truth
+
+        scores["map"] = compare_to_truth(files["map"], truth, truth_scheme)
+        if smooth:
+            scores[f"smoothed {smooth}x{smooth}"] = compare_to_truth(files["smoothed"], truth, truth_scheme)
+    cell_ha = grid.step ** 2 / 1e4
+    counts = {c["name"]: int((classes == c["id"]).sum()) for c in bundle.classes}
+    counts["nodata"] = int((classes == NODATA).sum())
+    result = RasterResult(
+        out, files, counts, {n: v * cell_ha for n, v in counts.items() if n != "nodata"},
+        windows=sum(len(results[b.id].rows) for b in todo),
+        skipped=total - sum(len(results[b.id].rows) for b in blocks), resumed=resumed,
+        seconds=time.perf_counter() - started,
+        seconds_read=sum(results[b.id].seconds_read for b in todo),
+        seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores)
+    summary = {"bundle": tags["LANDCOVER_BUNDLE"], "images": json.loads(tags["LANDCOVER_IMAGES"]), "bands": picks,
+               "grid": grid.to_dict(), "reading": reading, "cells": [job.rows, job.cols], "stride_m": grid.step,
+               "max_nodata": max_nodata, "aoi": str(aoi) if aoi else None, "smooth": smooth, "runtime": runtime,
+               "engine": engine.name, "workers": engine.workers, "counts": counts, "hectares": result.hectares,
+               "windows": result.windows, "skipped": result.skipped, "resumed_blocks": resumed,
+               "seconds": round(result.seconds, 3), "tiles_per_second": round(result.tiles_per_second, 2),
+               "scores": scores, "files": {k: v.name for k, v in files.items()}}
+    write_text(files["summary"], json.dumps(summary, indent=2, default=str))
+    shutil.rmtree(state, ignore_errors=True)
+    return result
+
+
+def _grid(bundle: Bundle, scene: Scene, stride: str | None) -> Grid:
+    """The bundle's tiles (size in px at its ground resolution, every stride) on the imagery's CRS."""
+    tile, res = int(bundle.chip["size_px"]), float(bundle.chip["res"])
+    step = to_pixels(parse_length(stride, "stride"), res, "stride") if stride else tile
+    if not 1 <= step <= tile or tile % step:
+        raise LandcoverError(f"--stride {stride} must divide the tile ({tile} px of {res:g} m = {tile * res:g} m) "
+                             "into whole steps")
+    return make_grid([scene], (tile, "px"), overlap=(tile - step, "px"), resolution=res)
+
+
+def _reading(job: RasterJob) -> str:
+    """How the imagery is read, for the log: plain windows, or warped onto the bundle's grid."""
+    scene, grid = job.scene, job.grid
+    if job.direct:
+        return f"reading {scene.res[0]:g} m imagery directly (the bundle's ground resolution)"
+    return (f"warping imagery on the fly from {crs_name(scene.crs)} at {scene.res[0]:g} m to "
+            f"{crs_name(grid.crs)} at {grid.res:g} m (the bundle's ground resolution), {job.resampling}")
+
+
+def _job(bundle: Bundle, scene: Scene, grid: Grid, runtime: str, resampling: str, batch_size: int,
+         max_nodata: float, engine: Engine) -> RasterJob:
+    _, bottom, right, _ = scene_footprint(scene, grid.crs).bounds
+    eps = 1e-6
+    cols = math.floor((right - grid.x0) / grid.step + eps)
+    rows = math.floor((grid.y0 - bottom) / grid.step + eps)
+    png = bundle.chip.get("format", "png" if bundle.chip.get("dtype") == "uint8" else "tif") == "png"
+    stretch = None
+    if png and np.dtype(scene.dtype) != np.uint8:
+        percentiles = tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0))
+        stretch = scene_stretch(scene, percentiles)
+    threads = None if engine.name == "local" else max(1, (os.cpu_count() or 1) // engine.workers)
+    return RasterJob(str(Path(bundle.path).resolve()), runtime, scene, png, stretch, grid, on_lattice(scene, grid),
+                     resampling, rows, cols, batch_size, max_nodata, threads)
+
+
+def _aoi_cells(job: RasterJob, aoi: str | Path | None) -> np.ndarray:
+    """Cells whose centre lies inside the AOI (all cells without one)."""
+    inside = np.ones((job.rows, job.cols), bool)
+    if aoi is None:
+        return inside
+    from landcover.chips.cut import read_aoi
+
+    geom = read_aoi(aoi, job.grid)
+    if not geom.intersects(scene_footprint(job.scene, job.grid.crs)):
+        raise LandcoverError(f"the imagery ({job.scene.paths[0]}) does not overlap the AOI", aoi)
+    rr, cc = np.mgrid[0:job.rows, 0:job.cols]
+    xs = job.grid.x0 + (cc + 0.5) * job.grid.step
+    ys = job.grid.y0 - (rr + 0.5) * job.grid.step
+    inside = shapely.contains_xy(geom, xs, ys)
+    if not inside.any():
+        raise LandcoverError("no map cell centre lies inside the AOI", aoi)
+    return inside
+
+
+def _output_files(out: Path, smooth: int, probabilities: bool) -> dict[str, Path]:
+    stem = out.with_suffix("")
+    files = {"map": out, "tiles": Path(f"{stem}.tiles.parquet"), "summary": Path(f"{stem}.json")}
+    if smooth:
+        files["smoothed"] = Path(f"{stem}.smooth{smooth}.tif")
+    if probabilities:
+        files["probabilities"] = Path(f"{stem}.probs.tif")
+    return files
+
+
+def _fingerprint(job: RasterJob, images: list[str], picks: list[int], aoi, block_windows: int) -> str:
+    """What a resumed run must match: bundle, imagery, bands, grid, and the settings that change results."""
+    bundle = Path(job.bundle)
+    weights = sorted(p for p in bundle.rglob("*") if p.is_file() and p.suffix != ".onnx" and p.name != "onnx.json")
+    data = {"bundle": [(str(p.relative_to(bundle)), p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
+            "images": [str(Path(p).resolve()) for p in images], "bands": picks, "grid": job.grid.to_dict(),
+            "aoi": str(aoi), "max_nodata": job.max_nodata, "runtime": job.runtime, "resampling": job.resampling,
+            "block_windows": block_windows}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare(out: Path, files: dict[str, Path], state: Path, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to clobber a finished map unless told; resume a matching unfinished run, else start afresh."""
+    if state.exists():
+        stamp = state / "fingerprint"
+        if stamp.exists() and stamp.read_text() == fingerprint:
+            return
+        if not overwrite:
+            raise LandcoverError("an unfinished prediction with other settings is in the way (rerun it with its "
+                                 "own settings, or pass --overwrite)", state)
+        shutil.rmtree(state)
+    existing = [p for p in files.values() if p.exists()]
+    if existing and not overwrite:
+        raise LandcoverError("exists (pass --overwrite to replace it)", existing[0])
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    state.mkdir()
+    write_text(state / "fingerprint", fingerprint)
+
+
+def _assemble(job: RasterJob, blocks: list[Block], results: dict[str, BlockResult], cell_in_aoi: np.ndarray,
+              n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell classes, mean probabilities of the windows covering each cell, and cell validity (block order)."""
+    k = job.k
+    sums = np.zeros((n_classes, job.rows, job.cols), np.float64)
+    hits = np.zeros((job.rows, job.cols), np.int32)
+    cell_valid = np.zeros((job.rows, job.cols), np.float32)
+    for block in blocks:
+        nr, nc = results[block.id].cell_valid.shape
+        cell_valid[block.r0:block.r0 + nr, block.c0:block.c0 + nc] = results[block.id].cell_valid
+    rows = np.concatenate([results[b.id].rows for b in blocks]).astype(np.intp)
+    cols = np.concatenate([results[b.id].cols for b in blocks]).astype(np.intp)
+    window_probs = np.concatenate([results[b.id].probs.reshape(-1, n_classes) for b in blocks])
+    size = job.rows * job.cols
+    for dy in range(k):  # each window adds its probabilities to the k x k cells it covers
+        for dx in range(k):
+            cells = (rows + dy) * job.cols + cols + dx
+            hits += np.bincount(cells, minlength=size).reshape(hits.shape).astype(np.int32)
+            for c in range(n_classes):
+                sums[c] += np.bincount(cells, weights=window_probs[:, c], minlength=size).reshape(hits.shape)
+    valid = (hits > 0) & (cell_valid >= MIN_CELL_VALID) & cell_in_aoi
+    probs = (sums / np.maximum(hits, 1)).astype(np.float32)
+    classes = probs.argmax(axis=0).astype(np.uint8)
+    classes[~valid] = NODATA
+    return classes, probs, valid
+
+
+def _write_tiles(path: Path, job: RasterJob, blocks: list[Block], results: dict[str, BlockResult],
+                 bundle: Bundle) -> None:
+    """tiles.parquet: one row per predicted window: footprint, class, confidence, probability per class."""
+    import geopandas as gpd
+    import pandas as pd
+
+    rows = np.concatenate([results[b.id].rows for b in blocks]).astype(int)
+    cols = np.concatenate([results[b.id].cols for b in blocks]).astype(int)
+    probs = np.concatenate([results[b.id].probs.reshape(-1, bundle.n_classes) for b in blocks])
+    xs, ys = job.grid.origin(cols, rows)
+    names = [c["name"] for c in bundle.classes]
+    ids = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+    frame = pd.DataFrame({"tile_id": [job.grid.key(x, y) for x, y in zip(xs, ys, strict=True)],
+                          "window_row": rows, "window_col": cols, "class_id": ids.astype(np.int16),
+                          "class": [names[i] for i in ids], "confidence": probs.max(axis=1) if len(probs) else []})
+    for i, name in enumerate(names):
+        frame[f"p_{name}"] = probs[:, i]
+    tiles = gpd.GeoDataFrame(frame, geometry=job.grid.chip_boxes(xs, ys), crs=job.grid.crs.to_wkt())
+    with replacing(path) as tmp:
+        tiles.to_parquet(tmp)

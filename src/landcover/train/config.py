@@ -1,0 +1,95 @@
+"""A training run's settings: the keys of a config file, checked before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from landcover.errors import LandcoverError
+
+MODES = ("finetune", "features")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "exponential", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; a YAML/JSON config file holds these keys, command-line flags override them."""
+
+    manifest: str = ""
+    runs: str = "runs"
+    name: str | None = None
+    mode: str = "finetune"
+    architecture: str = "efficientnet-lite0"
+    weights: str = "imagenet"
+    bands: list[int] | None = None
+    """1-based chip bands to use, in model input order (default: all)."""
+    rgb_bands: list[int] | None = None
+    """1-based positions, within `bands`, of red, green and blue (for pretrained first-layer filters)."""
+    train_split: str = "train"
+    val_split: str = "valid"
+    input_size: int | None = None
+    """Model input size (default: the backbone's pretraining size)."""
+    head: str = "logreg"
+    sample_frac: float = 1.0
+    train_from: str = "all"
+    freeze_bn: bool = False
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    step_size: int = 10
+    gamma: float = 0.5
+    epochs: int = 10
+    batch_size: int = 32
+    workers: int = 0
+    augment: bool = True
+    class_weights: str = "none"
+    early_stopping: int = 0
+    checkpoint_every: int = 1
+    seed: int = 0
+    mlflow_uri: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict) -> TrainConfig:
+        """A config file (YAML or JSON) with command-line overrides applied; unknown keys are an error."""
+        data: dict = {}
+        if path:
+            try:
+                data = yaml.safe_load(Path(path).read_text()) or {}
+            except FileNotFoundError:
+                raise LandcoverError("no such config file", path) from None
+            except yaml.YAMLError as exc:
+                raise LandcoverError(f"not valid YAML/JSON ({exc.__class__.__name__})", path) from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LandcoverError(f"unknown config keys {unknown}", path)
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise LandcoverError(f"unknown settings {unknown} (see TrainConfig for the keys)")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**data)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, before anything runs."""
+        for value, allowed, what in ((self.mode, MODES, "mode"), (self.optimizer, OPTIMIZERS, "optimizer"),
+                                     (self.schedule, SCHEDULES, "schedule"), (self.head, ("logreg", "rf"), "head"),
+                                     (self.class_weights, ("none", "balanced"), "class_weights")):
+            if value not in allowed:
+                raise LandcoverError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+        if not self.manifest:
+            raise LandcoverError("no manifest given (--manifest or 'manifest:' in the config)")
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.sample_frac <= 1:
+            raise LandcoverError("epochs and batch_size must be >= 1, sample_frac in (0, 1]")
+
+    def to_dict(self) -> dict:
+        """The resolved config, as written to the run folder."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,87 @@
+"""What a config describes, prepared for either training mode: the chips, the network, the input pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from landcover.bundle import Bundle, InputSpec
+from landcover.errors import LandcoverError
+from landcover.models.backbones import build_model
+from landcover.train.config import TrainConfig
+from landcover.train.data import ChipDataset, read_chip, scaling_for
+
+
+def chip_source(info: dict) -> dict:
+    """How the chips were cut from imagery, so predict can cut a raster the same way: the chip format, the
+    source bands ([file index, 1-based band] over the first scene's files) and the PNG stretch's percentiles."""
+    scene = (info.get("scenes") or [{}])[0]
+    stretch = scene.get("png_stretch")
+    return {"format": info.get("format"), "source_files": [Path(p).name for p in scene.get("paths", [])],
+            "source_bands": scene.get("bands"), "source_dtype": scene.get("dtype"),
+            "stretch_percentiles": stretch["percentiles"] if stretch else None}
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class Run:
+    """The data, model and input pipeline a config describes (shared by both training modes)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.train = ChipDataset(config.manifest, config.train_split, augment=config.augment)
+        self.val = ChipDataset(config.manifest, config.val_split)
+        info = self.train.info
+        self.classes = [{"id": c["id"], "name": c["name"], "color": c["color"]} for c in info["scheme"]["classes"]]
+        names = {c["id"]: c["name"] for c in self.classes}
+        for dataset in (self.train, self.val):
+            pairs = set(zip(dataset.frame["label_id"].astype(int), dataset.frame["label"], strict=True))
+            unknown = sorted(f"{name} ({i})" for i, name in pairs if names.get(i) != name)
+            if unknown:
+                raise LandcoverError(f"classes {unknown} are not in the manifest's scheme "
+                                     f"{info['scheme'].get('name')!r}", dataset.path)
+        first = read_chip(self.train.root / self.train.frame["path"].iat[0])
+        bands = tuple(b - 1 for b in config.bands) if config.bands else tuple(range(first.shape[0]))
+        if max(bands) >= first.shape[0] or min(bands) < 0:
+            raise LandcoverError(f"bands {config.bands} are out of range: the chips have {first.shape[0]} bands",
+                                 self.train.path)
+        rgb = tuple(b - 1 for b in config.rgb_bands) if config.rgb_bands else (
+            (0, 1, 2) if len(bands) >= 3 else None)
+        self.rgb_bands = rgb
+        n_out = len(self.classes) if config.mode == "finetune" else 0
+        self.model, pre = build_model(config.architecture, n_out, len(bands), config.weights, rgb)
+        low, high = scaling_for(self.train.frame, self.train.root, bands, seed=config.seed)
+        self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std),
+                               config.input_size or pre.input_size, pre.interpolation)
+        self.chip = {"size_px": int(first.shape[-1]), "res": float(self.train.frame["res"].iat[0]),
+                     "crs": str(self.train.frame["crs"].iat[0]), "dtype": str(first.dtype),
+                     "rgb_bands": list(rgb) if rgb else None,
+                     "scenes": [s.get("name") for s in info.get("scenes", [])], **chip_source(info)}
+
+    def bundle(self, kind: str, head: object | None = None) -> Bundle:
+        """A bundle of the current model (and head) with its provenance."""
+        c = self.config
+        provenance = {"manifest": str(Path(c.manifest)), "manifest_sha256": _file_sha(self.train.path),
+                      "train_split": c.train_split, "val_split": c.val_split,
+                      "train_chips": len(self.train), "val_chips": len(self.val), "config": c.to_dict(),
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return Bundle(kind, c.architecture, self.classes, self.input, self.chip, provenance,
+                      c.weights if kind == "features" else "none", model=self.model, head=head)
+
+    def loader(self, dataset: ChipDataset, shuffle: bool, epoch: int = 0,
+               sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+        """Batches of raw chips; the shuffle order depends only on the seed and the epoch."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size,
+                                           shuffle=shuffle and sampler is None, sampler=sampler,
+                                           num_workers=self.config.workers, generator=generator,
+                                           persistent_workers=False)
