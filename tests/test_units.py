@@ -84,3 +84,23 @@ def test_rules_points_purity_nodata_keep():
     for bad in (["points:x"], ["purity:1.5"], ["nearest:3"]):
         with pytest.raises(LandcoverError):
             Rules.parse(bad)
+
+
+def test_engine_of_takes_names_with_worker_counts():
+    from landcover.engine import Engine
+
+    assert Engine.of(None) == Engine() and Engine.of("process:2") == Engine("process", 2)
+    assert Engine.of("ray") == Engine("ray", 1) and Engine.of(Engine("ray", 3)) == Engine("ray", 3)
+    for bad in ("process:two", "spark", "process:0"):
+        with pytest.raises(LandcoverError):
+            Engine.of(bad)
+
+
+def test_scene_paths_reads_one_file_one_stack_or_several_scenes():
+    from landcover.chips.make import scene_paths
+
+    assert scene_paths("a.tif") == [["a.tif"]]
+    assert scene_paths(["b2.tif", "b3.tif"]) == [["b2.tif", "b3.tif"]]
+    assert scene_paths([["a1.tif", "a2.tif"], "b.tif"]) == [["a1.tif", "a2.tif"], ["b.tif"]]
+    with pytest.raises(LandcoverError):
+        scene_paths([])

@@ -164,7 +164,6 @@ def load_bundle(path: str | Path) -> Bundle:
             raise LandcoverError(f"weights do not fit {bundle.architecture} ({str(exc).splitlines()[0]})",
                                  weights) from None
     else:
-
         model, _ = build_model(bundle.architecture, 0, len(spec.bands), weights=bundle.backbone_weights,
                                rgb_bands=tuple(meta["chip"].get("rgb_bands") or (0, 1, 2))
                                if len(spec.bands) >= 3 else None)

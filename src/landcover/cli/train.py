@@ -25,6 +25,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file with the run's settings")
     p.add_argument("--resume", action="store_true", help="continue the run --name from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run --name if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("data")
     g.add_argument("--manifest", help="manifest.parquet (or its chips folder), already split")
@@ -72,7 +73,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                  "architecture", "weights", "input_size", "head", "sample_frac", "train_from", "freeze_bn",
                  "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs", "batch_size",
                  "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed", "mlflow_uri")
-        out = train_model(config=args.config, resume=args.resume, progress=not args.quiet,
+        out = train_model(config=args.config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                           **{n: getattr(args, n) for n in names})
         print(f"run: {out}  bundle: {out / 'bundle'}")
 

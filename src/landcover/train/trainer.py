@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -16,12 +17,13 @@ from landcover.train.runs import read_metrics, run_dir
 
 
 def train_model(manifest: str | Path | None = None, *, config: str | Path | TrainConfig | None = None,
-                resume: bool = False, progress: bool = True, **settings: object) -> Path:
+                resume: bool = False, overwrite: bool = False, progress: bool = True, **settings: object) -> Path:
     """Train a land-cover classifier on the chips of a split manifest; return the run folder (bundle in bundle/).
 
     `manifest` is a manifest.parquet or its chips folder. `config` is a YAML/JSON file or a `TrainConfig`;
     `settings` are its keys (mode, architecture, weights, head, epochs, lr, name, runs, ...; see `TrainConfig`)
-    and override the file. `resume=True` continues the run `name` from its last checkpoint.
+    and override the file. `resume=True` continues the run `name` from its last checkpoint; `overwrite=True`
+    replaces a run of that name.
 
         run = train_model("chips/", mode="features", head="logreg", input_size=64, name="lite0-lr")
     """
@@ -32,14 +34,19 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
     else:
         config = TrainConfig.load(config, {"manifest": None if manifest is None else str(manifest), **settings})
     out = run_dir(config)
-    if out.exists() and not resume and (out / "config.yaml").exists():
-        raise LandcoverError("the run folder exists: pass --resume to continue it, or choose another --name", out)
+    if resume and overwrite:
+        raise LandcoverError("--resume continues a run and --overwrite replaces it: choose one")
+    if out.exists() and not (resume or overwrite) and (out / "config.yaml").exists():
+        raise LandcoverError("the run folder exists: pass --resume to continue it, --overwrite to replace it, or "
+                             "choose another --name", out)
     if resume and not (out / "checkpoints" / "last").exists():
         raise LandcoverError("nothing to resume (no checkpoints/last)", out)
     torch.manual_seed(config.seed)
     run = Run(config)
     rank = int(os.environ.get("RANK", 0))
     if rank == 0:
+        if overwrite:
+            shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     if config.mode == "features":
