@@ -57,3 +57,21 @@ def park_chips(tmp_path_factory) -> Path:
                  "--aoi", str(zion / "zion.gpkg"), "--out", str(chips)]) == 0
     assert main(["split", str(chips), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"]) == 0
     return chips
+
+
+@pytest.fixture(scope="session")
+def zion_bundle(tmp_path_factory):
+    """True-colour PNG chips of Zion (stretched from uint16), frozen lite0 features at 32 px + logistic regression
+    (read-only: copy before changing anything). Returns the bundle, the four Landsat bands and the work folder."""
+    from landcover.cli import main
+
+    zion = need_data("zion")
+    root = tmp_path_factory.mktemp("predict")
+    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
+    assert main(["chips", "--quiet", "--image", *images, "--bands", "3", "2", "1", "--labels",
+                 str(zion / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule", "points:3",
+                 "--out", str(root / "chips")]) == 0
+    assert main(["split", str(root / "chips"), "--blocks", "4", "--ratios", "80:10:10", "--no-plot"]) == 0
+    assert main(["train", "--quiet", "--manifest", str(root / "chips"), "--runs", str(root / "runs"), "--name", "b",
+                 "--mode", "features", "--head", "logreg", "--arch", "efficientnet-lite0", "--input-size", "32"]) == 0
+    return root / "runs" / "b" / "bundle", images, root

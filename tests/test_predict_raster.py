@@ -21,21 +21,6 @@ from landcover.predict.raster import plurality_filter, predict_raster
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module")
-def zion_bundle(tmp_path_factory):
-    """True-colour PNG chips of Zion (stretched from uint16), frozen lite0 features at 32 px + logistic regression."""
-    zion = need_data("zion")
-    root = tmp_path_factory.mktemp("predict")
-    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    assert main(["chips", "--quiet", "--image", *images, "--bands", "3", "2", "1", "--labels",
-                 str(zion / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule", "points:3",
-                 "--out", str(root / "chips")]) == 0
-    assert main(["split", str(root / "chips"), "--blocks", "4", "--ratios", "80:10:10", "--no-plot"]) == 0
-    assert main(["train", "--quiet", "--manifest", str(root / "chips"), "--runs", str(root / "runs"), "--name", "b",
-                 "--mode", "features", "--head", "logreg", "--arch", "efficientnet-lite0", "--input-size", "32"]) == 0
-    return root / "runs" / "b" / "bundle", images, root
-
-
 def test_map_cells_are_the_chip_predictions(zion_bundle, tmp_path):
     """Cut from the raster with the chips' bands and stretch, every window is predicted as its chip is."""
     from landcover.bundle import load_bundle

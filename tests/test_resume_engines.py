@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from landcover.chips.cut import STATE_DIR
+from landcover.chips.folder import STATE_DIR
 from landcover.cli import main
 
 

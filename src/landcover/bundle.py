@@ -153,13 +153,18 @@ def load_bundle(path: str | Path) -> Bundle:
         weights = path / meta["weights"]
         if not weights.is_file():
             raise LandcoverError(f"the bundle's weights file {meta['weights']} is missing", path)
-        if weights.suffix != ".safetensors":
-            refuse_pickle(weights)
+        refuse_pickle(weights)  # by suffix or by content: a pickle renamed to .safetensors too
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        try:
+            state = load_file(weights)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise LandcoverError(f"is not a readable safetensors file (truncated or corrupt: "
+                                 f"{str(exc).splitlines()[0]})", weights) from None
         model, _ = build_model(bundle.architecture, n_classes, len(spec.bands), weights="none")
         try:
-            model.load_state_dict(load_file(weights))
+            model.load_state_dict(state)
         except (RuntimeError, OSError) as exc:
             raise LandcoverError(f"weights do not fit {bundle.architecture} ({str(exc).splitlines()[0]})",
                                  weights) from None

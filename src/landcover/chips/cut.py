@@ -10,18 +10,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
 import rasterio
 import shapely
 from affine import Affine
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.windows import Window
-from tqdm.auto import tqdm
 
-from landcover.atomic import replacing, write_text
+from landcover.atomic import check_output, replacing, write_text
+from landcover.bounds import COUNT
+from landcover.chips.folder import (
+    ChipsResult,
+    finished_run,
+    manifest_frame,
+    nodata_hint,
+    prepare_out,
+    rejection_counts,
+)
 from landcover.chips.labels import LabelRaster, LabelVector, read_layer
 from landcover.chips.pairs import write_classified_tiles
 from landcover.chips.rules import REJECTIONS, Rules, judge, judge_fixed, judge_mask
@@ -30,12 +36,13 @@ from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid, footprint, on_lattice, scene_footprint
 from landcover.geo.raster import Scene, crs_name
 from landcover.geo.stretch import Stretch, scene_stretch
-from landcover.manifest import COLUMNS, empty_frame, read_manifest, write_manifest
+from landcover.locks import output_lock
+from landcover.manifest import write_manifest
+from landcover.progress import progress_bar
 from landcover.schemes import INVALID, ClassScheme
 
 FORMATS = ("png", "tif")
 LAYOUTS = ("folders", "pairs")
-STATE_DIR = ".landcover-state"
 BLOCK_PX = 2048
 """Blocks of tiles are read, warped and labelled together, up to about this many pixels a side."""
 TARGET_BLOCKS = 32
@@ -98,39 +105,21 @@ class Block:
     """Class ids given with the tiles (tiles centred on labelled points), else None."""
 
 
-@dataclass
-class ChipsResult:
-    """What a chips run produced."""
-
-    manifest: gpd.GeoDataFrame
-    rejected: Counter
-    out: Path
-    resumed_blocks: int = 0
-
-    def summary(self) -> str:
-        """A few lines a person reads at the end of a run."""
-        kept = self.manifest["label"].value_counts().sort_index() if len(self.manifest) else pd.Series(dtype=int)
-        note = {0: "", -1: " (already complete: nothing to do)"}.get(
-            self.resumed_blocks, f" (resumed: {self.resumed_blocks} blocks were already done)")
-        lines = [f"{len(self.manifest)} chips in {self.out}{note}"]
-        lines += [f"  {name:<28} {n:>7}" for name, n in kept.items()]
-        rejected = ", ".join(f"{reason} {self.rejected[reason]}" for reason in REJECTIONS if self.rejected[reason])
-        lines.append(f"rejected: {rejected or 'none'}")
-        return "\n".join(lines)
-
-
 def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: ClassScheme, grid: Grid,
               rules: Rules, out: str | Path, *, regions: list[str] | None = None, aoi: str | Path | None = None,
               fmt: str = "png", layout: str = "folders", resampling: str = "bilinear",
               engine: Engine | None = None, overwrite: bool = False, progress: bool = True,
-              block_tiles: int | None = None) -> ChipsResult:
+              block_tiles: int | None = None, allow_empty: bool = False) -> ChipsResult:
     """Cut, judge and write the chips of every tile of opened scenes and labels; resume a killed run into the same
     folder. (`make_chips` takes file names and settings and calls this.)
 
     Layout `folders` writes `<class>/<key>.<fmt>`; `pairs` writes `images/<key>.tif` and `labels/<key>.tif`
     (segmentation masks) with the Classified Tiles metadata. A point layer as labels centres a tile on each
-    point."""
+    point. A run that keeps no chip is an error saying why (`allow_empty` writes the empty manifest)."""
+    check_output(out, "folder")
     _check_output_options(scenes, labels, fmt, layout, resampling)
+    if block_tiles is not None:
+        COUNT.check(block_tiles, "--block-tiles")
     engine = engine or Engine()
     footprints = [scene_footprint(s, grid.crs) for s in scenes]
     if isinstance(labels, LabelRaster):
@@ -150,8 +139,8 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
         window = labels.window_for(shapely.intersection(area, label_fp).bounds, grid.crs)
         unknown = labels.unknown_codes(scheme, window)
         if unknown:
-            raise LandcoverError(f"label codes {unknown} are not in scheme {scheme.name!r} "
-                                 "(add them to a scheme file, or to its 'ignore' list)", labels.path)
+            raise LandcoverError(f"label codes {_first(unknown)} are not in scheme {scheme.name!r} (add them to a "
+                                 "scheme file, or to its 'ignore' list)", labels.path)
     stretches = tuple(scene_stretch(s) if fmt == "png" else None for s in scenes)
     job = ChipJob(tuple(scenes), tuple(regions or [s.name for s in scenes]), labels, scheme, grid, rules,
                   str(Path(out).resolve()), fmt, layout, stretches, resampling, scheme.lookup())
@@ -159,11 +148,23 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
     blocks, rejected = plan_blocks(grid, footprints, aoi_geom, block_tiles, point_layer)
     info = job.describe()
     fingerprint = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    finished = _finished_run(Path(out), fingerprint)
-    if finished is not None:
-        return finished
-    out, state = _prepare_out(Path(out), fingerprint, overwrite)
+    with output_lock(out):
+        finished = finished_run(Path(out), fingerprint)
+        if finished is not None:
+            return finished
+        created = not Path(out).exists()
+        out, state = prepare_out(Path(out), fingerprint, overwrite)
+        try:
+            return _run(job, blocks, rejected, info, fingerprint, out, state, progress, engine, allow_empty)
+        except BaseException:
+            if created and not any(state.glob("b*.json")):  # nothing done: leave nothing behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
+
+def _run(job: ChipJob, blocks: list[Block], rejected: Counter, info: dict, fingerprint: str, out: Path, state: Path,
+         progress: bool, engine: Engine, allow_empty: bool) -> ChipsResult:
+    """Cut the blocks not yet done, then write the manifest and chips.json (and the pairs' metadata)."""
     records: list[dict] = []
     todo = []
     for block in blocks:
@@ -176,14 +177,23 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
             todo.append(block)
     resumed = len(blocks) - len(todo)
     total = sum(len(b.xs) for b in blocks)
-    with tqdm(total=total, initial=total - sum(len(b.xs) for b in todo), unit="tile", desc="chips",
-              disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, initial=total - sum(len(b.xs) for b in todo), unit="tile", desc="chips",
+                      enabled=progress, leave=False) as bar:
         for block_id, rows, counts, n in engine.map(process_block, job, todo):
             write_text(state / f"{block_id}.json", json.dumps({"rows": rows, "rejected": counts}))
             records += rows
             rejected.update(counts)
             bar.update(n)
-    manifest = _manifest_frame(records, grid)
+    if not records and not allow_empty:
+        shutil.rmtree(state)
+        if not any(out.iterdir()):
+            out.rmdir()
+        hint = nodata_hint(rejected)
+        raise LandcoverError("no tile passed the rules, so no chip was written (rejected: "
+                             f"{rejection_counts(rejected)}){'; ' + hint if hint else ''}; --allow-empty writes an "
+                             "empty manifest instead", out)
+    grid, scheme, scenes, layout = job.grid, job.scheme, job.scenes, job.layout
+    manifest = manifest_frame(records, grid)
     info.update(fingerprint=fingerprint, counts=manifest["label"].value_counts().sort_index().to_dict(),
                 rejected={r: rejected[r] for r in REJECTIONS})
     if layout == "pairs":
@@ -192,6 +202,15 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
     write_text(out / "chips.json", json.dumps(info, indent=2, default=str))
     shutil.rmtree(state)
     return ChipsResult(manifest, rejected, out, resumed)
+
+
+def _first(codes: list, shown: int = 20) -> str:
+    """A list of codes, cut short when long: '[1, 2, 3]' or '[1, ..., 20] and 980 more (1,000 codes: is this a
+    raster of class codes?)'."""
+    if len(codes) <= shown:
+        return str(list(codes))
+    return (f"{list(codes[:shown])} and {len(codes) - shown:,} more ({len(codes):,} distinct values: is this a "
+            "land-cover raster of class codes?)")
 
 
 def _check_output_options(scenes: list[Scene], labels: LabelRaster | LabelVector, fmt: str, layout: str,
@@ -375,52 +394,3 @@ def _encode_chip(job: ChipJob, scene: Scene | None, pixels: np.ndarray, transfor
                    "transform": transform, "nodata": nodata, "compress": "lzw"}
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(pixels)
-
-
-def _finished_run(out: Path, fingerprint: str) -> ChipsResult | None:
-    """The result of an identical run that already finished in this folder, if there is one."""
-    card = out / "chips.json"
-    if not (card.exists() and (out / "manifest.parquet").exists() and not (out / STATE_DIR).exists()):
-        return None
-    if json.loads(card.read_text()).get("fingerprint") != fingerprint:
-        return None
-    frame, info = read_manifest(out / "manifest.parquet")
-    return ChipsResult(frame, Counter(info.get("rejected", {})), out, resumed_blocks=-1)
-
-
-def _prepare_out(out: Path, fingerprint: str, overwrite: bool) -> tuple[Path, Path]:
-    """Create (or reopen, to resume) the output folder; refuse one that holds another run."""
-    state = out / STATE_DIR
-    marker = state / "run.json"
-    manifest = out / "manifest.parquet"
-    if out.exists() and any(out.iterdir()):
-        same = marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
-        if not same:
-            if not overwrite:
-                what = "a finished chips run" if manifest.exists() else "other files"
-                raise LandcoverError(f"the output folder holds {what}; choose another --out or pass --overwrite",
-                                     out)
-            if not (manifest.exists() or marker.exists()):
-                raise LandcoverError("--overwrite only replaces a landcover chips folder; this one holds "
-                                     "other files", out)
-            shutil.rmtree(out)
-    state.mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob(".*.tmp"):
-        stale.unlink()
-    if not marker.exists():
-        write_text(marker, json.dumps({"fingerprint": fingerprint}))
-    return out, state
-
-
-def _manifest_frame(records: list[dict], grid: Grid) -> gpd.GeoDataFrame:
-    """Manifest rows sorted by chip id: the standard columns, then any the layout adds."""
-    crs = grid.crs.to_wkt()
-    if not records:
-        return empty_frame(crs)
-    frame = pd.DataFrame.from_records(records).sort_values("chip_id", kind="stable").reset_index(drop=True)
-    geometry = shapely.box(*np.array(frame.pop("bounds").tolist()).T)
-    frame["split"] = pd.Series([None] * len(frame), dtype="string")
-    for column in ("label_id", "agree_points", "n_points"):
-        frame[column] = frame[column].astype("Int64")
-    frame = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geometry, crs=crs))
-    return frame[list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]]

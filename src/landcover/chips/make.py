@@ -6,7 +6,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from landcover.chips.cut import ChipsResult, cut_chips
+from landcover.chips.cut import cut_chips
+from landcover.chips.folder import ChipsResult
 from landcover.chips.labels import LabelRaster, read_vector_labels
 from landcover.chips.rules import Rules
 from landcover.engine import Engine
@@ -40,8 +41,9 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
                crs: str | None = None, resolution: float | None = None, resampling: str = "bilinear",
                rules: str | list[str] | None = None, max_nodata: int = 0, keep: float = 1.0, seed: int = 0,
                layout: str = "folders", fmt: str | None = None, min_labelled: float = 0.0, keep_empty: bool = False,
-               overwrite: bool = False, engine: Engine | str | None = None, block_tiles: int | None = None,
-               progress: bool = True, log: Callable[[str], None] | None = None) -> ChipsResult:
+               overwrite: bool = False, allow_empty: bool = False, engine: Engine | str | None = None,
+               block_tiles: int | None = None, progress: bool = True,
+               log: Callable[[str], None] | None = None) -> ChipsResult:
     """Cut imagery into tiles on a metric grid, label each tile, keep those the rules accept, and write the chips
     with a GeoParquet manifest into `out`; returns what was written (`result.summary()` says it in a few lines).
 
@@ -49,7 +51,8 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
     (`labels_vector` with `burn_attribute` or `burn_value`). `rules` are 'points:K' and/or 'purity:P'
     (default points:3 for class folders). `layout` 'folders' writes <class>/<key>.png (or `fmt='tif'`);
     'pairs' writes images/ + labels/ GeoTIFF masks for segmentation. `engine` is 'local', 'process:N' or
-    'ray[:N]'. A killed run, called again with the same arguments, resumes.
+    'ray[:N]'. A killed run, called again with the same arguments, resumes. Keeping no chip is an error that
+    says why, unless `allow_empty`.
 
         make_chips(["b2.tif", "b3.tif", "b4.tif"], "chips/", labels="nlcd.tif", scheme="nlcd-grouped",
                    tile_size="480m", aoi="park.gpkg")
@@ -84,4 +87,5 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
             f"{grid.crs.to_string()}, stride {grid.stride} px, padding {grid.pad} px")
     return cut_chips(scenes, label_source, class_scheme, grid, rule_set, out, regions=regions, aoi=aoi,
                      fmt=fmt or ("tif" if layout == "pairs" else "png"), layout=layout, resampling=resampling,
-                     engine=Engine.of(engine), overwrite=overwrite, progress=progress, block_tiles=block_tiles)
+                     engine=Engine.of(engine), overwrite=overwrite, progress=progress, block_tiles=block_tiles,
+                     allow_empty=allow_empty)

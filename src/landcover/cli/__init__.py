@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from landcover.cli import data, maps, predict, train
+from landcover.cli.common import Parser
 from landcover.errors import LandcoverError
 from landcover.version import __version__
 
@@ -18,8 +20,7 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `landcover` command."""
-    parser = argparse.ArgumentParser(prog="landcover",
-                                     description="Aerial and satellite imagery into land-cover maps.")
+    parser = Parser(prog="landcover", description="Aerial and satellite imagery into land-cover maps.")
     parser.add_argument("--version", action="version", version=f"landcover {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parsers(sub)
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`landcover schemes -v | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except LandcoverError as exc:
         print(f"landcover: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""What every command shares: the engine options, and library warnings printed as one line each."""
+"""What every command shares: one-line argument errors, the engine options, library warnings as one line each."""
 
 from __future__ import annotations
 
@@ -6,13 +6,22 @@ import argparse
 import sys
 import warnings
 
+from landcover.bounds import COUNT
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the command, the problem, where to look), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def engine_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The engine options every parallel command shares; returns their group."""
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=["local", "process", "ray"],
                    help="local (one process), process (a pool of --workers), ray (a Ray cluster)")
-    g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--workers", type=COUNT.parse, default=1, help="worker processes (default 1)")
     g.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return g

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from landcover.bounds import COUNT, FRACTION, POSITIVE, SHARE, WHOLE
 from landcover.cli.common import engine_options, warnings_as_lines
 from landcover.engine import Engine
 
@@ -27,7 +28,7 @@ def _chips_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("inputs")
     g.add_argument("--image", action="append", nargs="+", required=True, metavar="RASTER",
                    help="imagery raster(s) of one scene, stacked as bands in this order; repeat for more scenes")
-    g.add_argument("--bands", type=int, nargs="+", metavar="N",
+    g.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="pick and order bands, 1-based over the stack (default: all)")
     which = g.add_mutually_exclusive_group(required=True)
     which.add_argument("--labels", metavar="RASTER", help="land-cover raster (integer codes)")
@@ -56,17 +57,18 @@ def _chips_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--padding", default="0px",
                    help="context added around each tile in the chip (m or px); rules judge the core tile")
     g.add_argument("--crs", help="grid CRS (default: the first scene's; geographic imagery gets its UTM zone)")
-    g.add_argument("--resolution", type=float, help="grid pixel size in CRS units (default: the imagery's)")
+    g.add_argument("--resolution", type=POSITIVE.parse, help="grid pixel size in CRS units (default: the imagery's)")
     g.add_argument("--resampling", default="bilinear",
                    help="imagery resampling where it must be warped onto the grid (labels: always nearest)")
     g = p.add_argument_group("rules")
     g.add_argument("--rule", action="append", metavar="RULE",
                    help="points:K (all K x K sample points agree) and/or purity:P (majority share >= P); "
                         "default points:3 for class folders from a raster or polygons, none for pairs")
-    g.add_argument("--max-nodata", type=int, default=0, metavar="N",
+    g.add_argument("--max-nodata", type=WHOLE.parse, default=0, metavar="N",
                    help="reject tiles with more than N nodata imagery pixels (default 0)")
-    g.add_argument("--keep", type=float, default=1.0, metavar="F", help="keep a random fraction F of passing tiles")
-    g.add_argument("--seed", type=int, default=0, help="seed for --keep (default 0)")
+    g.add_argument("--keep", type=SHARE.parse, default=1.0, metavar="F",
+                   help="keep a random fraction F of passing tiles")
+    g.add_argument("--seed", type=WHOLE.parse, default=0, help="seed for --keep (default 0)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder")
     g.add_argument("--layout", default="folders", choices=["folders", "pairs"],
@@ -75,12 +77,14 @@ def _chips_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--format", choices=["png", "tif"],
                    help="png: 8-bit, percentile-stretched per scene; tif: all bands, native dtype, LZW, "
                         "georeferenced (default: png for folders, tif for pairs)")
-    g.add_argument("--min-labelled", type=float, default=0.0, metavar="F",
+    g.add_argument("--min-labelled", type=FRACTION.parse, default=0.0, metavar="F",
                    help="pairs: reject tiles whose mask has less than a fraction F of labelled pixels")
     g.add_argument("--keep-empty", action="store_true", help="pairs: also keep tiles with no labelled pixel")
     g.add_argument("--overwrite", action="store_true", help="replace a finished chips run in --out")
+    g.add_argument("--allow-empty", action="store_true",
+                   help="write an empty manifest when no tile passes the rules (default: an error saying why)")
     g = engine_options(p)
-    g.add_argument("--block-tiles", type=int, metavar="N",
+    g.add_argument("--block-tiles", type=COUNT.parse, metavar="N",
                    help="a task is a block of N x N tiles, read and labelled together (default: sized for "
                         "about 32 tasks)")
     p.set_defaults(run=_run_chips)
@@ -96,7 +100,7 @@ def _run_chips(args: argparse.Namespace) -> None:
         regions=args.region, tile_size=args.tile_size, overlap=args.overlap, padding=args.padding, crs=args.crs,
         resolution=args.resolution, resampling=args.resampling, rules=args.rule, max_nodata=args.max_nodata,
         keep=args.keep, seed=args.seed, layout=args.layout, fmt=args.format, min_labelled=args.min_labelled,
-        keep_empty=args.keep_empty, overwrite=args.overwrite,
+        keep_empty=args.keep_empty, overwrite=args.overwrite, allow_empty=args.allow_empty,
         engine=Engine.choose(args.engine, args.workers, args.ray_address), block_tiles=args.block_tiles,
         progress=not args.quiet, log=None if args.quiet else lambda line: print(line, file=sys.stderr))
     print(result.summary())
@@ -136,7 +140,7 @@ def _split_parser(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--by", "--by-column", dest="by", default="region", metavar="COLUMN",
                       help="keep chips sharing a value of this manifest column in one split (default: region; "
                            "e.g. scene, or a county column you added)")
-    mode.add_argument("--blocks", type=int, metavar="N",
+    mode.add_argument("--blocks", type=COUNT.parse, metavar="N",
                       help="square blocks N tiles wide go whole to one split (a chip goes with the block holding "
                            "its upper-left corner): for a single scene, or too few regions")
     mode.add_argument("--random", action="store_true",
@@ -147,7 +151,8 @@ def _split_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", metavar="HOW",
                    help="min: down-sample every class to the rarest class's count; cap:N: at most N chips per "
                         "class; applied within every split; the chips left out become 'unused'")
-    p.add_argument("--seed", type=int, default=0, help="seed for the search, random splits and balancing (default 0)")
+    p.add_argument("--seed", type=WHOLE.parse, default=0,
+                   help="seed for the search, random splits and balancing (default 0)")
     p.add_argument("--no-guard", dest="guard", action="store_false",
                    help="with --by/--blocks, keep chips that overlap a chip of another split (only report them); "
                         "by default one chip of every such pair becomes 'unused'")
@@ -195,7 +200,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=["tfrecord", "webdataset", "mapfile"],
                    help="which dataset files to write (the files each makes are listed below)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty, or see --overwrite)")
-    p.add_argument("--shards", type=int, default=1, metavar="N",
+    p.add_argument("--shards", type=COUNT.parse, default=1, metavar="N",
                    help="files per split for tfrecord and webdataset (default 1); more shards than chips is "
                         "an error")
     p.add_argument("--encoding", default="raw", choices=["raw", "array"],
@@ -206,7 +211,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-shuffle", dest="shuffle", action="store_false",
                    help="keep manifest order (default: chips are shuffled with --seed before being dealt into "
                         "shards, so every shard mixes classes and places)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the shuffle (default 0)")
+    p.add_argument("--seed", type=WHOLE.parse, default=0, help="seed for the shuffle (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     engine_options(p)
 

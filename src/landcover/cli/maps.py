@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from landcover.bounds import COUNT, FRACTION
 from landcover.cli.common import warnings_as_lines
 from landcover.errors import LandcoverError
 
@@ -39,14 +40,14 @@ def _map_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", nargs="+", metavar="RASTER",
                    help="imagery to draw under the map, stacked as bands in this order (default: the imagery the "
                         "map records)")
-    p.add_argument("--bands", type=int, nargs="+", metavar="N",
+    p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1 band (grey) or 3 bands (red green blue), 1-based over the stack (default: the map's "
                         "recorded RGB bands, else 1 2 3, else 1)")
     p.add_argument("--truth", metavar="RASTER",
                    help="a land-cover raster to compare with (any CRS and grid; resampled onto the map by majority)")
     p.add_argument("--scheme", help="with --truth: the class scheme of its codes, a built-in name (see `landcover "
                                     "schemes`) or a YAML/JSON file")
-    p.add_argument("--alpha", type=float, default=0.6, metavar="F",
+    p.add_argument("--alpha", type=FRACTION.parse, default=0.6, metavar="F",
                    help="opacity of the class colours over the imagery, 0..1 (default 0.6)")
     p.add_argument("--title", help="figure title (default: the map's file name)")
 
@@ -83,7 +84,7 @@ def _change_parser(sub: argparse._SubParsersAction) -> None:
                    help="candidate patches only of change to these classes (default: any change)")
     p.add_argument("--from", dest="from_classes", nargs="+", metavar="CLASS",
                    help="candidate patches only of change from these classes (default: any other class)")
-    p.add_argument("--min-cells", type=int, default=1, metavar="N",
+    p.add_argument("--min-cells", type=COUNT.parse, default=1, metavar="N",
                    help="drop candidate patches of fewer than N cells (8-connected; default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from landcover.bounds import COUNT, FRACTION, WHOLE, Bound
 from landcover.cli.common import engine_options
 from landcover.engine import Engine
 
@@ -40,20 +41,22 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help="the class map (.tif) for --image; the table (.csv or .parquet) for --images")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write the map even when no cell can be predicted (default: an error saying why)")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                    help="run the network with torch (default) or onnxruntime (after `landcover export-onnx`)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows or chips per batch (default 64)")
+    p.add_argument("--batch-size", type=COUNT.parse, default=64, help="windows or chips per batch (default 64)")
     g = p.add_argument_group("rasters (--image)")
-    g.add_argument("--bands", type=int, nargs="+", metavar="N",
+    g.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1-based stack bands that make the chips' bands (default: those the chips were cut from)")
     g.add_argument("--stride", help="step between windows, m or px, dividing the tile (default: the tile; "
                                     "smaller steps overlap windows and average their probabilities)")
     g.add_argument("--aoi", metavar="VECTOR", help="map only cells whose centre lies inside these polygons")
-    g.add_argument("--smooth", type=int, default=0, metavar="N",
+    g.add_argument("--smooth", type=WHOLE.parse, default=0, metavar="N",
                    help="also write the map after an N x N plurality filter on the cell grid (e.g. 3)")
     g.add_argument("--probabilities", action="store_true",
                    help="also write per-class probabilities as a uint8 COG (p x 254, GDAL scale 1/254)")
-    g.add_argument("--max-nodata", type=float, default=0.25, metavar="F",
+    g.add_argument("--max-nodata", type=FRACTION.parse, default=0.25, metavar="F",
                    help="skip windows with more than this fraction of nodata pixels (default 0.25)")
     g.add_argument("--resampling", default="bilinear", help="imagery resampling where it must be warped")
     g.add_argument("--truth", metavar="RASTER", help="a land-cover raster to score the map (and smoothed map) "
@@ -76,7 +79,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                                 aoi=args.aoi, smooth=args.smooth, probabilities=args.probabilities,
                                 truth=args.truth, truth_scheme=args.scheme, max_nodata=args.max_nodata,
                                 batch_size=args.batch_size, runtime=args.runtime, engine=engine,
-                                resampling=args.resampling, overwrite=args.overwrite, progress=not args.quiet)
+                                resampling=args.resampling, overwrite=args.overwrite,
+                                allow_empty=args.allow_empty, progress=not args.quiet)
         print(result.summary())
 
     p.set_defaults(run=run)
@@ -87,7 +91,7 @@ def _export_onnx_parser(sub: argparse._SubParsersAction) -> None:
                        description="Export the bundle's network to BUNDLE/model.onnx (dynamic batch), check it "
                                    "against torch on a test batch, and record the check in BUNDLE/onnx.json.")
     p.add_argument("bundle", metavar="BUNDLE", help="a model bundle folder")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=Bound(7, integer=True).parse, default=17, help="ONNX opset (default 17)")
 
     def run(args: argparse.Namespace) -> None:
         import json

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from landcover.bounds import COUNT
 from landcover.errors import LandcoverError
+from landcover.train.config import BOUNDS
 
 TRAIN_EXAMPLE = """examples:
   landcover train --manifest chips/ --mode features --arch efficientnet-lite0 --head logreg
@@ -31,8 +34,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--manifest", help="manifest.parquet (or its chips folder), already split")
     g.add_argument("--train-split", help="split to train on (default train)")
     g.add_argument("--val-split", help="split to validate on (default valid)")
-    g.add_argument("--bands", type=int, nargs="+", metavar="N", help="1-based chip bands, in input order")
-    g.add_argument("--rgb-bands", type=int, nargs=3, metavar="N",
+    g.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N", help="1-based chip bands, in input order")
+    g.add_argument("--rgb-bands", type=COUNT.parse, nargs=3, metavar="N",
                    help="positions (1-based, within --bands) of red, green, blue: they get the pretrained "
                         "RGB filters (default 1 2 3)")
     g.add_argument("--runs", help="folder of runs (default runs)")
@@ -42,28 +45,31 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--arch", dest="architecture",
                    help="resnet18, resnet50, mobilenetv2 or efficientnet-lite0 (default)")
     g.add_argument("--weights", help="imagenet (default), none, or a local .safetensors file")
-    g.add_argument("--input-size", type=int, help="model input size in pixels (default: the backbone's)")
+    g.add_argument("--input-size", type=BOUNDS["input_size"].parse,
+                   help="model input size in pixels (default: the backbone's)")
     g.add_argument("--head", choices=["logreg", "rf"], help="features mode: the classical head")
-    g.add_argument("--sample-frac", type=float, help="features mode: fraction of training chips to use")
+    g.add_argument("--sample-frac", type=BOUNDS["sample_frac"].parse,
+                   help="features mode: fraction of training chips to use")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--train-from", help="head, last-block, all (default), or a layer name")
     g.add_argument("--freeze-bn", action="store_true", default=None, help="keep BatchNorm statistics frozen")
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default adamw")
-    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    g.add_argument("--weight-decay", type=float, help="default 1e-4")
+    g.add_argument("--lr", type=BOUNDS["lr"].parse, help="learning rate (default 1e-3)")
+    g.add_argument("--weight-decay", type=BOUNDS["weight_decay"].parse, help="default 1e-4")
     g.add_argument("--schedule", choices=["none", "step", "exponential", "cosine"], help="default cosine")
-    g.add_argument("--step-size", type=int, metavar="EPOCHS", help="step schedule: epochs between decays")
-    g.add_argument("--gamma", type=float, help="step/exponential schedule: decay factor (default 0.5)")
-    g.add_argument("--epochs", type=int, help="default 10")
-    g.add_argument("--batch-size", type=int, help="default 32")
-    g.add_argument("--workers", type=int, help="data-loading processes (default 0)")
+    g.add_argument("--step-size", type=BOUNDS["step_size"].parse, metavar="EPOCHS",
+                   help="step schedule: epochs between decays")
+    g.add_argument("--gamma", type=BOUNDS["gamma"].parse, help="step/exponential schedule: decay factor (default 0.5)")
+    g.add_argument("--epochs", type=BOUNDS["epochs"].parse, help="default 10")
+    g.add_argument("--batch-size", type=BOUNDS["batch_size"].parse, help="default 32")
+    g.add_argument("--workers", type=BOUNDS["workers"].parse, help="data-loading processes (default 0)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no random flips and 90-degree rotations")
     g.add_argument("--class-weights", choices=["none", "balanced"], help="weight the loss against imbalance")
-    g.add_argument("--early-stopping", type=int, metavar="EPOCHS",
+    g.add_argument("--early-stopping", type=BOUNDS["early_stopping"].parse, metavar="EPOCHS",
                    help="stop after this many epochs without a better validation macro-F1")
-    g.add_argument("--checkpoint-every", type=int, metavar="EPOCHS", help="default 1")
-    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--checkpoint-every", type=BOUNDS["checkpoint_every"].parse, metavar="EPOCHS", help="default 1")
+    g.add_argument("--seed", type=BOUNDS["seed"].parse, help="default 0")
     g.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI")
 
     def run(args: argparse.Namespace) -> None:
@@ -75,6 +81,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                  "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed", "mlflow_uri")
         out = train_model(config=args.config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                           **{n: getattr(args, n) for n in names})
+        summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        if "best_val_macro_f1" in summary:
+            print(f"validation macro-F1 {summary['best_val_macro_f1']:.3f} (best epoch {summary['best_epoch']})")
         print(f"run: {out}  bundle: {out / 'bundle'}")
 
     p.set_defaults(run=run)

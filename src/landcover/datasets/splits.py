@@ -16,6 +16,7 @@ import pandas as pd
 import shapely
 
 from landcover.atomic import write_text
+from landcover.bounds import COUNT
 from landcover.datasets.materialize import build_tree, check_tree_target
 from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest, write_manifest
@@ -399,6 +400,8 @@ def split_manifest(path: str | Path, ratios: str | tuple[float, ...] = "80:20", 
         split_manifest("chips/", "80:10:10", blocks=4)
     """
     ratios = parse_ratios(ratios if isinstance(ratios, str) else ":".join(str(r) for r in ratios))
+    if blocks is not None:
+        COUNT.check(blocks, "--blocks")
     spec = SplitSpec(ratios, by, blocks, random, balance, seed, guard)
     path = Path(path)
     if path.is_dir():

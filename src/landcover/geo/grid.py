@@ -15,6 +15,7 @@ from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
 from rasterio.warp import calculate_default_transform, transform_bounds
 
+from landcover.bounds import POSITIVE
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene, canonical_crs, same_crs, transformer
 
@@ -153,6 +154,8 @@ def make_grid(scenes: list[Scene], tile: tuple[float, str], overlap: tuple[float
               resolution: float | None = None) -> Grid:
     """The grid for a run: on the first scene's CRS and pixel lattice unless told otherwise."""
     first = scenes[0]
+    if resolution is not None:
+        POSITIVE.check(resolution, "--resolution")
     if crs:
         try:
             grid_crs = CRS.from_user_input(crs)

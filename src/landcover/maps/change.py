@@ -15,11 +15,12 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.features import shapes
 from rasterio.warp import reproject
-from tqdm.auto import tqdm
 
+from landcover.atomic import check_output
 from landcover.errors import LandcoverError
 from landcover.geo.raster import crs_name, same_crs, transformer
 from landcover.maps.classmap import NODATA, ClassMap, hex_rgb, read_class_map, read_probabilities, write_cog
+from landcover.progress import progress_bar
 
 UNCHANGED = 0
 WIDE_NODATA = 65535
@@ -141,6 +142,7 @@ def detect_change(before: str | Path, after: str | Path, out_dir: str | Path, to
     if min_cells < 1:
         raise LandcoverError(f"min_cells must be at least 1, not {min_cells}")
     to_ids, from_ids = _class_ids(to_classes, b, "--to"), _class_ids(from_classes, b, "--from")
+    check_output(out, "folder")
     _check_out(out, overwrite)
 
     # after's ids as before's, by class name; after's grid onto before's
@@ -212,7 +214,7 @@ def _components(code: np.ndarray, counts: np.ndarray, n: int, names: list[str], 
     rows: list[dict] = []
     dropped = {"components": 0, "cells": 0}
     eight = np.ones((3, 3), dtype=bool)
-    for f, t in tqdm(transitions, desc="candidates", unit="transition", disable=not progress, leave=False):
+    for f, t in progress_bar(transitions, desc="candidates", unit="transition", enabled=progress, leave=False):
         mask = code == f * n + t + 1
         lab, k = ndimage.label(mask, structure=eight)
         inside = lab[mask]

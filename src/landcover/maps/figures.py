@@ -16,7 +16,7 @@ from rasterio.warp import calculate_default_transform, reproject, transform_boun
 from rasterio.windows import Window
 from rasterio.windows import from_bounds as window_from_bounds
 
-from landcover.atomic import replacing
+from landcover.atomic import check_output, replacing
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene, open_raster, require_crs, same_crs
 from landcover.geo.stretch import Stretch
@@ -255,6 +255,9 @@ def render_map(map_path: str | Path, out_png: str | Path, image: list[str] | Non
         render_map("maps/zion.tif", "maps/zion.png", truth="nlcd2011.tif", scheme="nlcd-grouped")
     """
     map_path, out = Path(map_path), Path(out_png)
+    if out.suffix.lower() != ".png":
+        raise LandcoverError("the figure is a PNG: give --out a .png name", out)
+    check_output(out, "file")
     if not 0.0 <= alpha <= 1.0:
         raise LandcoverError(f"alpha {alpha} is not between 0 and 1")
     if truth and not scheme:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from landcover.bundle import Bundle, load_bundle
 from landcover.errors import LandcoverError
 from landcover.evaluate import Report, evaluate_predictions, write_report
+from landcover.progress import progress_bar
 from landcover.train.data import ChipDataset, read_chip
 
 
@@ -34,7 +34,7 @@ def predict_dataset(bundle: Bundle, dataset: ChipDataset, batch_size: int = 64,
     check_compatible(bundle, dataset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     probs, labels = [], []
-    for raw, y in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+    for raw, y in progress_bar(loader, desc="predict", unit="batch", enabled=progress, leave=False):
         probs.append(bundle.predict_proba(raw))
         labels.append(y.numpy())
     return np.concatenate(probs), np.concatenate(labels)

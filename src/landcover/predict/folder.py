@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from landcover.atomic import replacing, temp_path
 from landcover.errors import LandcoverError
 from landcover.evaluate import Report, evaluate_predictions, write_report
 from landcover.predict.runtime import Runtime, open_runtime
+from landcover.progress import ProgressBar, progress_bar
 from landcover.train.data import read_chip
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def _score_chips(rt: Runtime, images: Path, files: list[str], batch_size: int, w
     reference: tuple | None = None
     batch: list[np.ndarray] = []
     batch_files: list[str] = []
-    bar = tqdm(total=len(files), desc="predict", unit="chip", disable=not progress, leave=False)
+    bar = progress_bar(total=len(files), desc="predict", unit="chip", enabled=progress, leave=False)
 
     def flush() -> None:
         if batch:
@@ -238,7 +238,7 @@ def _read(path: Path) -> np.ndarray | str:
     return chip
 
 
-def _skip(skipped: list[tuple[str, str]], rel: str, reason: str, bar: tqdm) -> None:
+def _skip(skipped: list[tuple[str, str]], rel: str, reason: str, bar: ProgressBar) -> None:
     """Record a skipped chip; warn by name for the first WARN_LIMIT."""
     skipped.append((rel, reason))
     bar.update(1)

@@ -8,7 +8,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +17,16 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio.enums import Resampling
-from tqdm.auto import tqdm
 
-from landcover.atomic import replacing, write_text
+from landcover.atomic import check_output, replacing, write_text
+from landcover.bounds import COUNT
 from landcover.bundle import Bundle, load_bundle
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid, make_grid, on_lattice, parse_length, scene_footprint, to_pixels
 from landcover.geo.raster import Scene, crs_name, open_raster
 from landcover.geo.stretch import scene_stretch
+from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_probabilities
 from landcover.predict.blocks import (
     BLOCK_WINDOWS,
@@ -36,6 +38,8 @@ from landcover.predict.blocks import (
     run_blocks,
     save_result,
 )
+from landcover.predict.runtime import check_runtime
+from landcover.progress import progress_bar
 from landcover.schemes import load_scheme
 
 MIN_CELL_VALID = 0.5
@@ -130,15 +134,16 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
                    smooth: int = 0, probabilities: bool = False, truth: str | Path | None = None,
                    truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int = 64,
                    runtime: str = "torch", engine: Engine | str | None = None, resampling: str = "bilinear",
-                   overwrite: bool = False, block_windows: int = BLOCK_WINDOWS, progress: bool = True,
-                   log: Callable[[str], None] = print) -> RasterResult:
+                   overwrite: bool = False, allow_empty: bool = False, block_windows: int = BLOCK_WINDOWS,
+                   progress: bool = True, log: Callable[[str], None] = print) -> RasterResult:
     """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif), one cell per `stride`.
 
     `images` are the scene's rasters, stacked as bands (the bands the chips were cut from are picked, `bands`
     overrides). Beside the map: <out>.tiles.parquet (one row per window), <out>.json (settings, class areas,
     timing); `smooth=3` adds <out>.smooth3.tif, `probabilities=True` <out>.probs.tif. `aoi` limits the map to
     polygons; `truth` with `truth_scheme` scores it against a land-cover raster. `engine` is 'local',
-    'process:N' or 'ray[:N]'. A killed run, called again with the same arguments, resumes.
+    'process:N' or 'ray[:N]'. A killed run, called again with the same arguments, resumes. A map with no
+    predicted cell (all imagery nodata) is an error unless `allow_empty`.
 
         result = predict_raster("runs/lite0-lr/bundle", ["b2.tif", "b3.tif", "b4.tif", "b5.tif"], "maps/zion.tif",
                                 stride="240m", smooth=3)
@@ -149,8 +154,10 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     images = [str(p) for p in images]
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
+    check_output(out, "file")
     if not 0 <= max_nodata <= 1:
         raise LandcoverError(f"--max-nodata {max_nodata} must be a fraction between 0 and 1")
+    COUNT.check(batch_size, "--batch-size")
     if smooth and (smooth < 3 or smooth % 2 == 0):
         raise LandcoverError(f"--smooth {smooth} must be an odd window size >= 3")
     if truth and not truth_scheme:
@@ -161,6 +168,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     if resampling not in Resampling.__members__:
         raise LandcoverError(f"unknown resampling {resampling!r}")
     bundle = load_bundle(bundle_path)
+    check_runtime(bundle, runtime)
     picks = pick_bands(bundle, images, bands)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
     need = max(bundle.input.bands) + 1
@@ -177,75 +185,93 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     files = _output_files(out, smooth, probabilities)
     fingerprint = _fingerprint(job, images, picks, aoi, block_windows)
     state = out.with_name(f".{out.name}.landcover-state")
-    _prepare(out, files, state, fingerprint, overwrite)
-
-    results: dict[str, BlockResult] = {}
-    for block in blocks:
-        record = state / f"{block.id}.npz"
-        if record.exists():
-            results[block.id] = load_result(record)
-    resumed = len(results)
-    todo = [b for b in blocks if b.id not in results]
-    total = sum(int(b.keep.sum()) for b in blocks)
-    with tqdm(total=total, initial=total - sum(int(b.keep.sum()) for b in todo), unit="tile", desc="predict",
-              disable=not progress, leave=False) as bar:
-        for result in run_blocks(job, bundle, todo, engine):
-            save_result(state / f"{result.id}.npz", result)
-            results[result.id] = result
-            bar.update(len(result.rows))
-    classes, probs, valid = _assemble(job, blocks, results, cell_in_aoi, bundle.n_classes)
-    tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()),
-            "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
-            "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_STRIDE_M": f"{grid.step:g}",
-            "LANDCOVER_TILE_M": f"{grid.tile * grid.res:g}"}
-    if probabilities:
-        tags["LANDCOVER_PROBABILITIES"] = files["probabilities"].name
-    transform = Affine(grid.step, 0, grid.x0, 0, -grid.step, grid.y0)
-    write_class_map(ClassMap(classes, transform, grid.crs, bundle.classes, tags), files["map"])
-    if smooth:
-        smoothed = plurality_filter(classes, bundle.n_classes, smooth)
-        write_class_map(ClassMap(smoothed, transform, grid.crs, bundle.classes,
-                                 {**tags, "LANDCOVER_SMOOTH": str(smooth)}), files["smoothed"])
-    if probabilities:
-        write_probabilities(files["probabilities"], probs, valid, transform, grid.crs, bundle.classes, tags)
-    _write_tiles(files["tiles"], job, blocks, results, bundle)
-    scores = {}
-    if truth:
-        from landcover.maps.figures import compare_to_truth
-
-        scores["map"] = compare_to_truth(files["map"], truth, truth_scheme)
+    with output_lock(out), _kept_only_when_started(state):
+        _prepare(out, files, state, fingerprint, overwrite)
+        results: dict[str, BlockResult] = {}
+        for block in blocks:
+            record = state / f"{block.id}.npz"
+            if record.exists():
+                results[block.id] = load_result(record)
+        resumed = len(results)
+        todo = [b for b in blocks if b.id not in results]
+        total = sum(int(b.keep.sum()) for b in blocks)
+        with progress_bar(total=total, initial=total - sum(int(b.keep.sum()) for b in todo), unit="tile",
+                          desc="predict", enabled=progress, leave=False) as bar:
+            for result in run_blocks(job, bundle, todo, engine):
+                save_result(state / f"{result.id}.npz", result)
+                results[result.id] = result
+                bar.update(len(result.rows))
+        classes, probs, valid = _assemble(job, blocks, results, cell_in_aoi, bundle.n_classes)
+        if not valid.any() and not allow_empty:
+            shutil.rmtree(state)
+            raise LandcoverError(f"no map cell could be predicted: all {total} windows were skipped (more than "
+                                 f"{max_nodata:g} of their pixels nodata, --max-nodata); --allow-empty writes the "
+                                 "empty map instead", images[0])
+        tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()),
+                "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
+                "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_STRIDE_M": f"{grid.step:g}",
+                "LANDCOVER_TILE_M": f"{grid.tile * grid.res:g}"}
+        if probabilities:
+            tags["LANDCOVER_PROBABILITIES"] = files["probabilities"].name
+        transform = Affine(grid.step, 0, grid.x0, 0, -grid.step, grid.y0)
+        write_class_map(ClassMap(classes, transform, grid.crs, bundle.classes, tags), files["map"])
         if smooth:
-            scores[f"smoothed {smooth}x{smooth}"] = compare_to_truth(files["smoothed"], truth, truth_scheme)
-    cell_ha = grid.step ** 2 / 1e4
-    counts = {c["name"]: int((classes == c["id"]).sum()) for c in bundle.classes}
-    counts["nodata"] = int((classes == NODATA).sum())
-    result = RasterResult(
-        out, files, counts, {n: v * cell_ha for n, v in counts.items() if n != "nodata"},
-        windows=sum(len(results[b.id].rows) for b in todo),
-        skipped=total - sum(len(results[b.id].rows) for b in blocks), resumed=resumed,
-        seconds=time.perf_counter() - started,
-        seconds_read=sum(results[b.id].seconds_read for b in todo),
-        seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores)
-    summary = {"bundle": tags["LANDCOVER_BUNDLE"], "images": json.loads(tags["LANDCOVER_IMAGES"]), "bands": picks,
-               "grid": grid.to_dict(), "reading": reading, "cells": [job.rows, job.cols], "stride_m": grid.step,
-               "max_nodata": max_nodata, "aoi": str(aoi) if aoi else None, "smooth": smooth, "runtime": runtime,
-               "engine": engine.name, "workers": engine.workers, "counts": counts, "hectares": result.hectares,
-               "windows": result.windows, "skipped": result.skipped, "resumed_blocks": resumed,
-               "seconds": round(result.seconds, 3), "tiles_per_second": round(result.tiles_per_second, 2),
-               "scores": scores, "files": {k: v.name for k, v in files.items()}}
-    write_text(files["summary"], json.dumps(summary, indent=2, default=str))
-    shutil.rmtree(state, ignore_errors=True)
-    return result
+            smoothed = plurality_filter(classes, bundle.n_classes, smooth)
+            write_class_map(ClassMap(smoothed, transform, grid.crs, bundle.classes,
+                                     {**tags, "LANDCOVER_SMOOTH": str(smooth)}), files["smoothed"])
+        if probabilities:
+            write_probabilities(files["probabilities"], probs, valid, transform, grid.crs, bundle.classes, tags)
+        _write_tiles(files["tiles"], job, blocks, results, bundle)
+        scores = {}
+        if truth:
+            from landcover.maps.figures import compare_to_truth
+
+            scores["map"] = compare_to_truth(files["map"], truth, truth_scheme)
+            if smooth:
+                scores[f"smoothed {smooth}x{smooth}"] = compare_to_truth(files["smoothed"], truth, truth_scheme)
+        cell_ha = grid.step ** 2 / 1e4
+        counts = {c["name"]: int((classes == c["id"]).sum()) for c in bundle.classes}
+        counts["nodata"] = int((classes == NODATA).sum())
+        result = RasterResult(
+            out, files, counts, {n: v * cell_ha for n, v in counts.items() if n != "nodata"},
+            windows=sum(len(results[b.id].rows) for b in todo),
+            skipped=total - sum(len(results[b.id].rows) for b in blocks), resumed=resumed,
+            seconds=time.perf_counter() - started,
+            seconds_read=sum(results[b.id].seconds_read for b in todo),
+            seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores)
+        summary = {"bundle": tags["LANDCOVER_BUNDLE"], "images": json.loads(tags["LANDCOVER_IMAGES"]), "bands": picks,
+                   "grid": grid.to_dict(), "reading": reading, "cells": [job.rows, job.cols], "stride_m": grid.step,
+                   "max_nodata": max_nodata, "aoi": str(aoi) if aoi else None, "smooth": smooth, "runtime": runtime,
+                   "engine": engine.name, "workers": engine.workers, "counts": counts, "hectares": result.hectares,
+                   "windows": result.windows, "skipped": result.skipped, "resumed_blocks": resumed,
+                   "seconds": round(result.seconds, 3), "tiles_per_second": round(result.tiles_per_second, 2),
+                   "scores": scores, "files": {k: v.name for k, v in files.items()}}
+        write_text(files["summary"], json.dumps(summary, indent=2, default=str))
+        shutil.rmtree(state, ignore_errors=True)
+        return result
+
+
+@contextmanager
+def _kept_only_when_started(state: Path) -> Iterator[None]:
+    """On failure, remove a prediction's state unless a block finished (then a rerun resumes from it)."""
+    try:
+        yield
+    except BaseException:
+        if not any(state.glob("*.npz")):
+            shutil.rmtree(state, ignore_errors=True)
+        raise
 
 
 def _grid(bundle: Bundle, scene: Scene, stride: str | None) -> Grid:
-    """The bundle's tiles (size in px at its ground resolution, every stride) on the imagery's CRS."""
+    """The bundle's tiles (size in px at its ground resolution, every stride) on the imagery's CRS, or, for
+    imagery in degrees, on the UTM zone of its centre (as `landcover chips` cuts it)."""
     tile, res = int(bundle.chip["size_px"]), float(bundle.chip["res"])
     step = to_pixels(parse_length(stride, "stride"), res, "stride") if stride else tile
     if not 1 <= step <= tile or tile % step:
         raise LandcoverError(f"--stride {stride} must divide the tile ({tile} px of {res:g} m = {tile * res:g} m) "
                              "into whole steps")
-    return make_grid([scene], (tile, "px"), overlap=(tile - step, "px"), resolution=res)
+    unit, size = ("m", res) if scene.crs.is_geographic else ("px", 1)
+    return make_grid([scene], (tile * size, unit), overlap=((tile - step) * size, unit), resolution=res)
 
 
 def _reading(job: RasterJob) -> str:
@@ -253,7 +279,8 @@ def _reading(job: RasterJob) -> str:
     scene, grid = job.scene, job.grid
     if job.direct:
         return f"reading {scene.res[0]:g} m imagery directly (the bundle's ground resolution)"
-    return (f"warping imagery on the fly from {crs_name(scene.crs)} at {scene.res[0]:g} m to "
+    unit = " degrees" if scene.crs.is_geographic else " m"
+    return (f"warping imagery on the fly from {crs_name(scene.crs)} at {scene.res[0]:g}{unit} to "
             f"{crs_name(grid.crs)} at {grid.res:g} m (the bundle's ground resolution), {job.resampling}")
 
 

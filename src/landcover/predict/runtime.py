@@ -113,6 +113,18 @@ def load_runtime(bundle: Bundle, runtime: str = "torch", threads: int | None = N
     raise LandcoverError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
 
 
+def check_runtime(bundle: Bundle, runtime: str) -> None:
+    """Refuse, before any work starts, a runtime that cannot run this bundle: an unknown name, or 'onnx' without
+    onnxruntime or without a fresh `landcover export-onnx` of the bundle."""
+    if runtime not in RUNTIMES:
+        raise LandcoverError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+    if runtime == "onnx":
+        if bundle.path is None:
+            raise LandcoverError("the onnx runtime needs a saved bundle (its model.onnx lives in the bundle folder)")
+        import_onnxruntime()
+        check_onnx(bundle)
+
+
 def open_runtime(bundle_path: str | Path, runtime: str = "torch", threads: int | None = None) -> Runtime:
     """Load a bundle and its runtime, reusing one already opened in this process while its files are unchanged."""
     if runtime not in RUNTIMES:

@@ -8,11 +8,18 @@ from pathlib import Path
 
 import yaml
 
+from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, WHOLE, Bound
 from landcover.errors import LandcoverError
 
 MODES = ("finetune", "features")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "exponential", "cosine")
+BOUNDS: dict[str, Bound] = {
+    "input_size": Bound(8, integer=True), "sample_frac": SHARE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+    "momentum": FRACTION, "step_size": COUNT, "gamma": POSITIVE, "epochs": COUNT, "batch_size": COUNT,
+    "workers": WHOLE, "early_stopping": WHOLE, "checkpoint_every": COUNT, "seed": WHOLE,
+}
+"""The valid range of every numeric setting (the CLI checks flags against the same ranges)."""
 
 
 @dataclass
@@ -87,8 +94,12 @@ class TrainConfig:
                 raise LandcoverError(f"{what} {value!r} is not one of {', '.join(allowed)}")
         if not self.manifest:
             raise LandcoverError("no manifest given (--manifest or 'manifest:' in the config)")
-        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.sample_frac <= 1:
-            raise LandcoverError("epochs and batch_size must be >= 1, sample_frac in (0, 1]")
+        for key, bound in BOUNDS.items():
+            if getattr(self, key) is not None:
+                bound.check(getattr(self, key), key)
+        for key in ("bands", "rgb_bands"):
+            for band in getattr(self, key) or ():
+                COUNT.check(band, f"{key} (1-based)")
 
     def to_dict(self) -> dict:
         """The resolved config, as written to the run folder."""

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 
 from landcover.atomic import replacing, write_text
 from landcover.errors import LandcoverError
+from landcover.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -101,12 +102,11 @@ def spectral_feature_names(n_bands: int, ndvi: bool = False, band_names: Sequenc
 def _featurize_all(featurize: Callable, batches: Iterable, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Run featurize over every batch without gradients; concatenate features (float32) and labels."""
     import torch
-    from tqdm.auto import tqdm
 
     features, labels = [], []
     total = len(batches) if hasattr(batches, "__len__") else None
     with torch.no_grad():
-        for images, batch_labels in tqdm(batches, total=total, desc="features", unit="batch", disable=not progress):
+        for images, batch_labels in progress_bar(batches, total=total, desc="features", unit="batch", enabled=progress):
             out = featurize(images)
             batch_labels = np.asarray(batch_labels.cpu() if isinstance(batch_labels, torch.Tensor) else batch_labels)
             if out.shape[0] != len(batch_labels):

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from landcover.bundle import save_bundle
 from landcover.errors import LandcoverError
 from landcover.evaluate import macro_f1
 from landcover.models.backbones import apply_bn_mode, set_trainable
+from landcover.progress import progress_bar
 from landcover.train.checkpoints import load_checkpoint, save_checkpoint
 from landcover.train.config import TrainConfig
 from landcover.train.run import Run
@@ -128,7 +128,7 @@ def _train_epoch(run: Run, net: torch.nn.Module, optimizer: torch.optim.Optimize
     apply_bn_mode(net.module if hasattr(net, "module") else net, run.config.freeze_bn)
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    for raw, y in tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False):
+    for raw, y in progress_bar(loader, desc=f"epoch {epoch}", unit="batch", enabled=progress, leave=False):
         x = run.input.prepare(raw)
         logits = net(x)
         loss = loss_fn(logits, y)

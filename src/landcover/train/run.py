@@ -54,6 +54,11 @@ class Run:
         if max(bands) >= first.shape[0] or min(bands) < 0:
             raise LandcoverError(f"bands {config.bands} are out of range: the chips have {first.shape[0]} bands",
                                  self.train.path)
+        if config.rgb_bands and (len(config.rgb_bands) != 3 or len(set(config.rgb_bands)) != 3
+                                 or not all(1 <= b <= len(bands) for b in config.rgb_bands)):
+            raise LandcoverError(f"--rgb-bands {' '.join(map(str, config.rgb_bands))}: give the positions of red, "
+                                 f"green and blue, 3 distinct values in 1..{len(bands)} (1-based, within the "
+                                 f"{len(bands)} input bands)")
         rgb = tuple(b - 1 for b in config.rgb_bands) if config.rgb_bands else (
             (0, 1, 2) if len(bands) >= 3 else None)
         self.rgb_bands = rgb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -9,9 +10,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from landcover.atomic import write_text
+from landcover.atomic import check_output, write_text
 from landcover.errors import LandcoverError
+from landcover.locks import output_lock
 from landcover.train.config import TrainConfig
+from landcover.train.finetune import fine_tune
+from landcover.train.frozen import fit_features
 from landcover.train.run import Run
 from landcover.train.runs import read_metrics, run_dir
 
@@ -41,22 +45,25 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
                              "choose another --name", out)
     if resume and not (out / "checkpoints" / "last").exists():
         raise LandcoverError("nothing to resume (no checkpoints/last)", out)
-    torch.manual_seed(config.seed)
-    run = Run(config)
+    check_output(out, "folder")
     rank = int(os.environ.get("RANK", 0))
-    if rank == 0:
-        if overwrite:
-            shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    if config.mode == "features":
-        from landcover.train.frozen import fit_features
-
-        fit_features(run, out, progress)
-    else:
-        from landcover.train.finetune import fine_tune
-
-        fine_tune(run, out, resume, progress)
+    with output_lock(out) if rank == 0 else contextlib.nullcontext():
+        torch.manual_seed(config.seed)
+        run = Run(config)
+        if rank == 0:
+            if overwrite:
+                shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True, exist_ok=True)
+            write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        try:
+            if config.mode == "features":
+                fit_features(run, out, progress)
+            else:
+                fine_tune(run, out, resume, progress)
+        except BaseException:
+            if rank == 0 and not (out / "checkpoints" / "last").exists():  # nothing to resume: leave nothing
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     if config.mlflow_uri and rank == 0:
         from landcover.train.tracking import log_to_mlflow
 

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from landcover.atomic import replacing, temp_path, write_text
+from landcover.atomic import check_output, replacing, temp_path, write_text
 from landcover.datasets.formats.mapfile import write_mapfile
 from landcover.datasets.formats.sample import Sample, file_type
 from landcover.datasets.formats.tfrecord import ENCODINGS, write_tfrecord
 from landcover.datasets.formats.webdataset import write_webdataset
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
+from landcover.locks import output_lock
 from landcover.manifest import read_manifest
+from landcover.progress import progress_bar
 from landcover.version import __version__
 
 FORMATS = ("tfrecord", "webdataset", "mapfile")
@@ -109,6 +110,7 @@ def export(manifest: str | Path, out: str | Path, fmt: str, *, shards: int = 1, 
         raise LandcoverError(f"--shards {shards} must be >= 1")
     if fmt == "mapfile" and shards > 1:
         raise LandcoverError("map files are not sharded: one per split (leave out --shards)")
+    check_output(out, "folder")
     manifest = Path(manifest)
     if manifest.is_dir():
         manifest = manifest / "manifest.parquet"
@@ -126,26 +128,27 @@ def export(manifest: str | Path, out: str | Path, fmt: str, *, shards: int = 1, 
                 if path is not None and not os.path.isfile(path):
                     raise LandcoverError(f"chip {s.chip_id}: file missing", path)
     plan = plan_shards(groups, fmt, shards, shuffle, seed)
-    out, created = _prepare_out(Path(out), overwrite)
-    job = ExportJob(fmt, encoding, str(out))
-    try:
-        _run(job, plan, Engine.of(engine), progress)
-        result = ExportResult(out, fmt, encoding, left_out=left_out)
-        for shard in plan:
-            result.files.setdefault(shard.prefix, []).append(shard.name)
-            result.counts[shard.prefix] = result.counts.get(shard.prefix, 0) + len(shard.samples)
-        write_text(out / LABELS, "".join(f"{name}\n" for name in classes))
-        write_text(out / SPLIT_INFO, _split_info(plan, root))
-        card = {"format": fmt, "encoding": encoding, "manifest": str(Path(manifest).resolve()),
-                "chips": sum(result.counts.values()), "splits": {p: {"chips": result.counts[p], "files": names}
-                                                                 for p, names in result.files.items()},
-                "classes": classes, "masks": any(s.mask_path for sh in plan for s in sh.samples),
-                "shuffle": shuffle, "seed": seed, "landcover": __version__}
-        write_text(out / CARD, json.dumps(card, indent=2))
-    except BaseException:
-        _remove_partial(out, plan, created)
-        raise
-    return result
+    with output_lock(out):
+        out, created = _prepare_out(Path(out), overwrite)
+        job = ExportJob(fmt, encoding, str(out))
+        try:
+            _run(job, plan, Engine.of(engine), progress)
+            result = ExportResult(out, fmt, encoding, left_out=left_out)
+            for shard in plan:
+                result.files.setdefault(shard.prefix, []).append(shard.name)
+                result.counts[shard.prefix] = result.counts.get(shard.prefix, 0) + len(shard.samples)
+            write_text(out / LABELS, "".join(f"{name}\n" for name in classes))
+            write_text(out / SPLIT_INFO, _split_info(plan, root))
+            card = {"format": fmt, "encoding": encoding, "manifest": str(Path(manifest).resolve()),
+                    "chips": sum(result.counts.values()), "splits": {p: {"chips": result.counts[p], "files": names}
+                                                                     for p, names in result.files.items()},
+                    "classes": classes, "masks": any(s.mask_path for sh in plan for s in sh.samples),
+                    "shuffle": shuffle, "seed": seed, "landcover": __version__}
+            write_text(out / CARD, json.dumps(card, indent=2))
+        except BaseException:
+            _remove_partial(out, plan, created)
+            raise
+        return result
 
 
 def _groups(frame: pd.DataFrame, root: Path, splits: list[str] | None,
@@ -255,7 +258,7 @@ def _run(job: ExportJob, plan: list[Shard], engine: Engine, progress: bool) -> N
     total = sum(len(s.samples) for s in plan)
     results = engine.map(write_shard, job, plan)
     try:
-        with tqdm(total=total, unit="chip", desc=f"export {job.fmt}", disable=not progress, leave=False) as bar:
+        with progress_bar(total=total, unit="chip", desc=f"export {job.fmt}", enabled=progress, leave=False) as bar:
             for _, n in results:
                 bar.update(n)
     finally:  # on an error, stop the pool's pending shards and wait for its running ones before cleaning up
