@@ -142,7 +142,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(zion_bundle,
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, capsys):
     zion = need_data("zion")
     out = tmp_path / "chips"
-    first = subprocess.Popen([sys.executable, "-m", "landcover", *zion_chips_args(zion, out, "--block-tiles", "2")],
+    first = subprocess.Popen([sys.executable, "-m", "landcover", *zion_chips_args(zion, out, "--block-tiles", "4",
+                                                                                  "--keep", "0.1")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = lock_path(out)
     deadline = time.monotonic() + 60
@@ -246,3 +247,26 @@ def test_library_checks_the_same_ranges():
     with pytest.raises(LandcoverError, match=r"lr -1\.0 is out of range"):
         TrainConfig.load(None, {"manifest": "m", "lr": -1.0})
     assert pd.isna(TrainConfig.load(None, {"manifest": "m"}).input_size)
+
+
+MISSING = [
+    (["chips", "--image", "nope.tif", "--labels", "nope_labels.tif", "--out", "o"], "nope.tif"),
+    (["split", "nope/manifest.parquet"], "nope/manifest.parquet"),
+    (["export", "nope/manifest.parquet", "--format", "mapfile", "--out", "o"], "nope/manifest.parquet"),
+    (["train", "--manifest", "nope/manifest.parquet", "--mode", "features"], "nope/manifest.parquet"),
+    (["evaluate", "nope_bundle", "--manifest", "m"], "nope_bundle"),
+    (["predict", "nope_bundle", "--image", "a.tif", "--out", "m.tif"], "nope_bundle"),
+    (["predict", "nope_bundle", "--images", "nope_chips", "--out", "p.csv"], "nope_chips"),
+    (["export-onnx", "nope_bundle"], "nope_bundle"),
+    (["map", "nope.tif", "--out", "m.png"], "nope.tif"),
+    (["change", "nope_a.tif", "nope_b.tif", "--out", "o"], "nope_a.tif"),
+    (["runs", "compare", "nope_run"], "nope_run"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), MISSING, ids=[a[0] for a, _ in MISSING])
+def test_missing_inputs_are_one_line_naming_the_file(argv, named, tmp_path, monkeypatch, capsys):
+    """Every command, given an input that is not there: exit 2, one line naming it, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, argv, named)
+    assert not list(tmp_path.iterdir())
