@@ -11,8 +11,8 @@ from landcover.datasets.formats import read_tfrecord
 from landcover.manifest import read_manifest
 
 
-@pytest.mark.parametrize("command", [[], ["chips"], ["demo"], ["schemes"], ["predict"], ["export-onnx"], ["map"],
-                                     ["change"]])
+@pytest.mark.parametrize("command", [[], ["chips"], ["demo"], ["schemes"], ["doctor"], ["predict"], ["export-onnx"],
+                                     ["map"], ["change"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*command, "--help"])

@@ -270,3 +270,23 @@ def test_missing_inputs_are_one_line_naming_the_file(argv, named, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     fails(capsys, argv, named)
     assert not list(tmp_path.iterdir())
+
+
+def test_doctor_says_what_a_run_will_meet(zion_bundle, tmp_path, capsys):
+    zion, nd = need_data("zion"), need_data("naip_nd")
+    bundle, images, _ = zion_bundle
+    argv = ["doctor", "--image", *images, "--labels", zion / "nlcd2011_albers.tif", "--scheme", "nlcd-grouped",
+            "--aoi", zion / "zion.gpkg", "--bundle", bundle, "--out", tmp_path / "chips"]
+    assert main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    assert "on EPSG:5070 (resampled once, nearest); they cover 100.0% of the imagery" in out
+    assert "AOI" in out and "41." in out and "read the imagery directly" in out and "GB free" in out
+    assert out.strip().endswith("no problem found") and not (tmp_path / "chips").exists()
+    naip = sorted(nd.glob("*.tif"))[0]
+    with rasterio.open(zion / "landsat_b2.tif") as src:
+        blank = write_raster(tmp_path / "nan.tif", np.full((src.height, src.width), np.nan, np.float32), src.crs,
+                             src.transform)
+    assert main(["doctor", "--image", str(blank), "--labels", str(naip), "--bundle", str(bundle)]) == 2
+    out = capsys.readouterr().out
+    assert "warning: imagery nodata: 100.0%" in out and "cover 0.0% of the imagery" in out
+    assert "reads 3 band(s), the imagery gives 1" in out and "problem(s): the run would stop" in out

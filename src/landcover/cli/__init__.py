@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_parsers(sub)
     maps.add_parsers(sub)
     data.add_schemes_parser(sub)
+    data.add_doctor_parser(sub)
     p = sub.add_parser("demo", help="run the whole pipeline on the Zion sample (Landsat 8 + NLCD 2011)",
                        description="Run the whole pipeline on the Zion sample, from rasters to results.")
     p.add_argument("--data", help="folder holding zion/ (default: $LANDCOVER_DATA, then ../shared/data)")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args) or 0
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (`landcover schemes -v | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("landcover: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -234,6 +234,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _export_parser(sub)
 
 
+def add_doctor_parser(sub: argparse._SubParsersAction) -> None:
+    """Register doctor: a look at a run's inputs before a long run."""
+    p = sub.add_parser("doctor", help="inspect a run's inputs before a long run and say what will happen",
+                       description="Inspect imagery (CRS, bands, nodata share), labels and AOI (overlap with the "
+                                   "imagery, codes the scheme lacks), a bundle (bands, direct or warped reading) and "
+                                   "the disk the chips would need, in seconds; exit status 2 if the run would stop.")
+    p.add_argument("--image", nargs="+", required=True, metavar="RASTER", help="imagery raster(s) of one scene")
+    p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N", help="1-based bands of the stack")
+    p.add_argument("--labels", metavar="RASTER", help="a land-cover raster")
+    p.add_argument("--scheme", help="the labels' class scheme (a built-in name or a YAML/JSON file)")
+    p.add_argument("--aoi", metavar="VECTOR", help="AOI polygons")
+    p.add_argument("--bundle", metavar="BUNDLE", help="a model bundle the imagery will be predicted with")
+    p.add_argument("--tile-size", default="480m", help="tile side for the planned chips (default 480m)")
+    p.add_argument("--format", default="png", choices=["png", "tif"], help="chip format planned (default png)")
+    p.add_argument("--out", metavar="DIR", help="where the chips would go (checks the free disk there)")
+
+    def run(args: argparse.Namespace) -> int:
+        from landcover.chips.check import check_inputs
+
+        report = check_inputs(args.image, bands=args.bands, labels=args.labels, scheme=args.scheme, aoi=args.aoi,
+                              bundle=args.bundle, tile_size=args.tile_size, fmt=args.format, out=args.out)
+        print(report.summary())
+        return 2 if report.problems else 0
+
+    p.set_defaults(run=run)
+
+
 def add_schemes_parser(sub: argparse._SubParsersAction) -> None:
     """Register schemes (listed after the pipeline's commands)."""
     p = sub.add_parser("schemes", help="list the built-in class schemes",
