@@ -18,7 +18,8 @@ _shared: Any = None  # the job's shared state inside a pool worker
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine name, its worker count and, for Ray, the cluster address (None starts a local one)."""
+    """Where map-style work runs: 'local' (this process), 'process' (a pool of `workers`) or 'ray' (a Ray cluster at
+    `ray_address`, or a local one). API functions also take it as a string: 'process:2', 'ray'."""
 
     name: str = "local"
     workers: int = 1

@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 class LandcoverError(Exception):
-    """Bad input or an impossible request; the message is one line a user can act on."""
+    """Bad input or an impossible request, raised by every stage: its message is one line a user can act on, naming
+    the file when there is one (the CLI prints it and exits with status 2)."""
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else str(path)

@@ -33,7 +33,12 @@ def write_manifest(frame: gpd.GeoDataFrame, path: str | Path, info: dict) -> Non
 
 
 def read_manifest(path: str | Path) -> tuple[gpd.GeoDataFrame, dict]:
-    """Read a manifest and its dataset description; refuse files from a newer format."""
+    """Read a manifest (GeoParquet, one row per chip) and its dataset description (scheme, grid, rules, scenes,
+    split settings) from its metadata; refuse files from a newer landcover.
+
+        frame, info = read_manifest("chips/manifest.parquet")
+        frame.groupby(["split", "label"]).size()
+    """
     path = Path(path)
     if not path.is_file():
         raise LandcoverError("no such manifest", path)

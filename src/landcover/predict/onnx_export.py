@@ -49,7 +49,9 @@ class _Features(nn.Module):
 
 
 def export_onnx(bundle_path: str | Path, opset: int = 17, check: bool = True) -> Path:
-    """Write <bundle>/model.onnx (dynamic batch axis) and onnx.json; refuse a graph that disagrees with torch."""
+    """Export a bundle's network to <bundle>/model.onnx (dynamic batch axis) for `runtime='onnx'` in predict, check
+    it against torch on a test batch, and record the check in onnx.json; refuse a graph that disagrees with torch.
+    Returns the graph's path."""
     if opset < 7:
         raise LandcoverError(f"opset {opset} is too old for these networks (use 13 or later; default 17)")
     try:

@@ -76,7 +76,8 @@ def builtin_schemes() -> list[str]:
 
 
 def load_scheme(name_or_path: str | Path) -> ClassScheme:
-    """Load a shipped scheme by name, or a user's YAML/JSON scheme file by path."""
+    """Load a class scheme (codes, class names, colours, grouping): a shipped one by name ('nlcd', 'nlcd-grouped';
+    `landcover schemes -v` lists them) or a user's YAML/JSON file by path."""
     text_path = str(name_or_path)
     if text_path in builtin_schemes():
         source = f"{text_path} (built in)"

@@ -24,7 +24,8 @@ BOUNDS: dict[str, Bound] = {
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; a YAML/JSON config file holds these keys, command-line flags override them."""
+    """Everything a training run needs: a YAML/JSON config file holds these keys, `train_model(**settings)` and
+    command-line flags override them; `TrainConfig.load(path, overrides)` reads and checks one."""
 
     manifest: str = ""
     runs: str = "runs"
