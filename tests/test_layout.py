@@ -114,3 +114,9 @@ def test_api_names_are_documented_and_typed(name):
         untyped = [p for p, v in signature.parameters.items()
                    if v.annotation is inspect.Parameter.empty and v.kind is not v.VAR_KEYWORD]
         assert not untyped and signature.return_annotation is not inspect.Signature.empty, name
+
+
+def test_every_folder_is_a_regular_package():
+    """A folder without __init__.py imports in an editable install but is left out of a wheel."""
+    folders = {p.parent for p in PACKAGE.rglob("*.py")}
+    assert not sorted(str(f.relative_to(PACKAGE)) for f in folders if not (f / "__init__.py").exists())

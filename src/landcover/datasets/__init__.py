@@ -1,0 +1,1 @@
+"""Chip datasets into training-ready forms: leak-free splits, folder trees, TFRecord / WebDataset / map files."""

@@ -1,0 +1,1 @@
+"""Georeferenced reading: scenes (files stacked as bands, direct or warped windows), grids and tile keys, stretch."""

@@ -1,0 +1,1 @@
+"""Class maps: the COG writer and reader, figures, change between two maps."""
