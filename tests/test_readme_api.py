@@ -28,16 +28,16 @@ def test_readme_python_api_goes_from_rasters_to_a_class_map(tmp_path, monkeypatc
     monkeypatch.chdir(work)
     exec(compile(readme_api_block(), str(ROOT / "README.md"), "exec"), {"__name__": "readme"})
 
-    frame, info = read_manifest(work / "zion-chips" / "manifest.parquet")
+    frame, info = read_manifest(work / "zion-api" / "chips" / "manifest.parquet")
     assert len(frame) > 300 and set(frame["split"]) == {"train", "valid", "test"}
     assert info["split"]["leaking_pairs"] == 0
-    report = json.loads((work / "zion-runs" / "lite0-logreg" / "eval-test" / "report.json").read_text())
+    report = json.loads((work / "zion-api" / "runs" / "lite0-logreg" / "eval-test" / "report.json").read_text())
     assert report["n_samples"] == (frame["split"] == "test").sum() and report["accuracy"] > 0.6
-    with rasterio.open(work / "zion-maps" / "zion.tif") as src, \
+    with rasterio.open(work / "zion-api" / "maps" / "zion.tif") as src, \
             rasterio.open(data / "zion" / "landsat_b2.tif") as landsat:
         assert src.crs == landsat.crs and src.res == (480.0, 480.0)
-    summary = json.loads((work / "zion-maps" / "zion.json").read_text())
+    summary = json.loads((work / "zion-api" / "maps" / "zion.json").read_text())
     assert summary["scores"]["map"]["agreement"] > 0.6
-    assert (work / "zion-maps" / "zion.png").stat().st_size > 10_000
+    assert (work / "zion-api" / "maps" / "zion.png").stat().st_size > 10_000
     out = capsys.readouterr().out
-    assert "chips in zion-chips" in out and "accuracy" in out
+    assert "chips in zion-api/chips" in out and "accuracy" in out
