@@ -89,14 +89,16 @@ def per_second(n: int, seconds: float) -> float:
 
 
 def grid_tiles(grid: Grid, scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """(cols, rows) of every tile of the grid that lies in the scene, row by row."""
-    return grid.tiles_covering(scene.bounds)
+    """(cols, rows), lattice indices from the grid's origin, of every tile that lies in the scene, row by row
+    (`Grid.tiles_covering` gives their upper-left corners in map units)."""
+    xs, ys = grid.tiles_covering(scene.bounds)
+    return np.rint((xs - grid.x0) / grid.step).astype(int), np.rint((grid.y0 - ys) / grid.step).astype(int)
 
 
 def reference_labels(inputs: Inputs, grid: Grid, scheme: ClassScheme, ncols: int, nrows: int) -> np.ndarray:
     """Class ids of the whole tile extent as landcover resamples them (nearest, once), for agreement checks."""
     labels = LabelRaster.open(inputs.labels)
-    transform = grid.chip_transform(0, 0)
+    transform = grid.chip_transform(*grid.origin(0, 0))
     width, height = ncols * grid.stride, nrows * grid.stride
     bounds = (transform.c, transform.f - height * grid.res, transform.c + width * grid.res, transform.f)
     window = labels.window_for(bounds, grid.crs)
