@@ -14,7 +14,7 @@ import rasterio
 import shapely
 
 from landcover.chips.cut import read_aoi
-from landcover.chips.labels import LabelRaster
+from landcover.chips.labels import LabelRaster, summarise_codes
 from landcover.errors import LandcoverError
 from landcover.geo.grid import footprint, make_grid, parse_length, scene_footprint
 from landcover.geo.raster import Scene, crs_name
@@ -130,7 +130,7 @@ def _check_labels(report: CheckReport, labels: str | Path, scheme: str | Path | 
             window = raster.window_for(label_area.intersection(area).bounds, grid.crs)
             unknown = raster.unknown_codes(load_scheme(scheme), window)
             report.add("problem" if unknown else "ok", f"label codes: {len(unknown)} not in scheme {scheme}"
-                       + (f" (e.g. {unknown[:10]})" if unknown else ""))
+                       + (f": {summarise_codes(unknown)}" if unknown else ""))
         except LandcoverError as exc:
             report.add("problem", str(exc))
     return label_area.intersection(area)

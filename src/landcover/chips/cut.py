@@ -28,7 +28,7 @@ from landcover.chips.folder import (
     prepare_out,
     rejection_counts,
 )
-from landcover.chips.labels import LabelRaster, LabelVector, read_layer
+from landcover.chips.labels import LabelRaster, LabelVector, read_layer, summarise_codes
 from landcover.chips.pairs import write_classified_tiles
 from landcover.chips.rules import REJECTIONS, Rules, judge, judge_fixed, judge_mask
 from landcover.engine import Engine
@@ -139,8 +139,8 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
         window = labels.window_for(shapely.intersection(area, label_fp).bounds, grid.crs)
         unknown = labels.unknown_codes(scheme, window)
         if unknown:
-            raise LandcoverError(f"label codes {_first(unknown)} are not in scheme {scheme.name!r} (add them to a "
-                                 "scheme file, or to its 'ignore' list)", labels.path)
+            raise LandcoverError(f"label codes {summarise_codes(unknown)} are not in scheme {scheme.name!r} (add them "
+                                 "to a scheme file, or to its 'ignore' list)", labels.path)
     stretches = tuple(scene_stretch(s) if fmt == "png" else None for s in scenes)
     job = ChipJob(tuple(scenes), tuple(regions or [s.name for s in scenes]), labels, scheme, grid, rules,
                   str(Path(out).resolve()), fmt, layout, stretches, resampling, scheme.lookup())
@@ -184,10 +184,8 @@ def _run(job: ChipJob, blocks: list[Block], rejected: Counter, info: dict, finge
             records += rows
             rejected.update(counts)
             bar.update(n)
-    if not records and not allow_empty:
+    if not records and not allow_empty:  # cut_chips removes the folder if this run made it
         shutil.rmtree(state)
-        if not any(out.iterdir()):
-            out.rmdir()
         hint = nodata_hint(rejected)
         raise LandcoverError("no tile passed the rules, so no chip was written (rejected: "
                              f"{rejection_counts(rejected)}){'; ' + hint if hint else ''}; --allow-empty writes an "
@@ -202,15 +200,6 @@ def _run(job: ChipJob, blocks: list[Block], rejected: Counter, info: dict, finge
     write_text(out / "chips.json", json.dumps(info, indent=2, default=str))
     shutil.rmtree(state)
     return ChipsResult(manifest, rejected, out, resumed)
-
-
-def _first(codes: list, shown: int = 20) -> str:
-    """A list of codes, cut short when long: '[1, 2, 3]' or '[1, ..., 20] and 980 more (1,000 codes: is this a
-    raster of class codes?)'."""
-    if len(codes) <= shown:
-        return str(list(codes))
-    return (f"{list(codes[:shown])} and {len(codes) - shown:,} more ({len(codes):,} distinct values: is this a "
-            "land-cover raster of class codes?)")
 
 
 def _check_output_options(scenes: list[Scene], labels: LabelRaster | LabelVector, fmt: str, layout: str,

@@ -270,3 +270,12 @@ def _palette(n: int) -> list[str]:
 
     colors = [colorsys.hsv_to_rgb(i / max(n, 1), 0.65, 0.85) for i in range(n)]
     return ["#" + "".join(f"{round(c * 255):02x}" for c in rgb) for rgb in colors]
+
+
+def summarise_codes(codes: list, shown: int = 20) -> str:
+    """A list of codes, cut short when long: '[1, 2, 3]', or the first `shown` 'and N more (M distinct values: is this
+    a land-cover raster of class codes?)'."""
+    if len(codes) <= shown:
+        return str(list(codes))
+    return (f"{list(codes[:shown])} and {len(codes) - shown:,} more ({len(codes):,} distinct values: is this a "
+            "land-cover raster of class codes?)")
