@@ -34,7 +34,7 @@ from landcover.compat import guard_torchvision
 guard_torchvision()  # before anything imports torchvision or timm
 
 from landcover import cli  # noqa: E402
-from landcover.predict.onnx_export import export_onnx  # noqa: E402
+from landcover.onnx_graph import export_onnx  # noqa: E402
 from landcover.predict.runtime import load_runtime  # noqa: E402
 from landcover.train.data import ChipDataset  # noqa: E402
 

@@ -172,7 +172,7 @@ def main() -> None:
     for name, extra in engines.items():
         results["engines"][name] = predict(bundle, mid, work / "map_engine.tif", *extra)
         print(f"{name}: {results['engines'][name]}", flush=True)
-    from landcover.predict.onnx_export import export_onnx
+    from landcover.onnx_graph import export_onnx
 
     export_onnx(bundle)
     results["onnx_model_only_tiles_per_second"] = model_only(bundle, "onnx")

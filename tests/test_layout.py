@@ -18,7 +18,7 @@ LEVELS = {
     # the ground every stage stands on
     "errors": 0, "atomic": 0, "engine": 0, "compat": 0, "version": 0, "bounds": 0, "locks": 0, "progress": 0,
     # the two contracts, the class schemes, and what they name (networks, heads) or draw (plain-data figures)
-    "schemes": 1, "manifest": 1, "models": 1, "bundle": 1, "plots": 1,
+    "schemes": 1, "manifest": 1, "models": 1, "bundle": 1, "onnx_graph": 1, "plots": 1,
     "geo": 2,
     "chips": 3, "datasets": 3, "evaluate": 3,
     "train": 4,

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from landcover.cli import main
 from landcover.errors import LandcoverError
+from landcover.predict.runtime import choose_runtime, load_runtime
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -27,7 +28,7 @@ def zion_bundles(tmp_path_factory, park_chips):
     common = ["train", "--quiet", "--manifest", str(chips), "--runs", str(runs), "--arch", "efficientnet-lite0",
               "--input-size", "32", "--batch-size", "16", "--rgb-bands", "3", "2", "1"]
     assert main([*common, "--name", "finetune", "--epochs", "1", "--train-from", "head"]) == 0
-    assert main([*common, "--name", "features", "--mode", "features", "--head", "logreg"]) == 0
+    assert main([*common, "--name", "features", "--mode", "features", "--head", "logreg", "--no-onnx"]) == 0
     return {"chips": chips, "finetune": runs / "finetune" / "bundle", "features": runs / "features" / "bundle"}
 
 
@@ -46,7 +47,7 @@ def copy_bundle(zion_bundles, kind, tmp_path):
 
 @pytest.mark.parametrize("kind", ["finetune", "features"])
 def test_onnx_probabilities_match_torch(zion_bundles, test_chips, tmp_path, kind):
-    from landcover.predict.onnx_export import export_onnx
+    from landcover.onnx_graph import export_onnx
     from landcover.predict.runtime import load_runtime, open_runtime
 
     bundle_path = copy_bundle(zion_bundles, kind, tmp_path)
@@ -74,10 +75,11 @@ def test_onnx_probabilities_match_torch(zion_bundles, test_chips, tmp_path, kind
 
 
 def test_missing_and_stale_graphs_are_refused(zion_bundles, tmp_path):
-    from landcover.predict.onnx_export import export_onnx
+    from landcover.onnx_graph import export_onnx
     from landcover.predict.runtime import open_runtime
 
     bundle_path = copy_bundle(zion_bundles, "finetune", tmp_path)
+    (bundle_path / "model.onnx").unlink()
     with pytest.raises(LandcoverError, match=r"no model.onnx: run `landcover export-onnx .*finetune`"):
         open_runtime(bundle_path, "onnx")
     export_onnx(bundle_path)
@@ -107,7 +109,7 @@ def test_missing_and_stale_graphs_are_refused(zion_bundles, tmp_path):
 
 
 def test_features_graph_survives_a_new_head_but_not_a_new_backbone(zion_bundles, tmp_path):
-    from landcover.predict.onnx_export import export_onnx
+    from landcover.onnx_graph import export_onnx
     from landcover.predict.runtime import open_runtime
 
     bundle_path = copy_bundle(zion_bundles, "features", tmp_path)
@@ -122,26 +124,32 @@ def test_features_graph_survives_a_new_head_but_not_a_new_backbone(zion_bundles,
 
 
 def test_export_refuses_a_graph_that_disagrees(zion_bundles, tmp_path, monkeypatch):
-    import landcover.predict.onnx_export as onnx_export
+    import landcover.onnx_graph as onnx_graph
 
     bundle_path = copy_bundle(zion_bundles, "finetune", tmp_path)
-    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)
+    monkeypatch.setattr(onnx_graph, "TOLERANCE", -1.0)
+    before = {n: (bundle_path / n).read_bytes() for n in ("model.onnx", "onnx.json")}
     with pytest.raises(LandcoverError, match=r"differ from torch's by up to .* model.onnx was not written"):
-        onnx_export.export_onnx(bundle_path)
+        onnx_graph.export_onnx(bundle_path)
+    assert {n: (bundle_path / n).read_bytes() for n in before} == before  # the graph from training stays, as is
+    for name in before:
+        (bundle_path / name).unlink()
+    with pytest.raises(LandcoverError, match=r"model.onnx was not written"):
+        onnx_graph.export_onnx(bundle_path)
     assert not (bundle_path / "model.onnx").exists() and not (bundle_path / "onnx.json").exists()
     assert not list(bundle_path.glob(".*"))
     # check=False writes without comparing, and says so.
-    onnx_export.export_onnx(bundle_path, check=False)
+    onnx_graph.export_onnx(bundle_path, check=False)
     assert json.loads((bundle_path / "onnx.json").read_text())["max_abs_diff"] is None
 
 
 def test_runtime_choice_errors_and_pickling(zion_bundles, tmp_path, monkeypatch):
     from landcover.bundle import load_bundle
-    from landcover.predict.onnx_export import export_onnx
-    from landcover.predict.runtime import TorchRuntime, load_runtime, open_runtime
+    from landcover.onnx_graph import export_onnx
+    from landcover.predict.runtime import TorchRuntime, choose_runtime, load_runtime, open_runtime
 
     bundle = load_bundle(zion_bundles["finetune"])
-    with pytest.raises(LandcoverError, match=r"unknown runtime 'tensorrt' \(choose from torch, onnx\)"):
+    with pytest.raises(LandcoverError, match=r"unknown runtime 'tensorrt' \(choose from auto, torch, onnx\)"):
         load_runtime(bundle, "tensorrt")
     runtime = load_runtime(bundle, "torch", threads=2)
     assert isinstance(runtime, TorchRuntime) and torch.get_num_threads() == 2
@@ -153,3 +161,33 @@ def test_runtime_choice_errors_and_pickling(zion_bundles, tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(LandcoverError, match=r"needs onnxruntime: pip install onnxruntime"):
         open_runtime(bundle_path, "onnx")
+    # auto falls back to torch without onnxruntime, and says why.
+    assert choose_runtime(load_bundle(bundle_path))[0] == "torch"
+    assert "needs onnxruntime" in choose_runtime(load_bundle(bundle_path))[1]
+
+
+def test_training_writes_the_graph_and_auto_runs_it(zion_bundles, test_chips, tmp_path):
+    """`landcover train` exports model.onnx (unless --no-onnx); predict's default runtime then runs it, with the
+    probabilities torch gives within the recorded tolerance, and falls back to torch when the graph is stale."""
+    from landcover.bundle import load_bundle
+
+    finetune, features = zion_bundles["finetune"], zion_bundles["features"]
+    summary = json.loads((finetune.parent / "summary.json").read_text())
+    assert summary["onnx"].startswith("bundle/model.onnx written in") and "onnxruntime" in summary["onnx"]
+    assert json.loads((features.parent / "summary.json").read_text())["onnx"].startswith("not written (--no-onnx)")
+    assert not (features / "model.onnx").exists()
+    bundle = load_bundle(finetune)
+    name, why = choose_runtime(bundle)
+    assert name == "onnx" and why.startswith("a fresh model.onnx")
+    auto, torch_rt = load_runtime(bundle), load_runtime(bundle, "torch")
+    record = json.loads((finetune / "onnx.json").read_text())
+    got, want = auto.predict_proba(test_chips), torch_rt.predict_proba(test_chips)
+    assert auto.name == "onnx" and np.abs(got - want).max() <= record["tolerance"]
+    assert choose_runtime(load_bundle(features)) == ("torch", f"{features}: the bundle has no model.onnx: run "
+                                                              f"`landcover export-onnx {features}`")
+    stale = copy_bundle(zion_bundles, "finetune", tmp_path)
+    weights = load_file(stale / "weights.safetensors")
+    weights["classifier.bias"] = weights["classifier.bias"] - 1.0
+    save_file(weights, stale / "weights.safetensors", metadata={"format": "pt"})
+    name, why = choose_runtime(load_bundle(stale))
+    assert name == "torch" and "model.onnx is stale" in why

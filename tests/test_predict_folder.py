@@ -71,7 +71,8 @@ def test_folder_predictions_and_evaluation_match_predict_dataset(zion, reference
     files, probs, labels = reference
     out = tmp_path / "preds.csv"
     with caplog.at_level(logging.WARNING, logger="landcover.predict.folder"):
-        result = predict_folder(zion["bundle"], zion["images"], out, batch_size=16, progress=False)
+        result = predict_folder(zion["bundle"], zion["images"], out, runtime="torch", batch_size=16,
+                                    progress=False)
     assert result.predicted == len(files) and result.skipped == [] and result.out == out
     table = pd.read_csv(out)
     names = [c for c in table.columns if c.startswith("p_")]
@@ -186,7 +187,7 @@ def test_onnx_runtime_gives_the_same_table(zion, reference, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from landcover.predict.folder import predict_folder
-    from landcover.predict.onnx_export import export_onnx
+    from landcover.onnx_graph import export_onnx
 
     files, probs, _ = reference
     bundle = shutil.copytree(zion["bundle"], tmp_path / "bundle")

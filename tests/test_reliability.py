@@ -70,6 +70,8 @@ def test_predict_warps_geographic_imagery_onto_its_utm_zone(zion_bundle, tmp_pat
 
 def test_a_failed_predict_leaves_nothing_in_the_way(zion_bundle, tmp_path, capsys):
     bundle, images, _ = zion_bundle
+    bundle = shutil.copytree(bundle, tmp_path / "bundle")
+    (bundle / "model.onnx").unlink()  # --runtime onnx then fails once the run has been planned
     out = tmp_path / "maps" / "m.tif"
     fails(capsys, ["predict", bundle, "--image", *images, "--out", out, "--runtime", "onnx"], "model.onnx")
     assert not list(tmp_path.rglob("*landcover-state*")) and not out.exists()

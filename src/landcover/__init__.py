@@ -37,7 +37,7 @@ _API = {
     "evaluate_bundle": "landcover.predict.chips",
     "predict_raster": "landcover.predict.raster",
     "predict_folder": "landcover.predict.folder",
-    "export_onnx": "landcover.predict.onnx_export",
+    "export_onnx": "landcover.onnx_graph",
     # maps
     "render_map": "landcover.maps.figures",
     "detect_change": "landcover.maps.change",

@@ -43,8 +43,9 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--allow-empty", action="store_true",
                    help="write the map even when no cell can be predicted (default: an error saying why)")
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
-                   help="run the network with torch (default) or onnxruntime (after `landcover export-onnx`)")
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
+                   help="run the network with onnxruntime when the bundle holds a fresh model.onnx (training writes "
+                        "it), else torch (auto, the default); or name one")
     p.add_argument("--batch-size", type=COUNT.parse, default=64, help="windows or chips per batch (default 64)")
     g = p.add_argument_group("rasters (--image)")
     g.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
@@ -87,7 +88,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_onnx_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-onnx", help="add an ONNX copy of a bundle's network (for --runtime onnx)",
+    p = sub.add_parser("export-onnx", help="(re)write a bundle's ONNX graph (training writes one when onnx is installed)",
                        description="Export the bundle's network to BUNDLE/model.onnx (dynamic batch), check it "
                                    "against torch on a test batch, and record the check in BUNDLE/onnx.json.")
     p.add_argument("bundle", metavar="BUNDLE", help="a model bundle folder")
@@ -96,7 +97,7 @@ def _export_onnx_parser(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         import json
 
-        from landcover.predict.onnx_export import export_onnx
+        from landcover.onnx_graph import export_onnx
 
         path = export_onnx(args.bundle, opset=args.opset)
         record = json.loads((path.parent / "onnx.json").read_text())

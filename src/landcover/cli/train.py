@@ -71,6 +71,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-every", type=BOUNDS["checkpoint_every"].parse, metavar="EPOCHS", help="default 1")
     g.add_argument("--seed", type=BOUNDS["seed"].parse, help="default 0")
     g.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI")
+    g.add_argument("--no-onnx", dest="onnx", action="store_false", default=None,
+                   help="do not write the bundle's model.onnx (written by default when onnx is installed; "
+                        "predict then runs on onnxruntime)")
 
     def run(args: argparse.Namespace) -> None:
         from landcover.train.trainer import train_model
@@ -78,12 +81,15 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         names = ("manifest", "train_split", "val_split", "bands", "rgb_bands", "runs", "name", "mode",
                  "architecture", "weights", "input_size", "head", "sample_frac", "train_from", "freeze_bn",
                  "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs", "batch_size",
-                 "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed", "mlflow_uri")
+                 "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed", "mlflow_uri",
+                 "onnx")
         out = train_model(config=args.config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                           **{n: getattr(args, n) for n in names})
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         if "best_val_macro_f1" in summary:
             print(f"validation macro-F1 {summary['best_val_macro_f1']:.3f} (best epoch {summary['best_epoch']})")
+        if "onnx" in summary:
+            print(f"onnx: {summary['onnx']}")
         print(f"run: {out}  bundle: {out / 'bundle'}")
 
     p.set_defaults(run=run)

@@ -85,7 +85,7 @@ class FolderResult:
         return "\n".join(lines)
 
 
-def predict_folder(bundle_path: str | Path, images: str | Path, out: str | Path, runtime: str = "torch",
+def predict_folder(bundle_path: str | Path, images: str | Path, out: str | Path, runtime: str = "auto",
                    batch_size: int = 64, overwrite: bool = False, progress: bool = True,
                    workers: int = 2) -> FolderResult:
     """Predict every chip (PNG/JPG/GeoTIFF) under a folder into a .csv or .parquet table (file, class, confidence,

@@ -38,7 +38,7 @@ from landcover.predict.blocks import (
     run_blocks,
     save_result,
 )
-from landcover.predict.runtime import check_runtime
+from landcover.predict.runtime import choose_runtime
 from landcover.progress import progress_bar
 from landcover.schemes import load_scheme
 
@@ -63,6 +63,7 @@ class RasterResult:
     seconds_infer: float
     reading: str
     scores: dict = field(default_factory=dict)
+    runtime: str = "torch"
 
     @property
     def tiles_per_second(self) -> float:
@@ -75,7 +76,7 @@ class RasterResult:
         lines = [f"map: {self.out}  ({self.reading})",
                  f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
                  + (f", {self.resumed} blocks resumed" if self.resumed else "")
-                 + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s"]
+                 + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s on {self.runtime}"]
         shares = ", ".join(f"{n} {h:,.0f} ha ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
         lines.append(f"classes: {shares}" if total else "classes: none predicted")
         for name, score in self.scores.items():
@@ -133,7 +134,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
                    bands: list[int] | None = None, stride: str | None = None, aoi: str | Path | None = None,
                    smooth: int = 0, probabilities: bool = False, truth: str | Path | None = None,
                    truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int = 64,
-                   runtime: str = "torch", engine: Engine | str | None = None, resampling: str = "bilinear",
+                   runtime: str = "auto", engine: Engine | str | None = None, resampling: str = "bilinear",
                    overwrite: bool = False, allow_empty: bool = False, block_windows: int = BLOCK_WINDOWS,
                    progress: bool = True, log: Callable[[str], None] = print) -> RasterResult:
     """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif), one cell per `stride`.
@@ -168,7 +169,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     if resampling not in Resampling.__members__:
         raise LandcoverError(f"unknown resampling {resampling!r}")
     bundle = load_bundle(bundle_path)
-    check_runtime(bundle, runtime)
+    runtime, why = choose_runtime(bundle, runtime)
     picks = pick_bands(bundle, images, bands)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
     need = max(bundle.input.bands) + 1
@@ -182,6 +183,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     blocks = plan_blocks(job, cell_in_aoi, block_windows)
     log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
         f"windows of {grid.tile} px in {len(blocks)} blocks")
+    log(f"runtime: {runtime} ({why})")
     files = _output_files(out, smooth, probabilities)
     fingerprint = _fingerprint(job, images, picks, aoi, block_windows)
     state = out.with_name(f".{out.name}.landcover-state")
@@ -238,7 +240,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
             skipped=total - sum(len(results[b.id].rows) for b in blocks), resumed=resumed,
             seconds=time.perf_counter() - started,
             seconds_read=sum(results[b.id].seconds_read for b in todo),
-            seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores)
+            seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores, runtime=runtime)
         summary = {"bundle": tags["LANDCOVER_BUNDLE"], "images": json.loads(tags["LANDCOVER_IMAGES"]), "bands": picks,
                    "grid": grid.to_dict(), "reading": reading, "cells": [job.rows, job.cols], "stride_m": grid.step,
                    "max_nodata": max_nodata, "aoi": str(aoi) if aoi else None, "smooth": smooth, "runtime": runtime,

@@ -61,6 +61,9 @@ class TrainConfig:
     checkpoint_every: int = 1
     seed: int = 0
     mlflow_uri: str | None = None
+    onnx: bool = True
+    """Write the bundle's model.onnx at the end (when onnx and onnxruntime are installed): predict's default
+    runtime then runs it on onnxruntime."""
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ from landcover.train.config import TrainConfig
 from landcover.train.finetune import fine_tune
 from landcover.train.frozen import fit_features
 from landcover.train.run import Run
-from landcover.train.runs import read_metrics, run_dir
+from landcover.train.runs import dump_json, read_metrics, run_dir
 
 
 def train_model(manifest: str | Path | None = None, *, config: str | Path | TrainConfig | None = None,
@@ -64,6 +66,8 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
             if rank == 0 and not (out / "checkpoints" / "last").exists():  # nothing to resume: leave nothing
                 shutil.rmtree(out, ignore_errors=True)
             raise
+        if rank == 0:
+            _write_graph(out, config.onnx)
     if config.mlflow_uri and rank == 0:
         from landcover.train.tracking import log_to_mlflow
 
@@ -71,3 +75,31 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
         if progress:
             print(f"logged to MLflow ({config.mlflow_uri}): run {run_id}")
     return out
+
+
+def _write_graph(out: Path, wanted: bool) -> None:
+    """Export the bundle's network to bundle/model.onnx (for predict's default runtime) when asked and onnx is
+    installed; summary.json's 'onnx' says what happened. A network that will not export is a note, not a failure:
+    the bundle still runs on torch."""
+    if not wanted:
+        note = "not written (--no-onnx): predict runs on torch"
+    else:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            note = "not written (onnx and onnxruntime are not installed): predict runs on torch"
+        else:
+            from landcover.onnx_graph import ONNX_RECORD, export_onnx
+
+            started = time.perf_counter()
+            try:
+                graph = export_onnx(out / "bundle")
+            except LandcoverError as exc:
+                note = f"not written ({exc}): predict runs on torch"
+            else:
+                diff = json.loads((graph.parent / ONNX_RECORD).read_text())["max_abs_diff"]
+                note = (f"bundle/model.onnx written in {time.perf_counter() - started:.1f} s (probabilities within "
+                        f"{diff:.1e} of torch): predict runs it on onnxruntime")
+    summary = out / "summary.json"
+    dump_json(summary, {**(json.loads(summary.read_text()) if summary.exists() else {}), "onnx": note})

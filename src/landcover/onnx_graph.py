@@ -1,11 +1,30 @@
-"""Export a bundle's network to ``<bundle>/model.onnx`` (and ``onnx.json``), checked against torch."""
+"""A bundle's ONNX graph: ``<bundle>/model.onnx`` exported from its network and checked against torch, and
+``<bundle>/onnx.json``, the record that says what the graph was made from::
+
+    format, version   "landcover-onnx", 1
+    kind, architecture, output ("probabilities" or "features")
+    input             {"name", "bands", "size"}: the graph's input is (batch, bands, size, size), float32
+    opset, exporter   ONNX opset and which torch exporter wrote it
+    source            {"what", "sha256"}: the weights file ('finetune'), or the frozen backbone's tensors
+                      ('features': its head runs outside the graph, so changing the head does not stale it)
+    onnx_sha256       the sha256 of model.onnx itself
+    max_abs_diff      largest |probability difference| against torch measured at export (null: not checked)
+    max_rel_feature_diff  'features' only: largest |feature difference| over the largest |feature|
+
+For a 'finetune' bundle the graph ends in the softmax (probabilities); for a 'features' bundle in the pooled
+features, which the bundle's head (numpy) turns into probabilities. The graph is part of the bundle contract
+(training writes it, prediction runs it), so it lives beside `bundle.py`; `check_onnx` refuses a graph whose
+record does not match the bundle as it is now.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,9 +34,13 @@ from landcover.atomic import temp_path, write_text
 from landcover.bundle import Bundle, load_bundle
 from landcover.errors import LandcoverError
 from landcover.models.backbones import pooled_features
-from landcover.predict.runtime import INPUT_NAME, ONNX_FILE, ONNX_RECORD, expected_record, file_sha256, onnx_session
 from landcover.version import __version__
 
+ONNX_FILE = "model.onnx"
+ONNX_RECORD = "onnx.json"
+ONNX_FORMAT = "landcover-onnx"
+ONNX_VERSION = 1
+INPUT_NAME = "input"
 TOLERANCE = 1e-4
 """Largest |probability difference| between onnxruntime and torch an export may have (for 'features' bundles
 also the largest feature difference, relative to the largest |feature|)."""
@@ -155,3 +178,90 @@ def _ort_version() -> str | None:
     except ImportError:
         return None
     return onnxruntime.__version__
+
+
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime InferenceSession on the CPU provider (`threads` intra-op threads; None: its default)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise LandcoverError(f"onnxruntime cannot load the graph ({str(exc).splitlines()[0]}); rerun "
+                             f"`landcover export-onnx {path.parent}`", path) from None
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or a LandcoverError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LandcoverError("the onnx runtime needs onnxruntime: pip install onnxruntime") from None
+    return onnxruntime
+
+
+def source_fingerprint(bundle: Bundle) -> dict:
+    """What an ONNX export of this bundle depends on: the weights file, or the frozen backbone's tensors."""
+    if bundle.kind == "finetune":
+        return {"what": "weights.safetensors", "sha256": file_sha256(bundle.path / "weights.safetensors")}
+    digest = hashlib.sha256()
+    for name, tensor in sorted(bundle.model.state_dict().items()):
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return {"what": f"backbone tensors ({bundle.backbone_weights})", "sha256": digest.hexdigest()}
+
+
+def expected_record(bundle: Bundle) -> dict:
+    """The onnx.json fields that must match the bundle as it is now."""
+    return {
+        "format": ONNX_FORMAT, "version": ONNX_VERSION, "kind": bundle.kind, "architecture": bundle.architecture,
+        "output": "probabilities" if bundle.kind == "finetune" else "features",
+        "input": {"name": INPUT_NAME, "bands": len(bundle.input.bands), "size": bundle.input.size},
+        "source": source_fingerprint(bundle),
+    }
+
+
+def check_onnx(bundle: Bundle) -> dict:
+    """Read onnx.json and refuse a missing or stale model.onnx (one exported from other weights or input)."""
+    folder = Path(bundle.path)
+    fix = f"run `landcover export-onnx {folder}`"
+    graph, record_path = folder / ONNX_FILE, folder / ONNX_RECORD
+    if not graph.is_file():
+        raise LandcoverError(f"the bundle has no {ONNX_FILE}: {fix}", folder)
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        raise LandcoverError(f"{ONNX_RECORD} is missing or unreadable, so {ONNX_FILE} cannot be trusted: {fix}",
+                             folder) from None
+    if not isinstance(record, dict):
+        raise LandcoverError(f"{ONNX_RECORD} is not a JSON object: {fix}", record_path)
+    for key, want in expected_record(bundle).items():
+        if record.get(key) != want:
+            what = "weights differ" if key == "source" else f"{key} differs"
+            raise LandcoverError(f"{ONNX_FILE} is stale: its {what} from the bundle's (exported from "
+                                 f"{_short(record.get(key))}, now {_short(want)}): {fix}", folder)
+    if record.get("onnx_sha256") != file_sha256(graph):
+        raise LandcoverError(f"{ONNX_FILE} changed after export (sha256 differs from {ONNX_RECORD}): {fix}", folder)
+    return record
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _short(value: object) -> str:
+    """A record value for a one-line message (hashes cut to 12 characters)."""
+    if isinstance(value, dict) and "sha256" in value:
+        return f"sha256 {str(value['sha256'])[:12]}"
+    return json.dumps(value)
