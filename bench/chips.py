@@ -1,7 +1,10 @@
-"""Chips throughput on Zion: `landcover chips` against a per-pixel loop, TorchGeo 0.8 and a bare-read ceiling.
+"""Chips throughput on Zion: `landcover chips` (class folders and shards) against a per-pixel loop, TorchGeo 0.8
+and a bare-read ceiling.
 
 Run from the repository root:  python bench/chips.py [--out bench/results] [--tiles N] [--repeats R] [--profile]
-Reads ../shared/data/zion (or $LANDCOVER_DATA/zion); writes <out>/chips.json and prints a table.
+[--quick]. Reads ../shared/data/zion (or $LANDCOVER_DATA/zion); writes <out>/chips.json and prints a table.
+`--quick` (seconds; what CI runs) measures one run of each layout with one worker, 20 per-pixel tiles and at most
+100 TorchGeo samples.
 """
 
 from __future__ import annotations
@@ -48,7 +51,14 @@ CONFIGS = {
     "keepall": (["purity:0"], 10**9),
 }
 """landcover rule sets: the realistic one, and one that writes every tile (like readers that deliver every tile)."""
+RUNS = (("points3", "folders", "png"), ("keepall", "folders", "png"), ("keepall", "shards", "webdataset"),
+        ("keepall", "shards", "tfrecord"))
+"""(rules, layout, format) of the landcover runs; each with 1 and 2 workers."""
+QUICK_RUNS = (("points3", "folders", "png"), ("keepall", "shards", "webdataset"))
 TARGETS = {"torchgeo": 10.0, "per_pixel": 100.0, "ceiling": 0.5}
+"""Goals for keep-all class folders (one file per chip), workers=1."""
+SHARD_TARGETS = {"torchgeo": 40.0, "ceiling": 0.5}
+"""Goals for keep-all WebDataset shards, workers=1."""
 SLOW_RUN_S = 30.0
 """A landcover run slower than this is repeated twice, not three times."""
 
@@ -106,49 +116,88 @@ def reference_labels(inputs: Inputs, grid: Grid, scheme: ClassScheme, ncols: int
     return patch.to_grid(grid.crs, transform, width, height)
 
 
-def run_landcover(inputs: Inputs, config: str, workers: int, work: Path) -> tuple[float, int]:
-    """One end-to-end chips run into a fresh folder: (seconds, chips written)."""
+def run_landcover(inputs: Inputs, config: str, layout: str, fmt: str, workers: int, work: Path,
+                  check: Any = None) -> tuple[float, Any]:
+    """One end-to-end chips run into a fresh folder: (seconds, the manifest); `check(folder, manifest)` runs on the
+    output before it is removed."""
     specs, max_nodata = CONFIGS[config]
-    out = Path(tempfile.mkdtemp(prefix=f"lc-{config}-w{workers}-", dir=work))
+    out = Path(tempfile.mkdtemp(prefix=f"lc-{config}-{layout}-w{workers}-", dir=work))
     try:
         start = time.perf_counter()
         scene = inputs.scene()
         grid = make_grid([scene], TILE)
         result = cut_chips([scene], LabelRaster.open(inputs.labels), load_scheme(SCHEME), grid,
-                            Rules.parse(specs, max_nodata=max_nodata), out / "chips", aoi=None, fmt="png",
-                            engine=Engine.choose(None, workers=workers), progress=False)
+                            Rules.parse(specs, max_nodata=max_nodata), out / "chips", aoi=None, fmt=fmt,
+                            layout=layout, engine=Engine.choose(None, workers=workers), progress=False)
         seconds = time.perf_counter() - start
-        return seconds, len(result.manifest)
+        if check is not None:
+            check(out / "chips", result.manifest)
+        return seconds, result.manifest
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def bench_landcover(inputs: Inputs, config: str, workers: int, work: Path, repeats: int, tiles: int) -> dict:
-    """Best of `repeats` end-to-end runs (two if a run is slow): tiles/s and chips/s."""
+def bench_landcover(inputs: Inputs, run: tuple[str, str, str], workers: int, work: Path, repeats: int,
+                    tiles: int) -> tuple[dict, Any]:
+    """Best of `repeats` end-to-end runs (two if a run is slow): tiles/s and chips/s; and the last manifest."""
+    config, layout, fmt = run
     times: list[float] = []
-    chips = 0
+    manifest = None
+    files: list[int] = []
     while len(times) < repeats:
-        seconds, chips = run_landcover(inputs, config, workers, work)
+        seconds, manifest = run_landcover(inputs, config, layout, fmt, workers, work,
+                                          lambda folder, _: files.append(sum(1 for p in folder.rglob("*")
+                                                                             if p.is_file())))
         times.append(seconds)
         if seconds > SLOW_RUN_S:
             repeats = min(repeats, 2)
     best = min(times)
-    return {"config": config, "rules": CONFIGS[config][0], "workers": workers, "tiles": tiles, "chips": chips,
-            "seconds": best, "runs_s": times, "tiles_per_s": per_second(tiles, best),
-            "chips_per_s": per_second(chips, best)}
+    return {"config": config, "layout": layout, "format": fmt, "rules": CONFIGS[config][0], "workers": workers,
+            "tiles": tiles, "chips": len(manifest), "files": files[-1], "seconds": best, "runs_s": times,
+            "tiles_per_s": per_second(tiles, best), "chips_per_s": per_second(len(manifest), best)}, manifest
+
+
+def shard_pixels_exact(inputs: Inputs, manifest: Any, work: Path, sample: int = 200) -> dict:
+    """Read a sample of keep-all chips back from WebDataset shards and compare them with bare window reads of the
+    band files: the shards must hold the imagery's pixels exactly."""
+    from landcover.train.data import read_row
+
+    checked = {}
+
+    def check(folder: Path, frame: Any) -> None:
+        picks = np.random.default_rng(0).choice(len(frame), min(sample, len(frame)), replace=False)
+        srcs = [rasterio.open(p) for p in inputs.bands]
+        try:
+            equal = 0
+            for i in picks:
+                chip = read_row(folder, frame, int(i))
+                left, bottom, right, top = frame.geometry.iat[int(i)].bounds
+                window = rasterio.windows.from_bounds(left, bottom, right, top, srcs[0].transform).round_offsets()
+                window = Window(window.col_off, window.row_off, chip.shape[2], chip.shape[1])
+                direct = np.stack([src.read(1, window=window) for src in srcs])
+                equal += bool(np.array_equal(chip, direct))
+        finally:
+            for src in srcs:
+                src.close()
+        checked.update(chips=len(picks), equal=equal, labels_equal_folders=bool(
+            manifest is not None and frame["chip_id"].tolist() == manifest["chip_id"].tolist()
+            and frame["label"].tolist() == manifest["label"].tolist()))
+
+    run_landcover(inputs, "keepall", "shards", "webdataset", 1, work, check)
+    return checked
 
 
 def profile_landcover(inputs: Inputs, work: Path, top: int = 10) -> str:
-    """cProfile of one keep-all run with workers=1: the top entries by cumulative time in landcover/rasterio/PIL."""
+    """cProfile of one keep-all run into shards with workers=1: the top entries by cumulative time."""
     profiler = cProfile.Profile()
     profiler.enable()
-    seconds, _ = run_landcover(inputs, "keepall", 1, work)
+    seconds, _ = run_landcover(inputs, "keepall", "shards", "webdataset", 1, work)
     profiler.disable()
     buffer = io.StringIO()
     stats = pstats.Stats(profiler, stream=buffer)
     stats.sort_stats("cumulative").print_stats(r"landcover|rasterio|PIL", top)
     stats.sort_stats("tottime").print_stats(top)
-    return f"keep-all, workers=1, under cProfile: {seconds:.2f} s\n{buffer.getvalue()}"
+    return f"keep-all shards, workers=1, under cProfile: {seconds:.2f} s\n{buffer.getvalue()}"
 
 
 def bench_per_pixel(inputs: Inputs, grid: Grid, cols: np.ndarray, rows: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -288,22 +337,22 @@ def machine() -> dict:
 
 def table(results: dict) -> str:
     """The figures and ratios as a plain-text table."""
-    lines = [f"{'approach':<44} {'tiles':>6} {'chips':>6} {'seconds':>8} {'tiles/s':>9} {'chips/s':>9}"]
+    lines = [f"{'approach':<44} {'tiles':>6} {'chips':>6} {'files':>6} {'seconds':>8} {'tiles/s':>9} {'chips/s':>9}"]
     for run in results["landcover"]:
-        label = f"landcover chips {run['config']:<8} workers={run['workers']}"
-        lines.append(f"{label:<44} {run['tiles']:>6} {run['chips']:>6} {run['seconds']:>8.2f} "
+        label = f"landcover {run['config']} {run['layout']} {run['format']} w{run['workers']}"
+        lines.append(f"{label:<44} {run['tiles']:>6} {run['chips']:>6} {run['files']:>6} {run['seconds']:>8.2f} "
                      f"{run['tiles_per_s']:>9.0f} {run['chips_per_s']:>9.0f}")
     pp = results["per_pixel"]
-    lines.append(f"{'(a) per-pixel pyproj + 1x1 reads (subset)':<44} {pp['tiles']:>6} {'':>6} "
+    lines.append(f"{'(a) per-pixel pyproj + 1x1 reads (subset)':<44} {pp['tiles']:>6} {'':>6} {'':>6} "
                  f"{pp['seconds']:>8.2f} {pp['tiles_per_s']:>9.1f}")
     tg = results["torchgeo"]
     if "skipped" in tg:
         lines.append(f"{'(b) TorchGeo':<44} skipped: {tg['skipped']}")
     else:
-        lines.append(f"{'(b) TorchGeo ' + tg['version'] + ' GridGeoSampler':<44} {tg['samples']:>6} {'':>6} "
+        lines.append(f"{'(b) TorchGeo ' + tg['version'] + ' GridGeoSampler':<44} {tg['samples']:>6} {'':>6} {'':>6} "
                      f"{tg['seconds']:>8.2f} {tg['tiles_per_s']:>9.0f}")
     ce = results["ceiling"]
-    lines.append(f"{'(c) ceiling: bare rasterio window reads':<44} {ce['tiles']:>6} {'':>6} "
+    lines.append(f"{'(c) ceiling: bare rasterio window reads':<44} {ce['tiles']:>6} {'':>6} {'':>6} "
                  f"{ce['seconds']:>8.3f} {ce['tiles_per_s']:>9.0f}")
     lines.append("")
     lines.append(f"{'ratio':<56} {'value':>9} {'target':>8}  met")
@@ -316,9 +365,11 @@ def table(results: dict) -> str:
 
 
 def ratios(results: dict) -> list[dict]:
-    """Headline ratios (keep-all, workers=1: one process, like the others) and the points:3 figures."""
-    runs = {(r["config"], r["workers"]): r["tiles_per_s"] for r in results["landcover"]}
+    """Headline ratios (keep-all, workers=1: one process, like the others), for class folders and for shards."""
+    runs = {(r["config"], r["layout"], r["format"], r["workers"]): r["tiles_per_s"] for r in results["landcover"]}
     tg = results["torchgeo"].get("tiles_per_s")
+    if results["torchgeo"].get("limited_to"):
+        tg = None  # a limited TorchGeo run (--quick) times too few samples for a ratio of record
     out: list[dict] = []
 
     def add(name: str, value: float | None, target: float | None, percent: bool = False) -> None:
@@ -327,15 +378,19 @@ def ratios(results: dict) -> list[dict]:
         out.append({"name": name, "value": value, "target": target, "percent": percent,
                     "met": None if target is None else bool(value >= target)})
 
-    for config in ("keepall", "points3"):
-        headline = config == "keepall"
-        lc = runs[(config, 1)]
-        add(f"landcover {config} w1 / TorchGeo", lc / tg if tg else None, TARGETS["torchgeo"] if headline else None)
-        add(f"landcover {config} w1 / per-pixel", lc / results["per_pixel"]["tiles_per_s"],
-            TARGETS["per_pixel"] if headline else None)
-        add(f"landcover {config} w1 / ceiling", lc / results["ceiling"]["tiles_per_s"],
-            TARGETS["ceiling"] if headline else None, percent=True)
-        add(f"landcover {config} workers 2 vs 1 (speed-up)", runs[(config, 2)] / lc, None)
+    for config, layout, fmt in RUNS:
+        lc = runs.get((config, layout, fmt, 1))
+        if lc is None:
+            continue
+        goals = {("keepall", "folders"): TARGETS, ("keepall", "shards"): SHARD_TARGETS}.get((config, layout), {})
+        if fmt == "tfrecord":
+            goals = {}
+        name = f"landcover {config} {layout} {fmt} w1"
+        add(f"{name} / TorchGeo", lc / tg if tg else None, goals.get("torchgeo"))
+        add(f"{name} / per-pixel", lc / results["per_pixel"]["tiles_per_s"], goals.get("per_pixel"))
+        add(f"{name} / ceiling", lc / results["ceiling"]["tiles_per_s"], goals.get("ceiling"), percent=True)
+        two = runs.get((config, layout, fmt, 2))
+        add(f"landcover {config} {layout} {fmt} workers 2 vs 1", two / lc if two else None, None)
     return out
 
 
@@ -347,8 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the fast benches (best is kept)")
     parser.add_argument("--torchgeo-limit", type=int, default=None,
                         help="stop TorchGeo after this many samples (default: all)")
-    parser.add_argument("--profile", action="store_true", help="also cProfile one keep-all workers=1 run")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one keep-all shards workers=1 run")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds, not minutes: one run per layout, one worker, 20 per-pixel tiles, at most 100 "
+                             "TorchGeo samples (checks the bench works; not figures of record)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.tiles = 1, min(args.tiles, 20)
+        args.torchgeo_limit = min(args.torchgeo_limit or 100, 100)
     inputs = find_inputs()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="work-", dir=args.out))
@@ -363,12 +424,16 @@ def main(argv: list[str] | None = None) -> int:
                                "machine": machine(), "data": {"bands": [str(p) for p in inputs.bands],
                                                               "labels": str(inputs.labels)},
                                "grid": grid.to_dict() | {"tiles": len(cols), "cols": ncols, "rows": nrows},
-                               "landcover": []}
+                               "quick": args.quick, "landcover": []}
     try:
-        for config in CONFIGS:
-            for workers in (1, 2):
-                say(f"landcover chips {config} workers={workers} ...")
-                results["landcover"].append(bench_landcover(inputs, config, workers, work, args.repeats, len(cols)))
+        manifests = {}
+        for run in QUICK_RUNS if args.quick else RUNS:
+            for workers in (1,) if args.quick else (1, 2):
+                say(f"landcover chips {' '.join(run)} workers={workers} ...")
+                figures, manifests[run] = bench_landcover(inputs, run, workers, work, args.repeats, len(cols))
+                results["landcover"].append(figures)
+        say("shards: pixels and labels ...")
+        results["shards_exact"] = shard_pixels_exact(inputs, manifests.get(("keepall", "folders", "png")), work)
 
         reference = reference_labels(inputs, grid, scheme, ncols, nrows)
         lut = scheme.lookup()
@@ -400,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{results['machine']['cores']} cores")
     print(table(results))
     notes = []
+    exact = results["shards_exact"]
+    notes.append(f"shards: {exact['equal']} of {exact['chips']} sampled chips equal bare window reads of the bands"
+                 + ("; chip ids and labels equal the class-folder run's" if exact["labels_equal_folders"] else ""))
     if "label_agreement" in results["per_pixel"]:
         notes.append(f"per-pixel labels equal landcover's: {results['per_pixel']['label_agreement']:.2%} of pixels")
     tg = results["torchgeo"]

@@ -6,7 +6,8 @@ Reads ../shared/data/zion (or $LANDCOVER_DATA/zion); builds Zion chips (4-band u
 (fine-tune: one epoch of the head; features: frozen ImageNet backbone + logistic regression), exports each to
 ONNX, and times `Runtime.predict_proba` (InputSpec.prepare, then the network, then the head where there is one)
 on batches of real chips: torch and onnxruntime, 1 and 2 threads, best of 3. Prints a markdown table and writes
-<out>/onnx.json.
+<out>/onnx.json. `--quick` (seconds; what CI runs): chips inside the park only, 64 px input, 2 batches of 16, one
+repeat, 2 threads: it checks the bench works; its figures are not ones of record.
 """
 
 from __future__ import annotations
@@ -82,19 +83,20 @@ def landcover_cli(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def make_bundles(zion: Path, work: Path, input_size: int) -> tuple[Path, dict[str, Path]]:
-    """Chips, a block split and the two bundles, all with the landcover command."""
+def make_bundles(zion: Path, work: Path, input_size: int, quick: bool = False) -> tuple[Path, dict[str, Path]]:
+    """Chips, a block split and the two bundles, all with the landcover command (quick: inside the park only)."""
     chips, runs = work / "chips", work / "runs"
     landcover_cli(["chips", "--quiet", "--image", *[str(zion / f"landsat_{b}.tif") for b in BANDS],
                    "--labels", str(zion / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", TILE,
-                   "--rule", RULE, "--format", "tif", "--out", str(chips)])
+                   "--rule", RULE, "--format", "tif", "--out", str(chips),
+                   *(["--aoi", str(zion / "zion.gpkg")] if quick else [])])
     landcover_cli(["split", str(chips), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"])
     bundles = {}
     for name, extra in BUNDLES.items():
         say(f"  training the {name} bundle at {input_size} px ...")
         landcover_cli(["train", "--quiet", "--manifest", str(chips), "--runs", str(runs), "--name", name,
                        "--arch", ARCH, "--input-size", str(input_size), "--batch-size", "32",
-                       "--rgb-bands", "3", "2", "1", *extra])
+                       "--rgb-bands", "3", "2", "1", "--no-onnx", *extra])  # the export is timed below
         bundles[name] = runs / name / "bundle"
     return chips, bundles
 
@@ -176,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats; the best is kept (default 3)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
     parser.add_argument("--keep-work", action="store_true", help="keep the chips and bundles")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: a small subset at 64 px (checks the bench works; not figures of record)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.input_size, args.batch_size, args.batches, args.repeats, args.threads = 64, 16, 2, 1, [2]
     zion = find_zion()
     began = time.perf_counter()
     results: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                "exports": {}, "timings": []}
     with workspace(args.out, args.keep_work) as work:
         say("chips, split and bundles with the landcover command ...")
-        chips, bundles = make_bundles(zion, work, args.input_size)
+        chips, bundles = make_bundles(zion, work, args.input_size, args.quick)
         batches = real_batches(chips, args.batch_size, args.batches)
         for name, path in bundles.items():
             start = time.perf_counter()

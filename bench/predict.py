@@ -1,6 +1,8 @@
 """Whole-raster prediction: throughput against model-only inference, memory against raster size, km²/h, engines.
 
 Run from the repository root:  python bench/predict.py [--out bench/results] [--size 16384] [--quick]
+`--quick` (under a minute; what CI runs): 512 and 1024 px rasters, the local engine only: it checks the bench
+works; its figures are not ones of record.
 
 Imagery: real NAIP. The ten North Dakota NAIP years in ../shared/data/naip_nd (4 bands, RGBN, uint8) are laid side
 by side into one mosaic declared at 1 m (the resolution NAIP is flown at), 16384 x 16384 pixels (268 km²), and its
@@ -13,8 +15,9 @@ Measured, each prediction in a fresh process (peak RSS of that process):
   2. predict on the 16k raster and on the 2k raster (local engine): tiles/s, peak RSS; ratio to (1), RSS ratio;
   3. km²/h at 1 m, 4 bands, 224 m tiles;
   4. engines on a 4096 x 4096 cut (324 windows): local, process pool 2, Ray 1 and 2 workers (a local cluster
-     started by the run, so its start-up is part of the overhead; peak RSS is the driver's only); onnxruntime
-     vs torch, model-only and on the large raster.
+     started by the run, so its start-up is part of the overhead; peak RSS is the driver's only), all on torch;
+  5. onnxruntime vs torch, model-only, on the engine cut and on the large raster; and the default runtime
+     ('auto') once the bundle holds its model.onnx, which must pick onnxruntime.
 Writes <out>/predict.json and prints a markdown table.
 """
 
@@ -136,58 +139,68 @@ def predict(bundle: Path, image: Path, out: Path, *extra: str) -> dict:
     run = json.loads(line[-1][6:])
     summary = json.loads(out.with_suffix(".json").read_text())
     return {**run, "windows": summary["windows"], "tiles_per_second": summary["tiles_per_second"],
-            "seconds_in_predict": summary["seconds"]}
+            "seconds_in_predict": summary["seconds"], "runtime": summary["runtime"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Build the rasters and the bundle, time every prediction, write predict.json and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--size", type=int, default=16384, help="side of the large raster in pixels")
-    parser.add_argument("--quick", action="store_true", help="a 4096 px large raster (a smoke run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="512 and 1024 px rasters, local engine (checks the bench works; not figures of record)")
     parser.add_argument("--work", help="folder for the mosaic and maps (default: a temporary folder)")
-    args = parser.parse_args()
-    size = 4096 if args.quick else args.size
+    args = parser.parse_args(argv)
+    size, small_px, mid_px = (1024, 512, 1024) if args.quick else (args.size, 2048, 4096)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"building the NAIP mosaic ({size} px) in {work} ...", flush=True)
     big = build_mosaic(work / f"naip_{size}.tif", size)
-    small, mid = cut(big, work / "naip_2048.tif", 2048), cut(big, work / "naip_4096.tif", 4096)
+    small, mid = cut(big, work / f"naip_{small_px}.tif", small_px), cut(big, work / f"naip_{mid_px}.tif", mid_px)
     bundle = timing_bundle(work / "bundle")
     results: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                                  "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-                     "size": size, "batch": BATCH, "tile_px": TILE_PX}
+                     "quick": args.quick, "size": size, "small_px": small_px, "mid_px": mid_px, "batch": BATCH,
+                     "tile_px": TILE_PX}
     results["model_only_tiles_per_second"] = model_only(bundle)
     print(f"model only: {results['model_only_tiles_per_second']:.1f} tiles/s", flush=True)
     for name, image in (("small", small), ("large", big)):
-        results[name] = predict(bundle, image, work / f"map_{name}.tif")
+        results[name] = predict(bundle, image, work / f"map_{name}.tif", "--runtime", "torch")
         print(f"{name}: {results[name]}", flush=True)
     results["throughput_ratio"] = results["large"]["tiles_per_second"] / results["model_only_tiles_per_second"]
     results["rss_ratio"] = results["large"]["peak_rss_mb"] / results["small"]["peak_rss_mb"]
     results["km2_per_hour"] = results["large"]["tiles_per_second"] * (TILE_PX / 1000) ** 2 * 3600
     engines = {"local": (), "process x2": ("--engine", "process", "--workers", "2"),
                "ray x1": ("--engine", "ray", "--workers", "1"), "ray x2": ("--engine", "ray", "--workers", "2")}
+    if args.quick:
+        engines = {"local": ()}
     results["engines"] = {}
     for name, extra in engines.items():
-        results["engines"][name] = predict(bundle, mid, work / "map_engine.tif", *extra)
+        results["engines"][name] = predict(bundle, mid, work / "map_engine.tif", "--runtime", "torch", *extra)
         print(f"{name}: {results['engines'][name]}", flush=True)
     from landcover.onnx_graph import export_onnx
 
     export_onnx(bundle)
     results["onnx_model_only_tiles_per_second"] = model_only(bundle, "onnx")
     results["engines"]["local, onnxruntime"] = predict(bundle, mid, work / "map_engine.tif", "--runtime", "onnx")
-    results["large_onnx"] = predict(bundle, big, work / "map_large_onnx.tif", "--runtime", "onnx")
+    results["large_onnx"] = (results["engines"]["local, onnxruntime"] if args.quick else  # the same raster
+                             predict(bundle, big, work / "map_large_onnx.tif", "--runtime", "onnx"))
     print(f"large, onnxruntime: {results['large_onnx']}", flush=True)
+    results["engines"]["local, default runtime"] = predict(bundle, mid, work / "map_engine.tif")
+    if results["engines"]["local, default runtime"]["runtime"] != "onnx":
+        sys.exit("the default runtime did not pick the bundle's fresh model.onnx")
     (out / "predict.json").write_text(json.dumps(results, indent=2))
     print(report(results))
+    return 0
 
 
 def report(r: dict) -> str:
     """The markdown tables for bench/README.md."""
     lines = ["| raster | windows | tiles/s | vs model-only | peak RSS |", "|---|---:|---:|---:|---:|",
              f"| model only (in-memory batch of {r['batch']}) | | {r['model_only_tiles_per_second']:.1f} | 100% | |"]
-    for name, side in (("small", 2048), ("large", r["size"]), ("large_onnx", r["size"])):
+    for name, side in (("small", r["small_px"]), ("large", r["size"]), ("large_onnx", r["size"])):
         x = r[name]
         runtime = ", onnxruntime" if name.endswith("onnx") else ""
         lines.append(f"| {side} x {side} NAIP{runtime} | {x['windows']} | {x['tiles_per_second']:.1f} | "
@@ -195,7 +208,8 @@ def report(r: dict) -> str:
                      f"{x['peak_rss_mb']:.0f} MB |")
     lines += ["", f"throughput ratio {100 * r['throughput_ratio']:.1f}%, peak RSS ratio {r['rss_ratio']:.2f}, "
                   f"{r['km2_per_hour']:.1f} km²/h (1 m, 4 bands, 224 m tiles)", "",
-              "| engine (4096 x 4096, 324 windows) | wall s | tiles/s in predict |", "|---|---:|---:|"]
+              f"| engine ({r['mid_px']} x {r['mid_px']}, {r['engines']['local']['windows']} windows) | wall s | "
+              "tiles/s in predict |", "|---|---:|---:|"]
     for name, x in r["engines"].items():
         lines.append(f"| {name} | {x['seconds']:.1f} | {x['tiles_per_second']:.1f} |")
     lines.append(f"\nonnxruntime model only: {r['onnx_model_only_tiles_per_second']:.1f} tiles/s")
@@ -203,4 +217,4 @@ def report(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

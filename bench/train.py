@@ -1,10 +1,12 @@
 """Training on Zion chips: landcover's frozen features and fine-tuning against a spectral random forest and TorchGeo.
 
 Run from the repository root:  python bench/train.py [--out bench/results] [--epochs N] [--input-size PX] [--profile]
-Reads ../shared/data/zion (or $LANDCOVER_DATA/zion); builds chips and a block split in a temporary folder with the
-`landcover` command, trains every method on the same chips, split and epochs, scores each on the test split with
-landcover.evaluate, times landcover's training loop against a bare torch loop, writes <out>/train.json and prints
-a table.
+[--quick]. Reads ../shared/data/zion (or $LANDCOVER_DATA/zion); builds chips and a block split in a temporary
+folder with the `landcover` command, trains every method on the same chips, split and epochs, scores each on the
+test split with landcover.evaluate, times landcover's training loop against a bare torch loop, writes
+<out>/train.json and prints a table. `--quick` (under a minute; what CI runs) trains each method for 1 epoch at
+32 px on the chips inside the park (960 m tiles) with a few bare-loop batches, and 1 TorchGeo epoch when it is
+installed: it checks the bench works; its figures are not ones of record.
 """
 
 from __future__ import annotations
@@ -128,11 +130,13 @@ def landcover_cli(argv: list[str]) -> tuple[float, str]:
     return seconds, out.getvalue()
 
 
-def make_dataset(zion: Path, work: Path) -> tuple[Path, dict]:
-    """Chips (GeoTIFF, 4 bands, uint16) and a block split, built with the landcover command."""
+def make_dataset(zion: Path, work: Path, quick: bool = False) -> tuple[Path, dict]:
+    """Chips (GeoTIFF, 4 bands, uint16) and a block split, built with the landcover command (quick: 960 m chips
+    inside the park)."""
     chips = work / "chips"
+    subset = ["--tile-size", "960m", "--aoi", str(zion / "zion.gpkg")] if quick else ["--tile-size", TILE]
     argv = ["chips", "--image", *[str(zion / f"landsat_{b}.tif") for b in BANDS], "--labels",
-            str(zion / "nlcd2011.tif"), "--scheme", SCHEME, "--tile-size", TILE, "--rule", RULE, "--format", "tif",
+            str(zion / "nlcd2011.tif"), "--scheme", SCHEME, *subset, "--rule", RULE, "--format", "tif",
             "--region", "zion", "--out", str(chips), "--quiet"]
     chips_s, _ = landcover_cli(argv)
     split_argv = ["split", str(chips), "--blocks", str(SPLIT_BLOCKS), "--ratios", SPLIT_RATIOS, "--no-plot"]
@@ -174,7 +178,7 @@ def spectral_baseline(manifest: Path, names: list[str], s: Settings) -> dict:
     def featurize(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Features, label ids and chip ids of one split."""
         data = ChipDataset(manifest, split)
-        x = np.stack([spectral_features(read_chip(data.root / p), red=RED, nir=NIR) for p in data.frame["path"]])
+        x = np.stack([spectral_features(data.read(i), red=RED, nir=NIR) for i in range(len(data))])
         return x, data.labels, list(data.frame["chip_id"])
 
     start = time.perf_counter()
@@ -196,7 +200,8 @@ def train_args(manifest: Path, runs: Path, name: str, s: Settings) -> list[str]:
     """`landcover train` arguments shared by every landcover deep run."""
     return ["train", "--manifest", str(manifest), "--runs", str(runs), "--name", name, "--arch", ARCH,
             "--rgb-bands", *map(str, RGB_BANDS), "--input-size", str(s.input_size), "--batch-size",
-            str(s.batch_size), "--seed", str(s.seed), "--class-weights", s.class_weights, "--quiet"]
+            str(s.batch_size), "--seed", str(s.seed), "--class-weights", s.class_weights, "--quiet",
+            "--no-onnx"]  # training time only: the ONNX export at the end is not part of what is compared
 
 
 def landcover_run(manifest: Path, runs: Path, name: str, extra: list[str], s: Settings) -> dict:
@@ -584,7 +589,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="cProfile one landcover epoch even when throughput meets the target")
     parser.add_argument("--skip-torchgeo", action="store_true", help="leave TorchGeo out")
     parser.add_argument("--keep-work", action="store_true", help="keep the chips and runs folder")
+    parser.add_argument("--quick", action="store_true",
+                        help="under a minute: 1 epoch at 32 px on a small subset (checks the bench works; not "
+                             "figures of record)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.input_size, args.bare_batches = 1, 32, min(args.bare_batches or 3, 3)
     settings = Settings(args.epochs, args.input_size, args.batch_size, args.lr, args.weight_decay, args.seed,
                         args.class_weights)
     zion = find_zion()
@@ -593,10 +603,10 @@ def main(argv: list[str] | None = None) -> int:
                                "machine": machine(), "settings": vars(settings) | {"arch": ARCH,
                                                                                    "rgb_bands": RGB_BANDS,
                                                                                    "torchgeo_model": TORCHGEO_MODEL},
-                               "methods": {}}
+                               "quick": args.quick, "methods": {}}
     with workspace(args.out, args.keep_work) as work:
         say("chips and split with the landcover command ...")
-        manifest, results["dataset"] = make_dataset(zion, work)
+        manifest, results["dataset"] = make_dataset(zion, work, args.quick)
         names = class_names(manifest)
         ds = results["dataset"]
         say(f"  {ds['chips']} chips ({ds['size_px']} px, {ds['res_m']:g} m): {ds['split_sizes']}")
@@ -623,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         results["throughput"] = {"landcover_images_per_s": ours, "bare": bare,
                                  "ratio": ours / bare["images_per_s"], "target": THROUGHPUT_TARGET,
                                  "data_pipeline": data_pipeline(run)}
-        if args.profile or results["throughput"]["ratio"] < THROUGHPUT_TARGET:
+        if args.profile or (results["throughput"]["ratio"] < THROUGHPUT_TARGET and not args.quick):
             say("cProfile of one landcover fine-tuning epoch ...")
             results["throughput"]["profile"] = profile_epoch(manifest, work, settings)
     results["ratios"] = ratios(results)
@@ -632,9 +642,10 @@ def main(argv: list[str] | None = None) -> int:
     ds = results["dataset"]
     print(f"training on Zion chips, {results['date']}, {results['machine']['cores']} cores, "
           f"torch threads {results['machine']['torch_threads']}")
-    print(f"{ds['chips']} chips of {ds['size_px']} px ({TILE}, {RULE}), split {SPLIT_RATIOS} by blocks of "
-          f"{SPLIT_BLOCKS} tiles; {settings.epochs} epochs, input {settings.input_size} px, batch "
-          f"{settings.batch_size}, AdamW lr {settings.lr:g} wd {settings.weight_decay:g}, cosine")
+    print(f"{ds['chips']} chips of {ds['size_px']} px ({ds['size_px'] * ds['res_m']:g} m, {RULE}), split "
+          f"{SPLIT_RATIOS} by blocks of {SPLIT_BLOCKS} tiles; {settings.epochs} epochs, input "
+          f"{settings.input_size} px, batch {settings.batch_size}, AdamW lr {settings.lr:g} wd "
+          f"{settings.weight_decay:g}, cosine")
     splits = ("train", "valid", "test")
     print(f"  {'class':<12}" + "".join(f"{s:>7}" for s in splits))
     for label, counts in ds["class_counts"].items():

@@ -24,12 +24,12 @@ def need_data(*parts: str) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def zion() -> Path:
     return need_data("zion")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def zion_images(zion: Path) -> list[str]:
     return [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
 

@@ -186,8 +186,8 @@ def test_outputs_csv_parquet_overwrite_and_bad_requests(zion, tmp_path):
 def test_onnx_runtime_gives_the_same_table(zion, reference, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from landcover.predict.folder import predict_folder
     from landcover.onnx_graph import export_onnx
+    from landcover.predict.folder import predict_folder
 
     files, probs, _ = reference
     bundle = shutil.copytree(zion["bundle"], tmp_path / "bundle")

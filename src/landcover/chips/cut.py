@@ -31,6 +31,7 @@ from landcover.chips.folder import (
 from landcover.chips.labels import LabelRaster, LabelVector, read_layer, summarise_codes
 from landcover.chips.pairs import write_classified_tiles
 from landcover.chips.rules import REJECTIONS, Rules, judge, judge_fixed, judge_mask
+from landcover.chips.shards import SHARD_FORMATS, write_block_shards
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid, footprint, on_lattice, scene_footprint
@@ -42,7 +43,7 @@ from landcover.progress import progress_bar
 from landcover.schemes import INVALID, ClassScheme
 
 FORMATS = ("png", "tif")
-LAYOUTS = ("folders", "pairs")
+LAYOUTS = ("folders", "pairs", "shards")
 BLOCK_PX = 2048
 """Blocks of tiles are read, warped and labelled together, up to about this many pixels a side."""
 TARGET_BLOCKS = 32
@@ -66,6 +67,7 @@ class ChipJob:
     stretches: tuple[Stretch | None, ...] = ()
     resampling: str = "bilinear"
     lut: np.ndarray = field(default=None, compare=False, repr=False)
+    shard_size: int | None = None
 
     def describe(self) -> dict:
         """The job as plain data: what the manifest and chips.json record, and what a resume must match."""
@@ -81,6 +83,7 @@ class ChipJob:
             "format": self.fmt,
             "layout": self.layout,
             "resampling": self.resampling,
+            **({"shard_size": self.shard_size} if self.layout == "shards" else {}),
         }
 
 
@@ -109,17 +112,19 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
               rules: Rules, out: str | Path, *, regions: list[str] | None = None, aoi: str | Path | None = None,
               fmt: str = "png", layout: str = "folders", resampling: str = "bilinear",
               engine: Engine | None = None, overwrite: bool = False, progress: bool = True,
-              block_tiles: int | None = None, allow_empty: bool = False) -> ChipsResult:
+              block_tiles: int | None = None, allow_empty: bool = False, shard_size: int | None = None) -> ChipsResult:
     """Cut, judge and write the chips of every tile of opened scenes and labels; resume a killed run into the same
     folder. (`make_chips` takes file names and settings and calls this.)
 
     Layout `folders` writes `<class>/<key>.<fmt>`; `pairs` writes `images/<key>.tif` and `labels/<key>.tif`
-    (segmentation masks) with the Classified Tiles metadata. A point layer as labels centres a tile on each
-    point. A run that keeps no chip is an error saying why (`allow_empty` writes the empty manifest)."""
+    (segmentation masks) with the Classified Tiles metadata; `shards` writes `shards/<block>.tar` (fmt
+    'webdataset') or `.tfrecord`, one per block or per `shard_size` chips. A point layer as labels centres a
+    tile on each point. A run that keeps no chip is an error saying why (`allow_empty` writes the empty manifest)."""
     check_output(out, "folder")
     _check_output_options(scenes, labels, fmt, layout, resampling)
-    if block_tiles is not None:
-        COUNT.check(block_tiles, "--block-tiles")
+    for value, name in ((block_tiles, "--block-tiles"), (shard_size, "--shard-size")):
+        if value is not None:
+            COUNT.check(value, name)
     engine = engine or Engine()
     footprints = [scene_footprint(s, grid.crs) for s in scenes]
     if isinstance(labels, LabelRaster):
@@ -143,7 +148,7 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
                                  "to a scheme file, or to its 'ignore' list)", labels.path)
     stretches = tuple(scene_stretch(s) if fmt == "png" else None for s in scenes)
     job = ChipJob(tuple(scenes), tuple(regions or [s.name for s in scenes]), labels, scheme, grid, rules,
-                  str(Path(out).resolve()), fmt, layout, stretches, resampling, scheme.lookup())
+                  str(Path(out).resolve()), fmt, layout, stretches, resampling, scheme.lookup(), shard_size)
     point_layer = labels if isinstance(labels, LabelVector) and labels.is_points else None
     blocks, rejected = plan_blocks(grid, footprints, aoi_geom, block_tiles, point_layer)
     info = job.describe()
@@ -205,10 +210,11 @@ def _run(job: ChipJob, blocks: list[Block], rejected: Counter, info: dict, finge
 def _check_output_options(scenes: list[Scene], labels: LabelRaster | LabelVector, fmt: str, layout: str,
                           resampling: str) -> None:
     """Refuse output options that cannot work together, before anything is read or written."""
-    if fmt not in FORMATS:
-        raise LandcoverError(f"unknown chip format {fmt!r} (choose from {', '.join(FORMATS)})")
     if layout not in LAYOUTS:
         raise LandcoverError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    formats = SHARD_FORMATS if layout == "shards" else FORMATS
+    if fmt not in formats:
+        raise LandcoverError(f"--layout {layout} writes chips as {' or '.join(formats)}, not {fmt!r}")
     if resampling not in Resampling.__members__:
         raise LandcoverError(f"unknown resampling {resampling!r}")
     if layout == "pairs" and fmt != "tif":
@@ -287,7 +293,7 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
     transform = Affine(res, 0, left, 0, -res, top)
     pixels, valid = _read_block(scene, grid, transform, width, height, job.resampling)
     samples = None
-    if job.rules.points and block.fixed is None and job.layout == "folders":
+    if job.rules.points and block.fixed is None and job.layout != "pairs":
         off = job.rules.point_offsets(grid.tile) * res
         px = np.broadcast_to(block.xs[:, None, None] + off[None, None, :], (len(block.xs), len(off), len(off)))
         py = np.broadcast_to(block.ys[:, None, None] - off[None, :, None], px.shape)
@@ -302,6 +308,7 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
         pixels = stretch.apply(pixels) if stretch else pixels.astype(np.uint8)
         pixels[:, ~valid] = 0
     rows: list[dict] = []
+    chips: list[np.ndarray] = []  # layout shards: written together at the end
     rejected: Counter = Counter()
     crs_text = crs_name(grid.crs)
     size = grid.chip * res
@@ -328,6 +335,10 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
                "size_px": grid.chip, "res": res,
                "bounds": [x - grid.pad * res, y + grid.pad * res - size, x - grid.pad * res + size,
                           y + grid.pad * res]}
+        if job.layout == "shards":
+            chips.append(pixels[:, chip[0], chip[1]])
+            rows.append(row)
+            continue
         chip_transform = grid.chip_transform(x, y)
         if job.layout == "pairs":
             mask = classes[chip]
@@ -339,6 +350,8 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
             row["path"] = f"{cls.slug}/{key}.{job.fmt}"
             _write_once(job, scene, pixels[:, chip[0], chip[1]], chip_transform, row["path"])
         rows.append(row)
+    if chips:
+        write_block_shards(Path(job.out), block.id, job.fmt, job.shard_size, rows, chips)
     return block.id, rows, dict(rejected), len(block.xs)
 
 

@@ -13,14 +13,12 @@ import rasterio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
 from rasterio.features import rasterize
-from rasterio.warp import reproject
 from rasterio.windows import Window
 from rasterio.windows import from_bounds as window_from_bounds
 
 from landcover.errors import LandcoverError
-from landcover.geo.raster import crs_name, open_raster, require_crs, same_crs, transformer
+from landcover.geo.raster import crs_name, open_raster, reader, require_crs, same_crs, source_pixels, transformer
 from landcover.schemes import INVALID, ClassScheme, parse_scheme
 
 
@@ -62,8 +60,7 @@ class LabelRaster:
 
     def read_codes(self, window: Window) -> np.ndarray:
         """Raw label codes in a native window."""
-        with rasterio.open(self.path) as src:
-            return src.read(1, window=window)
+        return reader(self.path).read(1, window=window)
 
     def classes(self, window: Window, lut: np.ndarray) -> np.ndarray:
         """Class ids (INVALID for nodata and ignored codes) in a native window."""
@@ -117,11 +114,14 @@ class LabelPatch:
         return rasterio.windows.transform(self.window, self.labels.transform)
 
     def to_grid(self, crs: CRS, transform: Affine, width: int, height: int) -> np.ndarray:
-        """Class ids resampled (nearest, once) onto a grid; INVALID outside the labels."""
+        """Class ids resampled (nearest, once) onto a grid: each grid pixel takes the label pixel its centre falls
+        in; INVALID outside the labels."""
+        cols, rows = source_pixels(crs, transform, width, height, self.labels.crs, self.transform)
+        cols, rows = np.floor(cols).astype(np.intp), np.floor(rows).astype(np.intp)
+        h, w = self.classes.shape
+        inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
         out = np.full((height, width), INVALID, dtype=np.uint8)
-        reproject(self.classes, out, src_transform=self.transform, src_crs=self.labels.crs,
-                  src_nodata=INVALID, dst_transform=transform, dst_crs=crs, dst_nodata=INVALID,
-                  resampling=Resampling.nearest, init_dest_nodata=True)
+        out[inside] = self.classes[rows[inside], cols[inside]]
         return out
 
     def at_points(self, xs: np.ndarray, ys: np.ndarray, crs: CRS) -> np.ndarray:

@@ -42,7 +42,7 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
                rules: str | list[str] | None = None, max_nodata: int = 0, keep: float = 1.0, seed: int = 0,
                layout: str = "folders", fmt: str | None = None, min_labelled: float = 0.0, keep_empty: bool = False,
                overwrite: bool = False, allow_empty: bool = False, engine: Engine | str | None = None,
-               block_tiles: int | None = None, progress: bool = True,
+               block_tiles: int | None = None, shard_size: int | None = None, progress: bool = True,
                log: Callable[[str], None] | None = None) -> ChipsResult:
     """Cut imagery into tiles on a metric grid, label each tile, keep those the rules accept, and write the chips
     with a GeoParquet manifest into `out`; returns what was written (`result.summary()` says it in a few lines).
@@ -50,7 +50,9 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
     Labels are a land-cover raster (`labels`, codes mapped by `scheme`, default 'nlcd') or a vector layer
     (`labels_vector` with `burn_attribute` or `burn_value`). `rules` are 'points:K' and/or 'purity:P'
     (default points:3 for class folders). `layout` 'folders' writes <class>/<key>.png (or `fmt='tif'`);
-    'pairs' writes images/ + labels/ GeoTIFF masks for segmentation. `engine` is 'local', 'process:N' or
+    'pairs' writes images/ + labels/ GeoTIFF masks for segmentation; 'shards' encodes the chips straight into
+    WebDataset tars (`fmt='webdataset'`, the default) or TFRecord files, one per block of tiles or per
+    `shard_size` chips, the manifest recording each chip's shard and byte range. `engine` is 'local', 'process:N' or
     'ray[:N]'. A killed run, called again with the same arguments, resumes. Keeping no chip is an error that
     says why, unless `allow_empty`.
 
@@ -86,6 +88,7 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
         log(f"grid: {grid.tile} px tiles of {grid.res:g} m ({grid.tile * grid.res:g} m) on "
             f"{grid.crs.to_string()}, stride {grid.stride} px, padding {grid.pad} px")
     return cut_chips(scenes, label_source, class_scheme, grid, rule_set, out, regions=regions, aoi=aoi,
-                     fmt=fmt or ("tif" if layout == "pairs" else "png"), layout=layout, resampling=resampling,
+                     fmt=fmt or {"pairs": "tif", "shards": "webdataset"}.get(layout, "png"), layout=layout,
+                     resampling=resampling,
                      engine=Engine.of(engine), overwrite=overwrite, progress=progress, block_tiles=block_tiles,
-                     allow_empty=allow_empty)
+                     allow_empty=allow_empty, shard_size=shard_size)

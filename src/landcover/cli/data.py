@@ -71,12 +71,16 @@ def _chips_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=WHOLE.parse, default=0, help="seed for --keep (default 0)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    g.add_argument("--layout", default="folders", choices=["folders", "pairs"],
+    g.add_argument("--layout", default="folders", choices=["folders", "pairs", "shards"],
                    help="folders: <class>/<key> chips for classification; pairs: images/<key>.tif + "
-                        "labels/<key>.tif masks for segmentation (ArcGIS 'Classified Tiles')")
-    g.add_argument("--format", choices=["png", "tif"],
+                        "labels/<key>.tif masks for segmentation (ArcGIS 'Classified Tiles'); shards: chips "
+                        "encoded straight into a few WebDataset or TFRecord files (one per block of tiles)")
+    g.add_argument("--format", choices=["png", "tif", "webdataset", "tfrecord"],
                    help="png: 8-bit, percentile-stretched per scene; tif: all bands, native dtype, LZW, "
-                        "georeferenced (default: png for folders, tif for pairs)")
+                        "georeferenced (default: png for folders, tif for pairs); shards: webdataset (default) or "
+                        "tfrecord, all bands in the native dtype")
+    g.add_argument("--shard-size", type=COUNT.parse, metavar="N",
+                   help="shards: at most N chips a shard (default: one shard per block of tiles)")
     g.add_argument("--min-labelled", type=FRACTION.parse, default=0.0, metavar="F",
                    help="pairs: reject tiles whose mask has less than a fraction F of labelled pixels")
     g.add_argument("--keep-empty", action="store_true", help="pairs: also keep tiles with no labelled pixel")
@@ -102,6 +106,7 @@ def _run_chips(args: argparse.Namespace) -> None:
         keep=args.keep, seed=args.seed, layout=args.layout, fmt=args.format, min_labelled=args.min_labelled,
         keep_empty=args.keep_empty, overwrite=args.overwrite, allow_empty=args.allow_empty,
         engine=Engine.choose(args.engine, args.workers, args.ray_address), block_tiles=args.block_tiles,
+        shard_size=args.shard_size,
         progress=not args.quiet, log=None if args.quiet else lambda line: print(line, file=sys.stderr))
     print(result.summary())
 

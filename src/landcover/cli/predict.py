@@ -88,7 +88,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_onnx_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-onnx", help="(re)write a bundle's ONNX graph (training writes one when onnx is installed)",
+    p = sub.add_parser("export-onnx", help="(re)write a bundle's ONNX graph (training writes one)",
                        description="Export the bundle's network to BUNDLE/model.onnx (dynamic batch), check it "
                                    "against torch on a test batch, and record the check in BUNDLE/onnx.json.")
     p.add_argument("bundle", metavar="BUNDLE", help="a model bundle folder")

@@ -325,7 +325,8 @@ def split_frame(frame: gpd.GeoDataFrame, spec: SplitSpec, info: dict | None = No
     if len(frame) < len(names):
         raise LandcoverError(f"{len(frame)} chips cannot fill {len(names)} splits", source)
     balance = parse_balance(spec.balance)
-    order = np.argsort(frame["path"].astype(str).to_numpy(), kind="stable")  # row order does not matter
+    # row order does not matter (chips in one shard share a path: their chip_id orders them)
+    order = np.lexsort((frame["chip_id"].astype(str).to_numpy(), frame["path"].astype(str).to_numpy()))
     rows = frame.iloc[order]
     labels = _labels(rows).to_numpy()
     groups: dict = {}
@@ -407,6 +408,9 @@ def split_manifest(path: str | Path, ratios: str | tuple[float, ...] = "80:20", 
     if path.is_dir():
         path = path / "manifest.parquet"
     frame, info = read_manifest(path)
+    if materialize and info.get("layout") == "shards":
+        raise LandcoverError("--materialize links chip files into a folder tree, and these chips are in shards: "
+                             "`landcover export --format webdataset` (or tfrecord) writes them per split", path)
     target = check_tree_target(Path(materialize)) if materialize else None
     result = split_frame(frame, spec, info, path)
     root = path.parent

@@ -11,12 +11,12 @@ from landcover.bundle import Bundle, load_bundle
 from landcover.errors import LandcoverError
 from landcover.evaluate import Report, evaluate_predictions, write_report
 from landcover.progress import progress_bar
-from landcover.train.data import ChipDataset, read_chip
+from landcover.train.data import ChipDataset
 
 
 def check_compatible(bundle: Bundle, dataset: ChipDataset) -> None:
     """Refuse chips the bundle cannot read: too few bands, or classes it does not know."""
-    chip = read_chip(dataset.root / dataset.frame["path"].iat[0])
+    chip = dataset.read(0)
     need = max(bundle.input.bands) + 1
     if chip.shape[0] < need:
         raise LandcoverError(f"the bundle reads {need} bands but the chips have {chip.shape[0]}", dataset.path)

@@ -240,7 +240,8 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
             skipped=total - sum(len(results[b.id].rows) for b in blocks), resumed=resumed,
             seconds=time.perf_counter() - started,
             seconds_read=sum(results[b.id].seconds_read for b in todo),
-            seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores, runtime=runtime)
+            seconds_infer=sum(results[b.id].seconds_infer for b in todo), reading=reading, scores=scores,
+            runtime=runtime)
         summary = {"bundle": tags["LANDCOVER_BUNDLE"], "images": json.loads(tags["LANDCOVER_IMAGES"]), "bands": picks,
                    "grid": grid.to_dict(), "reading": reading, "cells": [job.rows, job.cols], "stride_m": grid.step,
                    "max_nodata": max_nodata, "aoi": str(aoi) if aoi else None, "smooth": smooth, "runtime": runtime,

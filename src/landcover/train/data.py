@@ -1,4 +1,5 @@
-"""Torch datasets over a manifest: chips read from disk, their scaling statistics, augmentation."""
+"""Torch datasets over a manifest: chips read from disk (files, or byte ranges of shards), their scaling statistics,
+augmentation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import rasterio
 import torch
 from PIL import Image
 
+from landcover.datasets.formats.members import read_member_array
 from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest
 
@@ -33,11 +35,34 @@ def read_chip(path: str | Path) -> np.ndarray:
         raise LandcoverError(f"cannot read chip ({str(exc).splitlines()[0]})", path) from None
 
 
+def in_shards(frame: pd.DataFrame) -> bool:
+    """Whether a manifest's chips are members of shards (`landcover chips --layout shards`) rather than files."""
+    return "byte_offset" in frame.columns
+
+
+def read_row(root: Path, frame: pd.DataFrame, index: int) -> np.ndarray:
+    """The chip of one manifest row (by position): its file, or its byte range in a shard."""
+    if in_shards(frame):
+        return read_member_array(root / frame["path"].iat[index], frame["byte_offset"].iat[index],
+                                 frame["byte_count"].iat[index], frame["chip_id"].iat[index])
+    return read_chip(root / frame["path"].iat[index])
+
+
+def read_rows(root: Path, frame: pd.DataFrame) -> list[np.ndarray]:
+    """The chips of every row, in row order; shards are read one after another, each member in file order."""
+    order = (np.lexsort((frame["byte_offset"].to_numpy(), frame["path"].to_numpy())) if in_shards(frame)
+             else range(len(frame)))
+    chips: list = [None] * len(frame)
+    for i in order:
+        chips[i] = read_row(root, frame, i)
+    return chips
+
+
 def scaling_for(frame: pd.DataFrame, root: Path, bands: tuple[int, ...], sample: int = 256,
                 seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-band (low, high) that map chips to [0, 1]: (0, 255) for 8-bit, else percentiles of a sample."""
     picks = frame.sample(min(sample, len(frame)), random_state=seed)
-    chips = [read_chip(root / p) for p in picks["path"]]
+    chips = read_rows(root, picks)
     if chips[0].dtype == np.uint8:
         return tuple(0.0 for _ in bands), tuple(255.0 for _ in bands)
     stack = np.concatenate([c[list(bands)].reshape(len(bands), -1) for c in chips], axis=1).astype(np.float64)
@@ -46,7 +71,8 @@ def scaling_for(frame: pd.DataFrame, root: Path, bands: tuple[int, ...], sample:
 
 
 class ChipDataset(torch.utils.data.Dataset):
-    """The chips of one split of a manifest: (raw pixels as a float tensor, class id)."""
+    """The chips of one split of a manifest: (raw pixels as a float tensor, class id). A split that fits in
+    PRELOAD_BYTES is read once; a larger one is read chip by chip (a shard chip is one seek and read)."""
 
     def __init__(self, manifest: str | Path, split: str | None = None, augment: bool = False,
                  frame: pd.DataFrame | None = None, preload: bool | None = None):
@@ -70,18 +96,21 @@ class ChipDataset(torch.utils.data.Dataset):
         self.path = path
         self.chips: list[np.ndarray] | None = None
         if preload or (preload is None and len(self.frame) and self._bytes() <= PRELOAD_BYTES):
-            self.chips = [read_chip(self.root / p) for p in self.frame["path"]]
+            self.chips = read_rows(self.root, self.frame)
+
+    def read(self, index: int) -> np.ndarray:
+        """The raw chip at a position, as stored (bands, height, width)."""
+        return self.chips[index] if self.chips is not None else read_row(self.root, self.frame, index)
 
     def _bytes(self) -> int:
         """Memory the split's chips take once read (estimated from the first chip)."""
-        return read_chip(self.root / self.frame["path"].iat[0]).nbytes * len(self.frame)
+        return self.read(0).nbytes * len(self.frame)
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        chip = self.chips[index] if self.chips is not None else read_chip(self.root / self.frame["path"].iat[index])
-        x = torch.from_numpy(chip.astype(np.float32))
+        x = torch.from_numpy(self.read(index).astype(np.float32))
         if self.augment:  # flips and 90-degree turns: the eight symmetries of a square chip
             g = torch.randint(0, 8, ()).item()
             x = torch.rot90(x, g % 4, dims=(1, 2))

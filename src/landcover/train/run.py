@@ -12,7 +12,7 @@ from landcover.bundle import Bundle, InputSpec
 from landcover.errors import LandcoverError
 from landcover.models.backbones import build_model
 from landcover.train.config import TrainConfig
-from landcover.train.data import ChipDataset, read_chip, scaling_for
+from landcover.train.data import ChipDataset, scaling_for
 
 
 def chip_source(info: dict) -> dict:
@@ -49,7 +49,7 @@ class Run:
             if unknown:
                 raise LandcoverError(f"classes {unknown} are not in the manifest's scheme "
                                      f"{info['scheme'].get('name')!r}", dataset.path)
-        first = read_chip(self.train.root / self.train.frame["path"].iat[0])
+        first = self.train.read(0)
         bands = tuple(b - 1 for b in config.bands) if config.bands else tuple(range(first.shape[0]))
         if max(bands) >= first.shape[0] or min(bands) < 0:
             raise LandcoverError(f"bands {config.bands} are out of range: the chips have {first.shape[0]} bands",

@@ -1,6 +1,7 @@
-"""CRC-32C (Castagnoli), the checksum TFRecord framing uses, in numpy: no compiled dependency.
+"""CRC-32C (Castagnoli), the checksum TFRecord framing uses: google-crc32c's compiled code when it is installed
+(a dependency; about 0.5 us for a 2 KB chip), else this numpy version (about 240 us).
 
-Short inputs run a byte loop over the classic 256-entry table. Long ones are cut into many lanes that
+In numpy, short inputs run a byte loop over the classic 256-entry table. Long ones are cut into many lanes that
 advance together, four bytes a step through two 65,536-entry tables; the lanes' CRCs are then joined
 pairwise, shifting the left one over the right one's length by a precomputed GF(2) operator.
 """
@@ -68,8 +69,21 @@ def _shift(tables: np.ndarray, v: np.ndarray) -> np.ndarray:
     return tables[0][v & 0xFF] ^ tables[1][(v >> 8) & 0xFF] ^ tables[2][(v >> 16) & 0xFF] ^ tables[3][v >> 24]
 
 
+try:
+    import google_crc32c as _compiled
+except ImportError:  # pragma: no cover - the numpy version below stands in
+    _compiled = None
+
+
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """The CRC-32C of data (continuing from a previous crc, as zlib.crc32 does)."""
+    if _compiled is not None:
+        return _compiled.extend(crc, bytes(data))
+    return crc32c_numpy(data, crc)
+
+
+def crc32c_numpy(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """`crc32c` in numpy alone."""
     n = len(data)
     if n <= SHORT:
         reg, t = crc ^ 0xFFFFFFFF, _TABLE_LIST

@@ -115,6 +115,9 @@ def export(manifest: str | Path, out: str | Path, fmt: str, *, shards: int = 1, 
     if manifest.is_dir():
         manifest = manifest / "manifest.parquet"
     frame, info = read_manifest(manifest)
+    if fmt == "mapfile" and "byte_offset" in frame.columns:
+        raise LandcoverError("map files list chip files, and these chips are in shards: export them as webdataset "
+                             "or tfrecord", manifest)
     root = manifest.resolve().parent
     groups, left_out = _groups(frame, root, splits, manifest)
     classes = class_names(frame, info, manifest)
@@ -122,11 +125,14 @@ def export(manifest: str | Path, out: str | Path, fmt: str, *, shards: int = 1, 
         if shards > len(samples):
             where = "the manifest" if prefix == NO_SPLIT else f"split {prefix!r}"
             raise LandcoverError(f"--shards {shards} is more than the {len(samples)} chips of {where}")
+    checked: set[str] = set()
     for samples in groups.values():
         for s in samples:
             for path in (s.path, s.mask_path):
-                if path is not None and not os.path.isfile(path):
-                    raise LandcoverError(f"chip {s.chip_id}: file missing", path)
+                if path is not None and path not in checked:
+                    if not os.path.isfile(path):
+                        raise LandcoverError(f"chip {s.chip_id}: file missing", path)
+                    checked.add(path)
     plan = plan_shards(groups, fmt, shards, shuffle, seed)
     with output_lock(out):
         out, created = _prepare_out(Path(out), overwrite)
@@ -186,6 +192,7 @@ def _groups(frame: pd.DataFrame, root: Path, splits: list[str] | None,
     order = sorted(present, key=lambda p: (p == NO_SPLIT, p not in SPLIT_ORDER,
                                            SPLIT_ORDER.index(p) if p in SPLIT_ORDER else 0, p))
     mask_paths = frame["label_path"] if "label_path" in frame.columns else None
+    sharded = "byte_offset" in frame.columns
     bounds = frame.geometry.bounds.to_numpy()
     groups: dict[str, list[Sample]] = {p: [] for p in order}
     for i, row in enumerate(frame.itertuples(index=False)):
@@ -196,13 +203,15 @@ def _groups(frame: pd.DataFrame, root: Path, splits: list[str] | None,
         if label_id < NO_CLASS:
             raise LandcoverError(f"chip {row.chip_id}: label_id {label_id} is not a class id", manifest)
         mask = mask_paths.iloc[i] if mask_paths is not None else None
-        file_type(row.path)  # PNG or GeoTIFF, else an error naming the file
+        if not sharded:
+            file_type(row.path)  # PNG or GeoTIFF, else an error naming the file
         groups[prefix].append(Sample(
             chip_id=str(row.chip_id), label=_text(row.label), label_id=label_id, path=str(root / row.path),
             region=_text(getattr(row, "region", None)), scene=_text(getattr(row, "scene", None)),
             split=None if prefix == NO_SPLIT else prefix, crs=_text(getattr(row, "crs", None)),
             bounds=tuple(float(v) for v in bounds[i]),
-            mask_path=None if mask is None or pd.isna(mask) else str(root / mask)))
+            mask_path=None if mask is None or pd.isna(mask) else str(root / mask),
+            offset=int(row.byte_offset) if sharded else None, length=int(row.byte_count) if sharded else None))
     return groups, left_out
 
 
@@ -296,8 +305,8 @@ def _split_info(plan: list[Shard], root: Path) -> str:
     writer.writerow(["file", "shard", "index", "class name", "class id"])
     for shard in plan:
         for index, s in enumerate(shard.samples):
-            writer.writerow([Path(os.path.relpath(s.path, root)).as_posix(), shard.name, index, s.label or "",
-                             s.label_id])
+            where = Path(os.path.relpath(s.path, root)).as_posix() + (f"#{s.chip_id}" if s.in_shard else "")
+            writer.writerow([where, shard.name, index, s.label or "", s.label_id])
     return buf.getvalue()
 
 

@@ -1,4 +1,7 @@
-"""One chip on its way into a dataset file: its manifest facts, and its pixels as file bytes or an array."""
+"""One chip on its way into a dataset file: its manifest facts, and its pixels as file bytes or an array.
+
+A chip is a file (`path`), or a member of a shard that `landcover chips --layout shards` wrote (`path` the shard,
+`offset` and `length` its byte range: a .npy member of a tar, or a tf.train.Example of a TFRecord file)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import numpy as np
 from PIL import Image
 from rasterio.io import MemoryFile
 
+from landcover.datasets.formats.members import NPY_MAGIC, decode_member, npy_bytes, read_member
 from landcover.errors import LandcoverError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,14 +34,28 @@ class Sample:
     crs: str | None = None
     bounds: tuple[float, float, float, float] | None = None
     mask_path: str | None = None
+    offset: int | None = None
+    length: int | None = None
+
+    @property
+    def in_shard(self) -> bool:
+        """Whether the chip is a member of a shard rather than a file of its own."""
+        return self.offset is not None
 
     @property
     def ext(self) -> str:
-        """The chip's file type as the formats name it: 'png' or 'tif'."""
-        return file_type(self.path)
+        """The chip's file type as the formats name it: 'png', 'tif', or 'npy' (pixels from a shard)."""
+        return "npy" if self.in_shard else file_type(self.path)
+
+    def member_bytes(self) -> bytes:
+        """A shard chip's bytes as the shard holds them (a .npy file, or a tf.train.Example)."""
+        return read_member(self.path, self.offset, self.length, self.chip_id)
 
     def image_bytes(self) -> bytes:
-        """The chip file, byte for byte."""
+        """The chip file, byte for byte (for a chip in a shard: its pixels as a .npy file)."""
+        if self.in_shard:
+            data = self.member_bytes()
+            return data if data.startswith(NPY_MAGIC) else npy_bytes(decode_member(data, self.path, self.chip_id))
         return _read(self.path, self.chip_id)
 
     def image_array(self) -> np.ndarray:
@@ -71,7 +89,9 @@ def file_type(path: str | Path) -> str:
 
 
 def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
-    """PNG or TIFF file bytes as an array (bands, height, width) in the file's dtype."""
+    """PNG, TIFF or .npy file bytes as an array (bands, height, width) in the file's dtype."""
+    if data.startswith(NPY_MAGIC):
+        return np.load(io.BytesIO(data), allow_pickle=False)
     if data.startswith(PNG_MAGIC):
         with Image.open(io.BytesIO(data)) as im:
             array = np.asarray(im)
@@ -79,7 +99,7 @@ def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
     if data[:4] in TIFF_MAGICS:
         with MemoryFile(data) as mem, mem.open() as src:
             return src.read()
-    raise LandcoverError("not a PNG or TIFF image", source)
+    raise LandcoverError("not a PNG, TIFF or .npy image", source)
 
 
 def squeeze_mask(array: np.ndarray) -> np.ndarray:

@@ -1,200 +1,29 @@
-"""TFRecord files of `tf.train.Example` records, written and read without TensorFlow.
+"""TFRecord files of chips: one `tf.train.Example` per chip (framing and encoding in example.py).
 
-A TFRecord file is a run of records, each framed as
-    uint64 length | uint32 masked CRC-32C of those 8 bytes | data | uint32 masked CRC-32C of data
-(little-endian). The data is a serialized `tf.train.Example` protocol buffer:
-    Example  { Features features = 1; }
-    Features { map<string, Feature> feature = 1; }   (map entries: key = 1, value = 2)
-    Feature  { oneof kind { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
-    BytesList { repeated bytes value = 1; }  FloatList { repeated float value = 1 [packed]; }
-    Int64List { repeated int64 value = 1 [packed]; }
-Map entries are written sorted by key, so a shard's bytes depend only on its samples.
+Features: image/chip_id, image/class/label, image/class/text, and either image/encoded + image/format (the chip
+file's bytes, encoding 'raw') or image/array + image/shape + image/dtype with image/format 'raw' (its pixels,
+encoding 'array'); mask/... the same for segmentation masks.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-
-from landcover.datasets.formats.crc32c import masked_crc32c
+from landcover.datasets.formats.example import (
+    FeatureValue,
+    array_features,
+    array_from_features,
+    decode_example,
+    encode_example,
+    frame_record,
+    read_records,
+)
 from landcover.datasets.formats.sample import Sample, decode_image, file_type, squeeze_mask
 from landcover.errors import LandcoverError
 
 ENCODINGS = ("raw", "array")
-BYTES, FLOAT, INT64 = 1, 2, 3  # the Feature oneof's field numbers
-FeatureValue = Sequence[bytes] | Sequence[int] | Sequence[float] | np.ndarray
 
-
-# --- framing ---------------------------------------------------------------------------------------------
-
-def frame_record(data: bytes) -> bytes:
-    """One record with its TFRecord framing."""
-    header = struct.pack("<Q", len(data))
-    return b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
-                     struct.pack("<I", masked_crc32c(data))))
-
-
-def read_records(path: str | Path, verify: bool = True) -> Iterator[bytes]:
-    """The records of one TFRecord file; a wrong CRC or a cut-off record is an error naming the byte."""
-    with open(path, "rb") as f:
-        index = 0
-        while True:
-            offset = f.tell()
-            header = f.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise LandcoverError(f"corrupt TFRecord: record {index} at byte {offset} is cut off", path)
-            length, length_crc = struct.unpack("<QI", header)
-            if verify and masked_crc32c(header[:8]) != length_crc:
-                raise LandcoverError(f"corrupt TFRecord: record {index} at byte {offset}: length CRC mismatch",
-                                     path)
-            data = f.read(length)
-            tail = f.read(4)
-            if len(data) < length or len(tail) < 4:
-                raise LandcoverError(f"corrupt TFRecord: record {index} at byte {offset} is cut off", path)
-            if verify and masked_crc32c(data) != struct.unpack("<I", tail)[0]:
-                raise LandcoverError(f"corrupt TFRecord: record {index} at byte {offset}: data CRC mismatch",
-                                     path)
-            yield data
-            index += 1
-
-
-# --- tf.train.Example wire encoding ---------------------------------------------------------------------
-
-def _varint(value: int) -> bytes:
-    value &= 0xFFFFFFFFFFFFFFFF  # negative int64s as their two's complement, ten bytes
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _feature(values: FeatureValue) -> bytes:
-    if isinstance(values, bytes | str | int | float):
-        values = [values]
-    if isinstance(values, np.ndarray):
-        kind = FLOAT if values.dtype.kind == "f" else INT64 if values.dtype.kind in "iub" else BYTES
-        values = values.ravel().tolist()
-    else:
-        values = list(values)
-        first = values[0] if values else b""
-        kind = (FLOAT if isinstance(first, float | np.floating) else
-                INT64 if isinstance(first, int | np.integer) else BYTES)
-    if kind == BYTES:
-        payload = b"".join(_field(1, v.encode() if isinstance(v, str) else bytes(v)) for v in values)
-    elif kind == FLOAT:
-        payload = _field(1, struct.pack(f"<{len(values)}f", *values)) if values else b""
-    else:
-        payload = _field(1, b"".join(_varint(int(v)) for v in values)) if values else b""
-    return _field(kind, payload)
-
-
-def encode_example(features: Mapping[str, FeatureValue]) -> bytes:
-    """A serialized tf.train.Example. Values: bytes/str lists become bytes_list, ints int64_list, floats
-    float_list (float32); a scalar is a one-value list; an empty list is an empty bytes_list."""
-    entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, _feature(features[key])))
-                       for key in sorted(features))
-    return _field(1, entries)
-
-
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(view):
-            raise ValueError("truncated varint")
-        b = view[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(data: bytes | memoryview) -> Iterator[tuple[int, int, object]]:
-    """(field number, wire type, value) of each field of one protocol buffer message."""
-    view, pos = memoryview(data), 0
-    while pos < len(view):
-        key, pos = _read_varint(view, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(view, pos)
-        elif wire in (1, 2, 5):
-            size = 8 if wire == 1 else 4 if wire == 5 else None
-            if size is None:
-                size, pos = _read_varint(view, pos)
-            value, pos = view[pos:pos + size], pos + size
-            if pos > len(view):
-                raise ValueError("truncated field")
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        yield number, wire, value
-
-
-def _signed(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _decode_feature(data: memoryview) -> list:
-    values: list = []
-    for kind, _, body in _fields(data):  # the oneof: the last kind present wins, as in protobuf
-        values = []
-        for number, wire, item in _fields(body):
-            if number != 1:
-                continue
-            if kind == BYTES:
-                values.append(bytes(item))
-            elif kind == FLOAT:
-                values.extend(struct.unpack(f"<{len(item) // 4}f", item) if wire == 2 else
-                              struct.unpack("<f", item))
-            elif kind == INT64:
-                if wire == 0:
-                    values.append(_signed(item))
-                else:
-                    values.extend(_signed(v) for v in _packed_varints(item))
-    return values
-
-
-def _packed_varints(packed: memoryview) -> Iterator[int]:
-    pos = 0
-    while pos < len(packed):
-        value, pos = _read_varint(packed, pos)
-        yield value
-
-
-def decode_example(data: bytes) -> dict[str, list]:
-    """A serialized tf.train.Example as {feature name: list of bytes, ints or floats}."""
-    try:
-        features: dict[str, list] = {}
-        for number, _, body in _fields(data):
-            if number != 1:
-                continue
-            for entry_number, _, entry in _fields(body):
-                if entry_number != 1:
-                    continue
-                key, value = "", memoryview(b"")
-                for n, _, part in _fields(entry):
-                    if n == 1:
-                        key = bytes(part).decode()
-                    elif n == 2:
-                        value = part
-                features[key] = _decode_feature(value)
-        return features
-    except (ValueError, struct.error, UnicodeDecodeError, IndexError) as exc:
-        raise ValueError(f"not a tf.train.Example ({exc})") from None
-
-
-# --- samples -------------------------------------------------------------------------------------------
 
 def sample_features(sample: Sample, encoding: str = "raw") -> dict[str, FeatureValue]:
     """The Example features of one chip: the file's bytes ('raw') or its decoded pixels ('array')."""
@@ -206,19 +35,13 @@ def sample_features(sample: Sample, encoding: str = "raw") -> dict[str, FeatureV
         if sample.mask_path is not None:
             features.update({"mask/encoded": [sample.mask_bytes()], "mask/format": [file_type(sample.mask_path)]})
     elif encoding == "array":
-        features.update(_array_features("image", sample.image_array()))
+        features.update(array_features("image", sample.image_array()))
         features["image/format"] = [b"raw"]
         if sample.mask_path is not None:
-            features.update(_array_features("mask", sample.mask_array()))
+            features.update(array_features("mask", sample.mask_array()))
     else:
         raise LandcoverError(f"unknown encoding {encoding!r} (choose from {', '.join(ENCODINGS)})")
     return features
-
-
-def _array_features(prefix: str, array: np.ndarray) -> dict[str, FeatureValue]:
-    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return {f"{prefix}/array": [np.ascontiguousarray(little).tobytes()], f"{prefix}/shape": list(array.shape),
-            f"{prefix}/dtype": [array.dtype.name]}
 
 
 def write_tfrecord(path: str | Path, samples: Iterable[Sample], encoding: str = "raw") -> int:
@@ -226,7 +49,11 @@ def write_tfrecord(path: str | Path, samples: Iterable[Sample], encoding: str = 
     n = 0
     with open(path, "wb") as f:
         for sample in samples:
-            f.write(frame_record(encode_example(sample_features(sample, encoding))))
+            if encoding == "array" and sample.in_shard and Path(sample.path).suffix == ".tfrecord":
+                data = sample.member_bytes()  # already this Example: copied, not decoded
+            else:
+                data = encode_example(sample_features(sample, encoding))
+            f.write(frame_record(data))
             n += 1
     return n
 
@@ -249,18 +76,12 @@ def _sample_dict(features: dict[str, list], decode: bool) -> dict:
     out = {"chip_id": features["image/chip_id"][0].decode(), "label": features["image/class/text"][0].decode() or None,
            "label_id": int(features["image/class/label"][0]), "format": features["image/format"][0].decode()}
     if "image/array" in features:
-        out["image"] = _array(features, "image")
+        out["image"] = array_from_features(features, "image")
     else:
         out["image"] = decode_image(features["image/encoded"][0]) if decode else features["image/encoded"][0]
     if "mask/array" in features:
-        out["mask"] = _array(features, "mask")
+        out["mask"] = array_from_features(features, "mask")
     elif "mask/encoded" in features:
         data = features["mask/encoded"][0]
         out["mask"] = squeeze_mask(decode_image(data)) if decode else data
     return out
-
-
-def _array(features: dict[str, list], prefix: str) -> np.ndarray:
-    dtype = np.dtype(features[f"{prefix}/dtype"][0].decode())
-    flat = np.frombuffer(features[f"{prefix}/array"][0], dtype.newbyteorder("<"))
-    return flat.reshape(features[f"{prefix}/shape"]).astype(dtype)

@@ -1,16 +1,15 @@
 """WebDataset shards: plain tar files where the files of one sample share a key and sit together.
 
-Per sample: `<key>.png` or `<key>.tif` (the chip file as is), `<key>.cls` (label id as text),
-`<key>.json` (chip_id, label, label_id, region, scene, split, crs, bounds) and, for segmentation,
-`<key>.mask.tif`. WebDataset splits a name at its first dot into key and field, so a key holds no dot: it
-is the chip_id with '%', '.', '/', '\\' and whitespace percent-escaped ('s16-r0.5-...' becomes
-'s16-r0%2E5-...'), which `chip_id_from_key` undoes. Tar headers carry no time or owner, so a shard's
-bytes depend only on its samples.
+Per sample: `<key>.png` or `<key>.tif` (the chip file as is) or `<key>.npy` (the pixels as a NumPy array file:
+chips cut straight into shards), `<key>.cls` (label id as text), `<key>.json` (chip_id, label, label_id, region,
+scene, split, crs, bounds) and, for segmentation, `<key>.mask.tif`. WebDataset splits a name at its first dot
+into key and field, so a key holds no dot: it is the chip_id with '%', '.', '/', '\\' and whitespace
+percent-escaped ('s16-r0.5-...' becomes 's16-r0%2E5-...'), which `chip_id_from_key` undoes. Tar headers (POSIX
+ustar, written by members.tar_member) carry no time or owner, so a shard's bytes depend only on its samples.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tarfile
@@ -18,11 +17,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
+from landcover.datasets.formats.members import TAR_END, tar_member
 from landcover.datasets.formats.sample import Sample, decode_image, file_type, squeeze_mask
 from landcover.errors import LandcoverError
 
 _UNSAFE = re.compile(r"[%./\\\s]")
-IMAGE_EXTS = ("png", "tif")
+IMAGE_EXTS = ("png", "tif", "npy")
 
 
 def sample_key(chip_id: str) -> str:
@@ -38,22 +38,17 @@ def chip_id_from_key(key: str) -> str:
 def write_webdataset(path: str | Path, samples: Iterable[Sample]) -> int:
     """Write samples as one tar shard; returns how many."""
     n = 0
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+    with open(path, "wb") as f:
         for sample in samples:
             key = sample_key(sample.chip_id)
-            _add(tar, f"{key}.{sample.ext}", sample.image_bytes())
-            _add(tar, f"{key}.cls", str(int(sample.label_id)).encode())
-            _add(tar, f"{key}.json", json.dumps(sample.meta(), sort_keys=True).encode())
+            f.write(tar_member(f"{key}.{sample.ext}", sample.image_bytes()))
+            f.write(tar_member(f"{key}.cls", str(int(sample.label_id)).encode()))
+            f.write(tar_member(f"{key}.json", json.dumps(sample.meta(), sort_keys=True).encode()))
             if sample.mask_path is not None:
-                _add(tar, f"{key}.mask.{file_type(sample.mask_path)}", sample.mask_bytes())
+                f.write(tar_member(f"{key}.mask.{file_type(sample.mask_path)}", sample.mask_bytes()))
             n += 1
+        f.write(TAR_END)
     return n
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0
-    tar.addfile(info, io.BytesIO(data))
 
 
 def read_webdataset(paths: str | Path | Iterable[str | Path], decode: bool = False) -> Iterator[dict]:

@@ -1,0 +1,64 @@
+"""Every bench runs: `python bench/<name>.py --quick` completes on the real data and writes its JSON, so a change
+that breaks a bench fails here, not months later. Timings are not asserted (benches run on an idle machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, need_data
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(name: str, out: Path) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, f"bench/{name}.py --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_chips_bench(tmp_path):
+    need_data("zion")
+    done = run_bench("chips", tmp_path)
+    result = json.loads((tmp_path / "chips.json").read_text())
+    assert result["quick"] and "landcover keepall shards webdataset w1" in done.stdout
+    runs = {(r["config"], r["layout"]): r for r in result["landcover"]}
+    assert runs[("keepall", "shards")]["chips"] == result["grid"]["tiles"] == 6230
+    assert runs[("keepall", "shards")]["files"] < 100 < runs[("points3", "folders")]["files"]
+    exact = result["shards_exact"]
+    assert exact["chips"] == exact["equal"] == 200
+    assert result["per_pixel"]["label_agreement"] == 1.0
+    assert not list(tmp_path.glob("work-*")), "the bench left its work folder"
+
+
+def test_train_bench(tmp_path):
+    need_data("zion")
+    run_bench("train", tmp_path)
+    result = json.loads((tmp_path / "train.json").read_text())
+    assert result["quick"] and result["settings"]["epochs"] == 1 and result["dataset"]["chips"] > 100
+    for method in ("spectral", "features", "head", "all"):
+        assert 0 <= result["methods"][method]["test_accuracy"] <= 1
+    assert result["methods"]["spectral"]["test_accuracy"] > 0.7
+    assert result["throughput"]["bare"]["images_per_s"] > 0
+
+
+def test_predict_bench(tmp_path):
+    need_data("naip_nd")
+    run_bench("predict", tmp_path)
+    result = json.loads((tmp_path / "predict.json").read_text())
+    assert result["quick"] and result["large"]["windows"] == 16 and result["small"]["windows"] == 4
+    assert result["large"]["runtime"] == "torch" and result["large_onnx"]["runtime"] == "onnx"
+    assert result["engines"]["local, default runtime"]["runtime"] == "onnx"
+
+
+def test_onnx_speed_bench(tmp_path):
+    need_data("zion")
+    run_bench("onnx_speed", tmp_path)
+    result = json.loads((tmp_path / "onnx.json").read_text())
+    assert {(t["bundle"], t["runtime"]) for t in result["timings"]} == {
+        ("finetune", "torch"), ("finetune", "onnx"), ("features", "torch"), ("features", "onnx")}
+    assert all(e["max_abs_diff"] <= 1e-4 for e in result["exports"].values())
