@@ -18,7 +18,15 @@ from rasterio.windows import Window
 from rasterio.windows import from_bounds as window_from_bounds
 
 from landcover.errors import LandcoverError
-from landcover.geo.raster import crs_name, open_raster, reader, require_crs, same_crs, source_pixels, transformer
+from landcover.geo.raster import (
+    crs_name,
+    open_raster,
+    read_from,
+    require_crs,
+    same_crs,
+    source_pixels,
+    transformer,
+)
 from landcover.schemes import INVALID, ClassScheme, parse_scheme
 
 
@@ -60,7 +68,7 @@ class LabelRaster:
 
     def read_codes(self, window: Window) -> np.ndarray:
         """Raw label codes in a native window."""
-        return reader(self.path).read(1, window=window)
+        return read_from(self.path, lambda src: src.read(1, window=window))
 
     def classes(self, window: Window, lut: np.ndarray) -> np.ndarray:
         """Class ids (INVALID for nodata and ignored codes) in a native window."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,27 +35,37 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
 
 
 OPEN_READERS = 16
-"""Datasets a process keeps open for `reader` (opening a GeoTIFF costs about 3 ms; a chips or predict worker reads
-many blocks from the same few files)."""
-_readers: OrderedDict[tuple, rasterio.DatasetReader] = OrderedDict()
+"""Datasets a process keeps open for `read_from` (opening a GeoTIFF costs about 3 ms; a chips or predict worker
+reads many blocks from the same few files)."""
+REOPEN_AFTER_BYTES = 64 << 20
+"""An open dataset is closed and reopened after this many bytes were read from it. GDAL keeps the blocks of an open
+dataset in its cache (up to 5% of RAM by default): streaming once through a 16k x 16k raster from one open dataset
+grew a process by 1 GB that no read used again. Closing drops them; capping GDAL_CACHEMAX instead slowed every
+read by a third."""
+_readers: OrderedDict[tuple, list] = OrderedDict()  # key -> [dataset, bytes read since it was opened]
 
 
-def reader(path: str | Path) -> rasterio.DatasetReader:
-    """An open dataset for reading windows, kept open in this process while the file is unchanged (keyed on the
-    process id too: a forked worker opens its own, never sharing a file offset with its parent). Do not close it."""
+def read_from(path: str | Path, read: Callable[[rasterio.DatasetReader], np.ndarray]) -> np.ndarray:
+    """`read(dataset)` on a dataset kept open in this process while the file is unchanged (keyed on the process id
+    too: a forked worker opens its own, never sharing a file offset with its parent)."""
     path = str(path)
     try:
         stat = os.stat(path)
         key = (os.getpid(), path, stat.st_mtime_ns, stat.st_size)
     except OSError:  # a remote or /vsi path: no file to watch
         key = (os.getpid(), path, None, None)
-    src = _readers.pop(key, None)
-    if src is None or src.closed:
-        src = open_raster(path)
+    entry = _readers.pop(key, None)
+    if entry is None:
+        entry = [open_raster(path), 0]
         while len(_readers) >= OPEN_READERS:
-            _readers.popitem(last=False)[1].close()
-    _readers[key] = src
-    return src
+            _readers.popitem(last=False)[1][0].close()
+    data = read(entry[0])
+    entry[1] += data.nbytes
+    if entry[1] > REOPEN_AFTER_BYTES:
+        entry[0].close()
+    else:
+        _readers[key] = entry
+    return data
 
 
 def _wkt(crs: CRS) -> str:
@@ -246,7 +257,7 @@ class Scene:
         r0, c0 = int(inner.row_off - window.row_off), int(inner.col_off - window.col_off)
         sl = (slice(r0, r0 + int(inner.height)), slice(c0, c0 + int(inner.width)))
         for fi, picks in self._by_file().items():
-            data = reader(self.paths[fi]).read([b for _, b in picks], window=inner)
+            data = read_from(self.paths[fi], lambda src, p=picks: src.read([b for _, b in p], window=inner))
             for k, (pos, _) in enumerate(picks):
                 out[pos][sl] = data[k]
         valid[sl] = _valid_pixels(out[:, sl[0], sl[1]], self.nodata)
@@ -258,15 +269,15 @@ class Scene:
         out = np.zeros((self.count, height, width), dtype=self.dtype)
         valid = np.ones((height, width), dtype=bool)
         for fi, picks in self._by_file().items():
-            src = reader(self.paths[fi])
-            nodata = src.nodata
-            with WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                           resampling=resampling, add_alpha=nodata is None) as vrt:
-                data = vrt.read([b for _, b in picks])
-                if nodata is None:
-                    valid &= vrt.read(vrt.count) > 0
-                else:
-                    valid &= vrt.dataset_mask() > 0
+            def warp(src: rasterio.DatasetReader, p: list = picks) -> np.ndarray:
+                """The picked bands warped, then the validity mask (alpha or the dataset mask) as a last band."""
+                with WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                               resampling=resampling, add_alpha=src.nodata is None) as vrt:
+                    mask = vrt.read(vrt.count) if src.nodata is None else vrt.dataset_mask()
+                    return np.concatenate([vrt.read([b for _, b in p]), (mask > 0)[None].astype(self.dtype)])
+
+            data = read_from(self.paths[fi], warp)
+            valid &= data[-1].astype(bool)
             for k, (pos, _) in enumerate(picks):
                 out[pos] = data[k]
         valid &= _valid_pixels(out, self.nodata)
