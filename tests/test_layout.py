@@ -21,7 +21,7 @@ LEVELS = {
     "schemes": 1, "manifest": 1, "models": 1, "bundle": 1, "onnx_graph": 1, "plots": 1,
     "geo": 2,
     "chips": 3, "datasets": 3, "evaluate": 3,
-    "train": 4,
+    "train": 4, "segment": 4,
     "predict": 5, "maps": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,

@@ -82,11 +82,11 @@ def build_model(
     if num_classes < 0 or in_chans < 1:
         msg = f"need num_classes >= 0 (0: no classifier) and in_chans >= 1, got {num_classes} and {in_chans}"
         raise LandcoverError(msg)
-    bands = _check_rgb_bands(rgb_bands, in_chans)
+    bands = check_rgb_bands(rgb_bands, in_chans)
     timm = import_timm()
     options = TIMM_OPTIONS.get(arch, {})
     model = timm.create_model(ARCHITECTURES[arch], num_classes=num_classes, in_chans=in_chans, **options)
-    preprocess = _adapt_preprocess(_pretrained_preprocess(arch, model), in_chans, bands)
+    preprocess = band_preprocess(arch, model.pretrained_cfg, in_chans, bands)
     if weights == "none":
         return model, preprocess
     rgb_filters = weights == "imagenet"
@@ -155,7 +155,7 @@ def feature_dim(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
-def _check_rgb_bands(rgb_bands: tuple[int, int, int] | None, in_chans: int) -> tuple[int, int, int] | None:
+def check_rgb_bands(rgb_bands: tuple[int, int, int] | None, in_chans: int) -> tuple[int, int, int] | None:
     """Validate the input positions of red, green and blue (None below 3 bands: no room for them)."""
     if rgb_bands is None or in_chans < 3:
         return None
@@ -166,11 +166,17 @@ def _check_rgb_bands(rgb_bands: tuple[int, int, int] | None, in_chans: int) -> t
     return bands[0], bands[1], bands[2]
 
 
-def _pretrained_preprocess(arch: str, model: nn.Module) -> Preprocess:
+def band_preprocess(arch: str, pretrained_cfg: dict[str, Any], in_chans: int,
+                    rgb_bands: tuple[int, int, int] | None) -> Preprocess:
+    """The preprocessing of the architecture's ImageNet weights (timm's pretrained config; Lite0's own), spread
+    over `in_chans` bands."""
+    return _adapt_preprocess(_pretrained_preprocess(arch, pretrained_cfg), in_chans, rgb_bands)
+
+
+def _pretrained_preprocess(arch: str, cfg: dict[str, Any]) -> Preprocess:
     """The RGB preprocessing the architecture's ImageNet weights were trained with."""
     if arch == "efficientnet-lite0":
         return _LITE0_PREPROCESS
-    cfg = model.pretrained_cfg
     return Preprocess(tuple(cfg["mean"]), tuple(cfg["std"]), int(cfg["input_size"][-1]), str(cfg["interpolation"]))
 
 
