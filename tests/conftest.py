@@ -75,3 +75,19 @@ def zion_bundle(tmp_path_factory):
     assert main(["train", "--quiet", "--manifest", str(root / "chips"), "--runs", str(root / "runs"), "--name", "b",
                  "--mode", "features", "--head", "logreg", "--arch", "efficientnet-lite0", "--input-size", "32"]) == 0
     return root / "runs" / "b" / "bundle", images, root
+
+
+@pytest.fixture(scope="session")
+def zion_pairs(tmp_path_factory):
+    """Zion segmentation pairs inside the park: 64 px tiles, NLCD 2011 (Albers) masks, split by blocks 70:15:15
+    (read-only: copy before changing anything)."""
+    from landcover.cli import main
+
+    zion = need_data("zion")
+    out = tmp_path_factory.mktemp("pairs") / "pairs"
+    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
+    assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011_albers.tif"), "--scheme",
+                 "nlcd-grouped", "--tile-size", "64px", "--layout", "pairs", "--aoi", str(zion / "zion.gpkg"),
+                 "--out", str(out)]) == 0
+    assert main(["split", str(out), "--blocks", "2", "--ratios", "70:15:15", "--no-plot"]) == 0
+    return out

@@ -10,21 +10,9 @@ import pytest
 import rasterio
 import torch
 
-from landcover.cli import main
 from landcover.errors import LandcoverError
 from landcover.segment.data import IGNORE, PairDataset, class_pixels, symmetry
 from landcover.segment.metrics import add_to_confusion, pixel_scores
-
-
-@pytest.fixture(scope="module")
-def zion_pairs(tmp_path_factory, zion, zion_images):
-    """Zion pairs inside the park: 64 px tiles, NLCD 2011 (Albers) masks, split by blocks."""
-    out = tmp_path_factory.mktemp("pairs") / "pairs"
-    assert main(["chips", "--quiet", "--image", *zion_images, "--labels", str(zion / "nlcd2011_albers.tif"),
-                 "--scheme", "nlcd-grouped", "--tile-size", "64px", "--layout", "pairs", "--aoi",
-                 str(zion / "zion.gpkg"), "--out", str(out)]) == 0
-    assert main(["split", str(out), "--blocks", "2", "--ratios", "70:15:15", "--no-plot"]) == 0
-    return out
 
 
 def test_pairs_give_class_ids_with_unlabelled_pixels_ignored(zion_pairs):

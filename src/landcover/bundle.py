@@ -15,6 +15,7 @@ from landcover.atomic import temp_path, write_text
 from landcover.errors import LandcoverError, refuse_pickle
 from landcover.models.backbones import build_model, pooled_features
 from landcover.models.heads import load_head, save_head
+from landcover.models.segmenters import build_segmenter
 from landcover.version import __version__
 
 BUNDLE_VERSION = 1
@@ -67,6 +68,7 @@ class Bundle:
     kind: str
     """'finetune' (a whole network) or 'features' (a frozen backbone and a classical head)."""
     architecture: str
+    """Classification: the backbone; segmentation: the decoder."""
     classes: list[dict]
     """[{'id', 'name', 'color'}] in label id order."""
     input: InputSpec
@@ -78,6 +80,10 @@ class Bundle:
     path: Path | None = None
     model: torch.nn.Module | None = field(default=None, repr=False)
     head: object | None = field(default=None, repr=False)
+    task: str = "classification"
+    """'classification' (a class per chip) or 'segmentation' (a class per pixel)."""
+    encoder: str | None = None
+    """Segmentation: the decoder's backbone."""
 
     @property
     def n_classes(self) -> int:
@@ -87,16 +93,24 @@ class Bundle:
     def to_json(self) -> dict:
         """model.json's content."""
         return {
-            "format_version": BUNDLE_VERSION, "landcover": __version__, "kind": self.kind,
-            "architecture": self.architecture, "classes": self.classes, "input": self.input.to_dict(),
+            "format_version": BUNDLE_VERSION, "landcover": __version__, "task": self.task, "kind": self.kind,
+            "architecture": self.architecture, "encoder": self.encoder, "classes": self.classes,
+            "input": self.input.to_dict(),
             "chip": self.chip, "backbone_weights": self.backbone_weights, "provenance": self.provenance,
             "weights": "weights.safetensors" if self.kind == "finetune" else None,
             "head": "head" if self.kind == "features" else None,
         }
 
+    def require_classifier(self, what: str) -> None:
+        """Refuse a segmentation bundle where only classifiers are handled so far."""
+        if self.task != "classification":
+            raise LandcoverError(f"is a {self.task} bundle: {what} takes classification bundles in this version "
+                                 f"(per-pixel {what} is still to come)", self.path)
+
     @torch.no_grad()
     def predict_proba(self, raw: torch.Tensor) -> np.ndarray:
-        """Class probabilities (n, n_classes) for a batch of raw chips (n, bands, h, w)."""
+        """Class probabilities for a batch of raw chips (n, bands, h, w): (n, n_classes) for a classifier,
+        (n, n_classes, h, w) for a segmentation network."""
         x = self.input.prepare(raw).contiguous(memory_format=torch.channels_last)  # 1.6x faster convs on CPU
         self.model.eval()
         if self.kind == "finetune":
@@ -148,7 +162,8 @@ def load_bundle(path: str | Path) -> Bundle:
     spec = InputSpec.from_dict(meta["input"])
     n_classes = len(meta["classes"])
     bundle = Bundle(meta["kind"], meta["architecture"], meta["classes"], spec, meta["chip"],
-                    meta.get("provenance", {}), meta.get("backbone_weights", "none"), path)
+                    meta.get("provenance", {}), meta.get("backbone_weights", "none"), path,
+                    task=meta.get("task", "classification"), encoder=meta.get("encoder"))
     if bundle.kind == "finetune":
         weights = path / meta["weights"]
         if not weights.is_file():
@@ -162,7 +177,10 @@ def load_bundle(path: str | Path) -> Bundle:
         except (SafetensorError, OSError, ValueError) as exc:
             raise LandcoverError(f"is not a readable safetensors file (truncated or corrupt: "
                                  f"{str(exc).splitlines()[0]})", weights) from None
-        model, _ = build_model(bundle.architecture, n_classes, len(spec.bands), weights="none")
+        if bundle.task == "segmentation":
+            model, _ = build_segmenter(bundle.architecture, bundle.encoder, n_classes, len(spec.bands), "none")
+        else:
+            model, _ = build_model(bundle.architecture, n_classes, len(spec.bands), weights="none")
         try:
             model.load_state_dict(state)
         except (RuntimeError, OSError) as exc:

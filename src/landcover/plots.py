@@ -130,7 +130,7 @@ def training_curves(rows: list[dict], out: str | Path, title: str = "") -> Path:
     epochs = [r["epoch"] for r in rows]
     for key, ax, label in (("train_loss", loss_ax, "train"), ("val_loss", loss_ax, "valid"),
                            ("train_acc", acc_ax, "train"), ("val_acc", acc_ax, "valid"),
-                           ("val_macro_f1", acc_ax, "valid macro-F1")):
+                           ("val_macro_f1", acc_ax, "valid macro-F1"), ("val_miou", acc_ax, "valid mIoU")):
         values = [r.get(key) for r in rows]
         if any(v is not None for v in values):
             ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=label)

@@ -41,9 +41,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--runs", help="folder of runs (default runs)")
     g.add_argument("--name", help="run name (default: mode-architecture-time)")
     g = p.add_argument_group("model")
+    g.add_argument("--task", choices=["classification", "segmentation"],
+                   help="classification (a class per chip, default) or segmentation (a class per pixel, from "
+                        "`landcover chips --layout pairs`)")
     g.add_argument("--mode", choices=["finetune", "features"], help="default finetune")
     g.add_argument("--arch", dest="architecture",
-                   help="resnet18, resnet50, mobilenetv2 or efficientnet-lite0 (default)")
+                   help="classification: resnet18, resnet50, mobilenetv2 or efficientnet-lite0 (default); "
+                        "segmentation: the decoder, unet (default), fpn or deeplabv3plus")
+    g.add_argument("--encoder", help="segmentation: the decoder's backbone (default efficientnet-lite0; resnet18, "
+                                     "resnet50, mobilenetv2)")
+    g.add_argument("--loss", choices=["ce", "dice", "ce+dice"], help="segmentation: the loss (default ce+dice)")
     g.add_argument("--weights", help="imagenet (default), none, or a local .safetensors file")
     g.add_argument("--input-size", type=BOUNDS["input_size"].parse,
                    help="model input size in pixels (default: the backbone's)")
@@ -78,14 +85,17 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         from landcover.train.trainer import train_model
 
-        names = ("manifest", "train_split", "val_split", "bands", "rgb_bands", "runs", "name", "mode",
-                 "architecture", "weights", "input_size", "head", "sample_frac", "train_from", "freeze_bn",
+        names = ("manifest", "train_split", "val_split", "bands", "rgb_bands", "runs", "name", "task", "mode",
+                 "encoder", "loss", "architecture", "weights", "input_size", "head", "sample_frac", "train_from",
+                 "freeze_bn",
                  "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs", "batch_size",
                  "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed", "mlflow_uri",
                  "onnx")
         out = train_model(config=args.config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                           **{n: getattr(args, n) for n in names})
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        if "best_val_miou" in summary:
+            print(f"validation mIoU {summary['best_val_miou']:.3f} (best epoch {summary['best_epoch']})")
         if "best_val_macro_f1" in summary:
             print(f"validation macro-F1 {summary['best_val_macro_f1']:.3f} (best epoch {summary['best_epoch']})")
         if "onnx" in summary:

@@ -16,6 +16,7 @@ from landcover.train.data import ChipDataset
 
 def check_compatible(bundle: Bundle, dataset: ChipDataset) -> None:
     """Refuse chips the bundle cannot read: too few bands, or classes it does not know."""
+    bundle.require_classifier("evaluation")
     chip = dataset.read(0)
     need = max(bundle.input.bands) + 1
     if chip.shape[0] < need:

@@ -110,6 +110,7 @@ def predict_folder(bundle_path: str | Path, images: str | Path, out: str | Path,
         raise LandcoverError(f"no chips ({', '.join(IMAGE_SUFFIXES)}) under the folder", images)
     rt = open_runtime(bundle_path, runtime)
     bundle = rt.bundle
+    bundle.require_classifier("prediction")
     names = [c["name"] for c in bundle.classes]
     truth_of = _class_folders(names)
     truths = {rel: truth_of.get(Path(rel).parent.name.lower()) for rel in files}

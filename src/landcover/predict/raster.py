@@ -169,6 +169,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     if resampling not in Resampling.__members__:
         raise LandcoverError(f"unknown resampling {resampling!r}")
     bundle = load_bundle(bundle_path)
+    bundle.require_classifier("prediction")
     runtime, why = choose_runtime(bundle, runtime)
     picks = pick_bands(bundle, images, bands)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)

@@ -10,8 +10,8 @@ from torch import nn
 
 from landcover.errors import LandcoverError
 from landcover.segment.data import IGNORE
+from landcover.train.config import LOSSES
 
-LOSSES = ("ce", "dice", "ce+dice")
 DICE_SMOOTH = 1.0
 """Added to the Dice numerator and denominator, so a class absent from the batch and never predicted scores 1."""
 

@@ -11,7 +11,10 @@ import yaml
 from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, WHOLE, Bound
 from landcover.errors import LandcoverError
 
+TASKS = ("classification", "segmentation")
 MODES = ("finetune", "features")
+LOSSES = ("ce", "dice", "ce+dice")
+"""Segmentation losses (landcover.segment.losses)."""
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "exponential", "cosine")
 BOUNDS: dict[str, Bound] = {
@@ -30,8 +33,16 @@ class TrainConfig:
     manifest: str = ""
     runs: str = "runs"
     name: str | None = None
+    task: str = "classification"
+    """'classification' (a class per chip) or 'segmentation' (a class per pixel, from image/mask pairs)."""
     mode: str = "finetune"
-    architecture: str = "efficientnet-lite0"
+    architecture: str | None = None
+    """Classification: the backbone (default efficientnet-lite0); segmentation: the decoder (unet, fpn,
+    deeplabv3plus; default unet)."""
+    encoder: str = "efficientnet-lite0"
+    """Segmentation: the decoder's backbone."""
+    loss: str = "ce+dice"
+    """Segmentation: ce, dice or ce+dice."""
     weights: str = "imagenet"
     bands: list[int] | None = None
     """1-based chip bands to use, in model input order (default: all)."""
@@ -91,7 +102,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """Refuse settings that cannot work, before anything runs."""
-        for value, allowed, what in ((self.mode, MODES, "mode"), (self.optimizer, OPTIMIZERS, "optimizer"),
+        if self.architecture is None:
+            self.architecture = "unet" if self.task == "segmentation" else "efficientnet-lite0"
+        if self.task == "segmentation" and self.mode != "finetune":
+            raise LandcoverError("segmentation trains the whole network: leave out --mode (features is for "
+                                 "classification)")
+        for value, allowed, what in ((self.task, TASKS, "task"), (self.loss, LOSSES, "loss"),
+                                     (self.mode, MODES, "mode"), (self.optimizer, OPTIMIZERS, "optimizer"),
                                      (self.schedule, SCHEDULES, "schedule"), (self.head, ("logreg", "rf"), "head"),
                                      (self.class_weights, ("none", "balanced"), "class_weights")):
             if value not in allowed:

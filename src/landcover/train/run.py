@@ -6,6 +6,8 @@ import hashlib
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from landcover.bundle import Bundle, InputSpec
@@ -25,12 +27,37 @@ def chip_source(info: dict) -> dict:
             "stretch_percentiles": stretch["percentiles"] if stretch else None}
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def chip_facts(frame: pd.DataFrame, first: np.ndarray, rgb: tuple[int, int, int] | None, info: dict) -> dict:
+    """The chips as a bundle records them: size, ground resolution, CRS, dtype, RGB positions, source."""
+    return {"size_px": int(first.shape[-1]), "res": float(frame["res"].iat[0]), "crs": str(frame["crs"].iat[0]),
+            "dtype": str(first.dtype), "rgb_bands": list(rgb) if rgb else None,
+            "scenes": [s.get("name") for s in info.get("scenes", [])], **chip_source(info)}
 
 
 def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def input_bands(config: TrainConfig, n_bands: int, source: Path) -> tuple[tuple[int, ...], tuple[int, int, int] | None]:
+    """The 0-based chip bands the network reads (config.bands, 1-based, else all) and the input positions of red,
+    green and blue (config.rgb_bands, 1-based within those, else the first three); checked against the chips."""
+    bands = tuple(b - 1 for b in config.bands) if config.bands else tuple(range(n_bands))
+    if max(bands) >= n_bands or min(bands) < 0:
+        raise LandcoverError(f"bands {config.bands} are out of range: the chips have {n_bands} bands", source)
+    if config.rgb_bands and (len(config.rgb_bands) != 3 or len(set(config.rgb_bands)) != 3
+                             or not all(1 <= b <= len(bands) for b in config.rgb_bands)):
+        raise LandcoverError(f"--rgb-bands {' '.join(map(str, config.rgb_bands))}: give the positions of red, "
+                             f"green and blue, 3 distinct values in 1..{len(bands)} (1-based, within the "
+                             f"{len(bands)} input bands)")
+    rgb = tuple(b - 1 for b in config.rgb_bands) if config.rgb_bands else ((0, 1, 2) if len(bands) >= 3 else None)
+    return bands, rgb
+
+
+def provenance(config: TrainConfig, manifest: Path, n_train: int, n_val: int) -> dict:
+    """Where a bundle came from: the manifest (and its hash), the splits and their sizes, the config, the time."""
+    return {"manifest": str(Path(config.manifest)), "manifest_sha256": _file_sha(manifest),
+            "train_split": config.train_split, "val_split": config.val_split, "train_chips": n_train,
+            "val_chips": n_val, "config": config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 class Run:
@@ -50,36 +77,20 @@ class Run:
                 raise LandcoverError(f"classes {unknown} are not in the manifest's scheme "
                                      f"{info['scheme'].get('name')!r}", dataset.path)
         first = self.train.read(0)
-        bands = tuple(b - 1 for b in config.bands) if config.bands else tuple(range(first.shape[0]))
-        if max(bands) >= first.shape[0] or min(bands) < 0:
-            raise LandcoverError(f"bands {config.bands} are out of range: the chips have {first.shape[0]} bands",
-                                 self.train.path)
-        if config.rgb_bands and (len(config.rgb_bands) != 3 or len(set(config.rgb_bands)) != 3
-                                 or not all(1 <= b <= len(bands) for b in config.rgb_bands)):
-            raise LandcoverError(f"--rgb-bands {' '.join(map(str, config.rgb_bands))}: give the positions of red, "
-                                 f"green and blue, 3 distinct values in 1..{len(bands)} (1-based, within the "
-                                 f"{len(bands)} input bands)")
-        rgb = tuple(b - 1 for b in config.rgb_bands) if config.rgb_bands else (
-            (0, 1, 2) if len(bands) >= 3 else None)
+        bands, rgb = input_bands(config, first.shape[0], self.train.path)
         self.rgb_bands = rgb
         n_out = len(self.classes) if config.mode == "finetune" else 0
         self.model, pre = build_model(config.architecture, n_out, len(bands), config.weights, rgb)
         low, high = scaling_for(self.train.frame, self.train.root, bands, seed=config.seed)
         self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std),
                                config.input_size or pre.input_size, pre.interpolation)
-        self.chip = {"size_px": int(first.shape[-1]), "res": float(self.train.frame["res"].iat[0]),
-                     "crs": str(self.train.frame["crs"].iat[0]), "dtype": str(first.dtype),
-                     "rgb_bands": list(rgb) if rgb else None,
-                     "scenes": [s.get("name") for s in info.get("scenes", [])], **chip_source(info)}
+        self.chip = chip_facts(self.train.frame, first, rgb, info)
 
     def bundle(self, kind: str, head: object | None = None) -> Bundle:
         """A bundle of the current model (and head) with its provenance."""
         c = self.config
-        provenance = {"manifest": str(Path(c.manifest)), "manifest_sha256": _file_sha(self.train.path),
-                      "train_split": c.train_split, "val_split": c.val_split,
-                      "train_chips": len(self.train), "val_chips": len(self.val), "config": c.to_dict(),
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        return Bundle(kind, c.architecture, self.classes, self.input, self.chip, provenance,
+        return Bundle(kind, c.architecture, self.classes, self.input, self.chip,
+                      provenance(c, self.train.path, len(self.train), len(self.val)),
                       c.weights if kind == "features" else "none", model=self.model, head=head)
 
     def loader(self, dataset: ChipDataset, shuffle: bool, epoch: int = 0,

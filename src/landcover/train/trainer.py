@@ -15,6 +15,7 @@ import yaml
 from landcover.atomic import check_output, write_text
 from landcover.errors import LandcoverError
 from landcover.locks import output_lock
+from landcover.segment.trainer import SegmentationRun, train_segmentation
 from landcover.train.config import TrainConfig
 from landcover.train.finetune import fine_tune
 from landcover.train.frozen import fit_features
@@ -24,12 +25,13 @@ from landcover.train.runs import dump_json, read_metrics, run_dir
 
 def train_model(manifest: str | Path | None = None, *, config: str | Path | TrainConfig | None = None,
                 resume: bool = False, overwrite: bool = False, progress: bool = True, **settings: object) -> Path:
-    """Train a land-cover classifier on the chips of a split manifest; return the run folder (bundle in bundle/).
+    """Train a land-cover classifier on the chips of a split manifest (or, with task='segmentation', a per-pixel
+    network on image/mask pairs); return the run folder (bundle in bundle/).
 
     `manifest` is a manifest.parquet or its chips folder. `config` is a YAML/JSON file or a `TrainConfig`;
-    `settings` are its keys (mode, architecture, weights, head, epochs, lr, name, runs, ...; see `TrainConfig`)
-    and override the file. `resume=True` continues the run `name` from its last checkpoint; `overwrite=True`
-    replaces a run of that name.
+    `settings` are its keys (task, mode, architecture, encoder, loss, weights, head, epochs, lr, name, runs, ...;
+    see `TrainConfig`) and override the file. `resume=True` continues the run `name` from its last checkpoint;
+    `overwrite=True` replaces a run of that name.
 
         run = train_model("chips/", mode="features", head="logreg", input_size=64, name="lite0-lr")
     """
@@ -51,14 +53,16 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
     rank = int(os.environ.get("RANK", 0))
     with output_lock(out) if rank == 0 else contextlib.nullcontext():
         torch.manual_seed(config.seed)
-        run = Run(config)
+        run = SegmentationRun(config) if config.task == "segmentation" else Run(config)  # checks before writing
         if rank == 0:
             if overwrite:
                 shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True, exist_ok=True)
             write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         try:
-            if config.mode == "features":
+            if config.task == "segmentation":
+                train_segmentation(run, out, resume, progress)
+            elif config.mode == "features":
                 fit_features(run, out, progress)
             else:
                 fine_tune(run, out, resume, progress)

@@ -1,0 +1,154 @@
+"""Segmentation training: image/mask pairs of a split manifest into a bundle (task 'segmentation'), with the run
+folder of classification: config, checkpoints (last, best by validation mIoU), exact resume, early stopping,
+metrics.csv and curves.png per epoch (loss, pixel accuracy, mIoU), summary.json."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landcover.bundle import Bundle, InputSpec, save_bundle
+from landcover.errors import LandcoverError
+from landcover.models.segmenters import build_segmenter
+from landcover.progress import progress_bar
+from landcover.segment.data import PairDataset, class_pixels
+from landcover.segment.losses import make_loss
+from landcover.segment.metrics import add_to_confusion, pixel_scores
+from landcover.train.checkpoints import load_checkpoint, save_checkpoint
+from landcover.train.config import TrainConfig
+from landcover.train.data import scaling_for
+from landcover.train.finetune import make_optimizer, make_schedule
+from landcover.train.run import chip_facts, input_bands, provenance
+from landcover.train.runs import dump_json, read_metrics, write_metrics
+
+STRIDE = 32
+"""The encoders' total downsampling: tiles must be a multiple of it."""
+
+
+class SegmentationRun:
+    """The pairs, network and input pipeline a segmentation config describes."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.train = PairDataset(config.manifest, config.train_split, augment=config.augment)
+        self.val = PairDataset(config.manifest, config.val_split)
+        info = self.train.info
+        self.classes = [{"id": c["id"], "name": c["name"], "color": c["color"]} for c in info["scheme"]["classes"]]
+        first = self.train.read(0)[0]
+        size = int(first.shape[-1])
+        if size % STRIDE or first.shape[-2] != size:
+            raise LandcoverError(f"segmentation tiles must be square and a multiple of {STRIDE} px, these are "
+                                 f"{first.shape[-2]} x {size}: cut pairs with e.g. --tile-size 64px", self.train.path)
+        bands, rgb = input_bands(config, first.shape[0], self.train.path)
+        self.model, pre = build_segmenter(config.architecture, config.encoder, len(self.classes), len(bands),
+                                          config.weights, rgb)
+        low, high = scaling_for(self.train.frame, self.train.root, bands, seed=config.seed)
+        self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std), size, pre.interpolation)
+        self.chip = chip_facts(self.train.frame, first, rgb, info)
+
+    def bundle(self) -> Bundle:
+        """A bundle of the current network with its provenance."""
+        c = self.config
+        return Bundle("finetune", c.architecture, self.classes, self.input, self.chip,
+                      provenance(c, self.train.path, len(self.train), len(self.val)), model=self.model,
+                      task="segmentation", encoder=c.encoder)
+
+    def loader(self, dataset: PairDataset, shuffle: bool, epoch: int = 0) -> torch.utils.data.DataLoader:
+        """Batches of (raw images, class ids); the shuffle order depends only on the seed and the epoch."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle,
+                                           num_workers=self.config.workers, generator=generator)
+
+    def class_weights(self) -> torch.Tensor | None:
+        """Inverse pixel-frequency weights ('balanced'), or None."""
+        if self.config.class_weights != "balanced":
+            return None
+        counts = class_pixels(self.train).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (len(self.classes) * np.maximum(counts, 1)), 0.0)
+        return torch.tensor(weights, dtype=torch.float32)
+
+
+def train_segmentation(run: SegmentationRun, out: Path, resume: bool, progress: bool) -> Path:
+    """Train a segmentation network for the configured epochs; keep last/best checkpoints; write the bundle."""
+    config, model = run.config, run.model
+    optimizer = make_optimizer(config, list(model.parameters()))
+    schedule = make_schedule(config, optimizer)
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0}
+    rows: list[dict] = []
+    if resume:
+        state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule)
+        rows = [r for r in read_metrics(out) if r["epoch"] <= state["epoch"]]
+    loss_fn = make_loss(config.loss, run.class_weights())
+    names = [c["name"] for c in run.classes]
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        torch.manual_seed(config.seed * 1000 + epoch)
+        loss, acc, seconds, seen = _train_epoch(run, optimizer, loss_fn, epoch, progress)
+        schedule.step()
+        val_loss, scores = _validate(run, loss_fn, names)
+        miou = scores["miou"] or 0.0
+        rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss, "train_acc": acc,
+                     "val_loss": val_loss, "val_acc": scores["pixel_accuracy"], "val_miou": miou,
+                     "images_per_s": seen / seconds, "seconds": seconds})
+        improved = miou > state["best_score"]
+        state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
+        if improved:
+            state.update(best_score=miou, best_epoch=epoch)
+            save_checkpoint(out / "checkpoints" / "best", model, optimizer, schedule, state)
+        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            save_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule, state)
+        write_metrics(out, rows)
+        if progress:
+            print(f"epoch {epoch}/{config.epochs}: train loss {loss:.4f} pixel acc {acc:.3f} | val loss "
+                  f"{val_loss:.4f} pixel acc {scores['pixel_accuracy']:.3f} mIoU {miou:.3f} | "
+                  f"{seen / seconds:.0f} img/s")
+        if config.early_stopping and state["stale"] >= config.early_stopping:
+            print(f"early stopping: no better val mIoU for {config.early_stopping} epochs")
+            break
+    load_checkpoint(out / "checkpoints" / "best", model)
+    save_bundle(run.bundle(), out / "bundle")
+    dump_json(out / "summary.json", {"task": "segmentation", "best_epoch": state["best_epoch"],
+                                     "best_val_miou": state["best_score"],
+                                     "epochs_run": rows[-1]["epoch"] if rows else 0})
+    return out
+
+
+def _train_epoch(run: SegmentationRun, optimizer: torch.optim.Optimizer, loss_fn, epoch: int,
+                 progress: bool) -> tuple[float, float, float, int]:
+    """One pass over the training pairs: mean loss, pixel accuracy (labelled pixels), seconds, images."""
+    run.model.train()
+    total_loss, correct, labelled, seen = 0.0, 0, 0, 0
+    start = time.perf_counter()
+    for raw, y in progress_bar(run.loader(run.train, True, epoch), desc=f"epoch {epoch}", unit="batch",
+                               enabled=progress, leave=False):
+        logits = run.model(run.input.prepare(raw))
+        loss = loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            raise LandcoverError(f"the loss became {loss.item()} in epoch {epoch}: lower the learning rate "
+                                 f"(now {optimizer.param_groups[0]['lr']:g}) or check the pairs for NaN pixels")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        known = y >= 0
+        total_loss += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1)[known] == y[known]).sum())
+        labelled += int(known.sum())
+        seen += len(y)
+    return total_loss / seen, correct / max(labelled, 1), time.perf_counter() - start, seen
+
+
+@torch.no_grad()
+def _validate(run: SegmentationRun, loss_fn, names: list[str]) -> tuple[float, dict]:
+    """Validation loss and pixel scores (unlabelled pixels left out)."""
+    run.model.eval()
+    confusion = np.zeros((len(names), len(names)), np.int64)
+    losses, seen = 0.0, 0
+    for raw, y in run.loader(run.val, False):
+        logits = run.model(run.input.prepare(raw))
+        losses += float(loss_fn(logits, y)) * len(y)
+        seen += len(y)
+        add_to_confusion(confusion, y.numpy(), logits.argmax(1).numpy())
+    return losses / seen, pixel_scores(confusion, names)
