@@ -18,7 +18,7 @@ from landcover.progress import progress_bar
 from landcover.segment.data import PairDataset, class_pixels
 from landcover.segment.losses import make_loss
 from landcover.segment.metrics import add_to_confusion, pixel_scores
-from landcover.train.checkpoints import load_checkpoint, save_checkpoint
+from landcover.train.checkpoints import close_epoch, load_checkpoint
 from landcover.train.config import TrainConfig
 from landcover.train.data import scaling_for
 from landcover.train.finetune import make_optimizer, make_schedule
@@ -93,13 +93,7 @@ def train_segmentation(run: SegmentationRun, out: Path, resume: bool, progress: 
         rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss, "train_acc": acc,
                      "val_loss": val_loss, "val_acc": scores["pixel_accuracy"], "val_miou": miou,
                      "images_per_s": seen / seconds, "seconds": seconds})
-        improved = miou > state["best_score"]
-        state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
-        if improved:
-            state.update(best_score=miou, best_epoch=epoch)
-            save_checkpoint(out / "checkpoints" / "best", model, optimizer, schedule, state)
-        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-            save_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule, state)
+        close_epoch(out, model, optimizer, schedule, state, epoch, miou, config.checkpoint_every, config.epochs)
         write_metrics(out, rows)
         if progress:
             print(f"epoch {epoch}/{config.epochs}: train loss {loss:.4f} pixel acc {acc:.3f} | val loss "

@@ -65,3 +65,18 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
     if scheduler is not None and state["optimizer"].get("scheduler"):
         scheduler.load_state_dict(state["optimizer"]["scheduler"])
     return state
+
+
+def close_epoch(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None, state: dict, epoch: int, score: float,
+                every: int, last_epoch: int) -> None:
+    """After an epoch scored `score` on validation: update the run state (best score and epoch, epochs without
+    improvement), save checkpoints/best when it improved and checkpoints/last every `every` epochs and at the
+    end."""
+    improved = score > state["best_score"]
+    state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
+    if improved:
+        state.update(best_score=score, best_epoch=epoch)
+        save_checkpoint(out / "checkpoints" / "best", model, optimizer, scheduler, state)
+    if epoch % every == 0 or epoch == last_epoch:
+        save_checkpoint(out / "checkpoints" / "last", model, optimizer, scheduler, state)

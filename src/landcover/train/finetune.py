@@ -16,7 +16,7 @@ from landcover.errors import LandcoverError
 from landcover.evaluate import macro_f1
 from landcover.models.backbones import apply_bn_mode, set_trainable
 from landcover.progress import progress_bar
-from landcover.train.checkpoints import load_checkpoint, save_checkpoint
+from landcover.train.checkpoints import close_epoch, load_checkpoint
 from landcover.train.config import TrainConfig
 from landcover.train.run import Run
 from landcover.train.runs import dump_json, read_metrics, write_metrics
@@ -91,13 +91,7 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
             rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss,
                          "train_acc": acc, "val_loss": val_loss, "val_acc": val_acc, "val_macro_f1": val_f1,
                          "images_per_s": seen / seconds, "seconds": seconds})
-            improved = val_f1 > state["best_score"]
-            state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
-            if improved:
-                state.update(best_score=val_f1, best_epoch=epoch)
-                save_checkpoint(out / "checkpoints" / "best", model, optimizer, schedule, state)
-            if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-                save_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule, state)
+            close_epoch(out, model, optimizer, schedule, state, epoch, val_f1, config.checkpoint_every, config.epochs)
             write_metrics(out, rows)
             if progress:
                 print(f"epoch {epoch}/{config.epochs}: train loss {loss:.4f} acc {acc:.3f} | val loss "
