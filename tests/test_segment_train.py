@@ -105,11 +105,28 @@ def test_tiles_the_encoder_cannot_halve_five_times_are_refused(zion, zion_images
     assert "must be square and a multiple of 32 px, these are 48 x 48" in capsys.readouterr().err
 
 
-def test_evaluate_and_predict_say_segmentation_bundles_are_not_handled_yet(trained, zion_pairs, zion_images,
-                                                                           tmp_path, capsys):
+def test_evaluate_scores_pixels_and_draws_tiles(trained, zion_pairs, zion_images, park_chips, tmp_path, capsys):
     bundle = str(trained / "bundle")
-    assert main(["evaluate", bundle, "--manifest", str(zion_pairs), "--quiet", "--out", str(tmp_path / "e")]) == 2
-    assert "is a segmentation bundle: evaluation takes classification bundles" in capsys.readouterr().err
+    out = tmp_path / "eval"
+    assert main(["evaluate", bundle, "--manifest", str(zion_pairs), "--split", "valid", "--quiet", "--out",
+                 str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "labelled pixels in" in printed and "mIoU" in printed and "Forest" in printed
+    assert {p.name for p in out.iterdir()} == {"report.json", "confusion.json", "confusion.png", "summary.txt",
+                                               "tiles.png"}
+    report = json.loads((out / "report.json").read_text())
+    best = next(r for r in _metrics(trained) if r["epoch"] == json.loads((trained / "summary.json").read_text())[
+        "best_epoch"])
+    assert report["miou"] == pytest.approx(best["val_miou"], abs=1e-6)
+    assert report["pixel_accuracy"] == pytest.approx(best["val_acc"], abs=1e-6)
+    assert set(report["iou"]) == {c["name"] for c in json.loads((trained / "bundle" / "model.json").read_text())[
+        "classes"]}
+    val = PairDataset(zion_pairs, "valid")
+    labelled = sum(int((val.read(i)[1] >= 0).sum()) for i in range(len(val)))
+    assert report["pixels"] == labelled == np.sum(report["confusion"])  # unlabelled pixels left out
+    # A classification manifest, and whole-raster prediction (still to come), are refused in one line.
+    assert main(["evaluate", bundle, "--manifest", str(park_chips), "--quiet", "--out", str(tmp_path / "e")]) == 2
+    assert "holds class chips, not image/mask pairs" in capsys.readouterr().err
     assert main(["predict", bundle, "--image", *zion_images, "--out", str(tmp_path / "m.tif"), "--quiet"]) == 2
     assert "is a segmentation bundle: prediction takes classification bundles" in capsys.readouterr().err
     assert not (tmp_path / "m.tif").exists() and not (tmp_path / "e").exists()

@@ -138,6 +138,15 @@ def save_bundle(bundle: Bundle, out: str | Path) -> Path:
     return out
 
 
+def bundle_task(path: str | Path) -> str:
+    """The task a bundle folder's model.json names, without loading the network ('classification' when it names
+    none or cannot be read: loading the bundle then says what is wrong)."""
+    try:
+        return str(json.loads((Path(path) / "model.json").read_text()).get("task", "classification"))
+    except (OSError, ValueError, AttributeError):
+        return "classification"
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Load a model bundle folder (model.json + safetensors weights) and build its model, ready for
     `bundle.predict_proba(chips)`; refuse pickles, missing files and bundles from a newer landcover.

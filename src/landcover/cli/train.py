@@ -109,7 +109,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a model bundle on one split of a manifest",
                        description="Accuracy, per-class precision/recall/F1, macro and weighted F1, Cohen's kappa, "
                                    "mean posterior of the predicted class and the confusion matrix of a bundle on "
-                                   "the chips of one split; report.json, confusion.png and a summary.")
+                                   "the chips of one split; report.json, confusion.png and a summary. A "
+                                   "segmentation bundle is scored per pixel on pairs: pixel accuracy, per-class "
+                                   "IoU, mIoU, frequency-weighted IoU, kappa, and tiles.png.")
     p.add_argument("bundle", metavar="BUNDLE", help="a model bundle folder (runs/<name>/bundle)")
     p.add_argument("--manifest", required=True, help="manifest.parquet or its chips folder")
     p.add_argument("--split", default="test", help="which split to score (default test)")
@@ -117,10 +119,19 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> None:
-        from landcover.predict.chips import evaluate_bundle
+        from landcover.bundle import bundle_task
 
-        report, out = evaluate_bundle(args.bundle, args.manifest, args.split, args.out, progress=not args.quiet)
-        print(report.summary())
+        if bundle_task(args.bundle) == "segmentation":
+            from landcover.segment.evaluate import evaluate_segmentation, summary
+
+            scores, out = evaluate_segmentation(args.bundle, args.manifest, args.split, args.out,
+                                                progress=not args.quiet)
+            print(summary(scores))
+        else:
+            from landcover.predict.chips import evaluate_bundle
+
+            report, out = evaluate_bundle(args.bundle, args.manifest, args.split, args.out, progress=not args.quiet)
+            print(report.summary())
         print(f"report: {out}")
 
     p.set_defaults(run=run)
