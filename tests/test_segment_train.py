@@ -14,6 +14,7 @@ from landcover.bundle import load_bundle
 from landcover.cli import main
 from landcover.segment.data import PairDataset
 from landcover.segment.metrics import add_to_confusion, pixel_scores
+from landcover.train.runs import list_runs
 
 torch.set_num_threads(2)
 
@@ -39,6 +40,8 @@ def test_a_run_trains_a_unet_into_a_segmentation_bundle(trained, zion_pairs):
     assert (meta["task"], meta["architecture"], meta["encoder"]) == ("segmentation", "unet", "efficientnet-lite0")
     assert meta["input"]["size"] == 64 and meta["input"]["bands"] == [0, 1, 2, 3]
     assert not list(trained.rglob("*.pt*")) and not list(trained.rglob("*.pkl"))
+    row = list_runs(trained.parent).set_index("run").loc["unet"]
+    assert row["task"] == "segmentation" and row["val_miou"] == pytest.approx(summary["best_val_miou"])
     # The bundle rebuilds the best epoch's network: its validation scores are the ones metrics.csv recorded.
     bundle = load_bundle(trained / "bundle")
     val = PairDataset(zion_pairs, "valid")

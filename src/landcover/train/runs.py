@@ -16,8 +16,8 @@ from landcover.atomic import write_text
 from landcover.errors import LandcoverError
 from landcover.train.config import TrainConfig
 
-COLUMNS = ("run", "mode", "architecture", "weights", "train_from", "head", "epochs", "best_epoch",
-           "val_acc", "val_macro_f1", "images_per_s")
+COLUMNS = ("run", "task", "mode", "architecture", "weights", "train_from", "head", "epochs", "best_epoch",
+           "val_acc", "val_macro_f1", "val_miou", "images_per_s")
 
 
 def run_row(folder: Path) -> dict:
@@ -27,12 +27,14 @@ def run_row(folder: Path) -> dict:
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
     best_epoch = summary.get("best_epoch")
     best = next((r for r in metrics if r.get("epoch") == best_epoch), metrics[-1] if metrics else {})
-    return {"run": folder.name, "mode": config.get("mode"), "architecture": config.get("architecture"),
+    return {"run": folder.name, "task": config.get("task", "classification"), "mode": config.get("mode"),
+            "architecture": config.get("architecture"),
             "weights": config.get("weights"),
             "train_from": config.get("train_from") if config.get("mode") == "finetune" else None,
             "head": config.get("head") if config.get("mode") == "features" else None,
             "epochs": len(metrics), "best_epoch": best_epoch, "val_acc": best.get("val_acc"),
-            "val_macro_f1": best.get("val_macro_f1"), "images_per_s": best.get("images_per_s"),
+            "val_macro_f1": best.get("val_macro_f1"), "val_miou": best.get("val_miou"),
+            "images_per_s": best.get("images_per_s"),
             "finished": (folder / "bundle" / "model.json").exists()}
 
 
