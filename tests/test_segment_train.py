@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import need_data
 from safetensors.torch import load_file
 
 from landcover.bundle import load_bundle
@@ -133,3 +134,27 @@ def test_evaluate_scores_pixels_and_draws_tiles(trained, zion_pairs, zion_images
     assert main(["predict", bundle, "--image", *zion_images, "--out", str(tmp_path / "m.tif"), "--quiet"]) == 2
     assert "is a segmentation bundle: prediction takes classification bundles" in capsys.readouterr().err
     assert not (tmp_path / "m.tif").exists() and not (tmp_path / "e").exists()
+
+
+def test_sparse_polygon_labels_train_and_only_labelled_pixels_count(tmp_path):
+    """landsat_nc: the 34 labelled polygons cover about 5% of each 32 px tile; the rest is 0 (no label)."""
+    nc = need_data("landsat_nc")
+    pairs = tmp_path / "pairs"
+    assert main(["chips", "--quiet", "--image", *[str(nc / f"lsat7_2000_{b}.tif") for b in (10, 20, 30, 40, 50, 70)],
+                 "--labels-vector", str(nc / "landsat96_polygons.shp"), "--burn-attribute", "label",
+                 "--tile-size", "32px", "--layout", "pairs", "--out", str(pairs)]) == 0
+    assert main(["split", str(pairs), "--random", "--ratios", "60:20:20", "--no-plot"]) == 0
+    train = PairDataset(pairs, "train")
+    labelled = np.mean([(train.read(i)[1] >= 0).mean() for i in range(len(train))])
+    assert 0 < labelled < 0.2
+    runs = tmp_path / "runs"
+    assert main(["train", "--quiet", "--task", "segmentation", "--manifest", str(pairs), "--runs", str(runs),
+                 "--name", "nc", "--epochs", "1", "--batch-size", "8", "--rgb-bands", "3", "2", "1", "--no-onnx"]) == 0
+    metrics = _metrics(runs / "nc")
+    assert np.isfinite([metrics[0]["train_loss"], metrics[0]["val_loss"]]).all()
+    assert main(["evaluate", str(runs / "nc" / "bundle"), "--manifest", str(pairs), "--split", "test", "--quiet",
+                 "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    test = PairDataset(pairs, "test")
+    assert report["pixels"] == sum(int((test.read(i)[1] >= 0).sum()) for i in range(len(test)))
+    assert report["pixels"] < 0.2 * len(test) * 32 * 32
