@@ -87,10 +87,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
         names = ("manifest", "train_split", "val_split", "bands", "rgb_bands", "runs", "name", "task", "mode",
                  "encoder", "loss", "architecture", "weights", "input_size", "head", "sample_frac", "train_from",
-                 "freeze_bn",
-                 "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs", "batch_size",
-                 "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed", "mlflow_uri",
-                 "onnx")
+                 "freeze_bn", "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs",
+                 "batch_size", "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed",
+                 "mlflow_uri", "onnx")
         out = train_model(config=args.config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                           **{n: getattr(args, n) for n in names})
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}

@@ -90,6 +90,7 @@ def predict_folder(bundle_path: str | Path, images: str | Path, out: str | Path,
                    workers: int = 2) -> FolderResult:
     """Predict every chip (PNG/JPG/GeoTIFF) under a folder into a .csv or .parquet table (file, class, confidence,
     p_<class>); chips in class folders named after the bundle's classes are also evaluated (<out>-eval/).
+    `runtime` as in `predict_raster` ('auto' by default).
     Unreadable or odd-sized chips are skipped and named.
 
         result = predict_folder("runs/lite0-lr/bundle", "chips/", "predictions.csv")

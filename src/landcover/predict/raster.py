@@ -142,7 +142,8 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     `images` are the scene's rasters, stacked as bands (the bands the chips were cut from are picked, `bands`
     overrides). Beside the map: <out>.tiles.parquet (one row per window), <out>.json (settings, class areas,
     timing); `smooth=3` adds <out>.smooth3.tif, `probabilities=True` <out>.probs.tif. `aoi` limits the map to
-    polygons; `truth` with `truth_scheme` scores it against a land-cover raster. `engine` is 'local',
+    polygons; `truth` with `truth_scheme` scores it against a land-cover raster. `runtime` 'auto' (onnxruntime
+    when the bundle holds a fresh model.onnx, else torch), 'torch' or 'onnx'. `engine` is 'local',
     'process:N' or 'ray[:N]'. A killed run, called again with the same arguments, resumes. A map with no
     predicted cell (all imagery nodata) is an error unless `allow_empty`.
 
