@@ -21,8 +21,8 @@ from landcover.segment.metrics import add_to_confusion, pixel_scores
 from landcover.train.checkpoints import close_epoch, load_checkpoint
 from landcover.train.config import TrainConfig
 from landcover.train.data import scaling_for
-from landcover.train.finetune import make_optimizer, make_schedule
-from landcover.train.run import chip_facts, input_bands, provenance
+from landcover.train.finetune import make_optimizer, make_schedule, optimizer_step
+from landcover.train.run import chip_facts, input_bands, provenance, scheme_classes
 from landcover.train.runs import dump_json, read_metrics, write_metrics
 
 STRIDE = 32
@@ -37,7 +37,7 @@ class SegmentationRun:
         self.train = PairDataset(config.manifest, config.train_split, augment=config.augment)
         self.val = PairDataset(config.manifest, config.val_split)
         info = self.train.info
-        self.classes = [{"id": c["id"], "name": c["name"], "color": c["color"]} for c in info["scheme"]["classes"]]
+        self.classes = scheme_classes(info)
         first = self.train.read(0)[0]
         size = int(first.shape[-1])
         if size % STRIDE or first.shape[-2] != size:
@@ -120,12 +120,7 @@ def _train_epoch(run: SegmentationRun, optimizer: torch.optim.Optimizer, loss_fn
                                enabled=progress, leave=False):
         logits = run.model(run.input.prepare(raw))
         loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
-            raise LandcoverError(f"the loss became {loss.item()} in epoch {epoch}: lower the learning rate "
-                                 f"(now {optimizer.param_groups[0]['lr']:g}) or check the pairs for NaN pixels")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss, epoch, "pairs")
         known = y >= 0
         total_loss += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1)[known] == y[known]).sum())

@@ -50,6 +50,16 @@ def class_weights(run: Run) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, epoch: int, what: str) -> None:
+    """Backpropagate a batch's loss and step; a NaN or infinite loss stops the run with what to try."""
+    if not torch.isfinite(loss):
+        raise LandcoverError(f"the loss became {loss.item()} in epoch {epoch}: lower the learning rate "
+                             f"(now {optimizer.param_groups[0]['lr']:g}) or check the {what} for NaN pixels")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
     """Train the network for the configured epochs; keep last/best checkpoints and write the bundle."""
     config = run.config
@@ -126,12 +136,7 @@ def _train_epoch(run: Run, net: torch.nn.Module, optimizer: torch.optim.Optimize
         x = run.input.prepare(raw)
         logits = net(x)
         loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
-            raise LandcoverError(f"the loss became {loss.item()} in epoch {epoch}: lower the learning rate "
-                                 f"(now {optimizer.param_groups[0]['lr']:g}) or check the chips for NaN pixels")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss, epoch, "chips")
         total_loss += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)

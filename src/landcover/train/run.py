@@ -27,6 +27,11 @@ def chip_source(info: dict) -> dict:
             "stretch_percentiles": stretch["percentiles"] if stretch else None}
 
 
+def scheme_classes(info: dict) -> list[dict]:
+    """The classes a bundle lists ({'id', 'name', 'color'}, in label id order) from a manifest's scheme."""
+    return [{"id": c["id"], "name": c["name"], "color": c["color"]} for c in info["scheme"]["classes"]]
+
+
 def chip_facts(frame: pd.DataFrame, first: np.ndarray, rgb: tuple[int, int, int] | None, info: dict) -> dict:
     """The chips as a bundle records them: size, ground resolution, CRS, dtype, RGB positions, source."""
     return {"size_px": int(first.shape[-1]), "res": float(frame["res"].iat[0]), "crs": str(frame["crs"].iat[0]),
@@ -68,7 +73,7 @@ class Run:
         self.train = ChipDataset(config.manifest, config.train_split, augment=config.augment)
         self.val = ChipDataset(config.manifest, config.val_split)
         info = self.train.info
-        self.classes = [{"id": c["id"], "name": c["name"], "color": c["color"]} for c in info["scheme"]["classes"]]
+        self.classes = scheme_classes(info)
         names = {c["id"]: c["name"] for c in self.classes}
         for dataset in (self.train, self.val):
             pairs = set(zip(dataset.frame["label_id"].astype(int), dataset.frame["label"], strict=True))
