@@ -91,3 +91,15 @@ def zion_pairs(tmp_path_factory):
                  "--out", str(out)]) == 0
     assert main(["split", str(out), "--blocks", "2", "--ratios", "70:15:15", "--no-plot"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def zion_seg_run(zion_pairs, tmp_path_factory):
+    """A U-Net (Lite0 encoder) trained 2 epochs on the Zion pairs: the run folder (read-only)."""
+    from landcover.cli import main
+
+    runs = tmp_path_factory.mktemp("seg") / "runs"
+    assert main(["train", "--quiet", "--task", "segmentation", "--manifest", str(zion_pairs), "--runs", str(runs),
+                 "--name", "unet", "--batch-size", "8", "--rgb-bands", "3", "2", "1", "--seed", "3",
+                 "--epochs", "2"]) == 0
+    return runs / "unet"

@@ -36,6 +36,8 @@ class InputSpec:
     size: int
     """Model input size in pixels (chips are resized to it, as the backbone was pretrained)."""
     interpolation: str = "bilinear"
+    resize: bool = True
+    """Classifiers: chips are resized to `size`. Segmentation networks take windows of any size as they are."""
 
     def to_dict(self) -> dict:
         """Plain data for model.json."""
@@ -47,12 +49,13 @@ class InputSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw chip batch (n, bands, h, w) to normalised model input (n, len(bands), size, size)."""
+        """Raw chip batch (n, bands, h, w) to normalised model input (n, len(bands), size, size), or for a spec
+        that does not resize (segmentation), (n, len(bands), h, w)."""
         x = batch[:, list(self.bands)].float()
         low = torch.tensor(self.low, dtype=x.dtype).view(1, -1, 1, 1)
         span = (torch.tensor(self.high, dtype=x.dtype).view(1, -1, 1, 1) - low).clamp_min(1e-12)
         x = ((x - low) / span).clamp_(0, 1)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+        if self.resize and (x.shape[-1] != self.size or x.shape[-2] != self.size):
             mode = "bilinear" if self.interpolation in ("bilinear", "bicubic") else "nearest"
             x = F.interpolate(x, size=(self.size, self.size), mode=mode,
                               **({"align_corners": False, "antialias": True} if mode != "nearest" else {}))

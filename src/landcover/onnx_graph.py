@@ -89,7 +89,7 @@ def export_onnx(bundle_path: str | Path, opset: int = 17, check: bool = True) ->
     target = folder / ONNX_FILE
     tmp = temp_path(target)
     try:
-        exporter = _export(net, torch.zeros(2, bands, size, size), tmp, opset, output)
+        exporter = _export(net, torch.zeros(2, bands, size, size), tmp, opset, output, bundle.task == "segmentation")
         found = _check(bundle, net, tmp) if check else {}
         record = {
             **expected_record(bundle), "opset": _opset(tmp), "exporter": exporter, "onnx_sha256": file_sha256(tmp),
@@ -105,21 +105,24 @@ def export_onnx(bundle_path: str | Path, opset: int = 17, check: bool = True) ->
     return target
 
 
-def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, output: str) -> str:
-    """Export with torch's TorchScript exporter, else its torch.export one; return which one wrote the file."""
+def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, output: str, any_size: bool) -> str:
+    """Export with torch's TorchScript exporter, else its torch.export one; return which one wrote the file.
+    The batch axis is dynamic; with `any_size` (segmentation: windows of any size) height and width too."""
     names = {"input_names": [INPUT_NAME], "output_names": [output]}
+    axes = {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=opset,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, output: {0: "batch"}}, **names)
+                              dynamic_axes={INPUT_NAME: axes, output: axes}, **names)
         return "torchscript"
     except Exception as legacy:  # removed or failing in a later torch: fall back to the torch.export exporter
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(net, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **names)
+                                  dynamic_shapes=({k: torch.export.Dim(v) for k, v in axes.items()},), verbose=False,
+                                  **names)
             return "dynamo"
         except Exception as exc:
             first = str(legacy).splitlines()[0] if str(legacy) else type(legacy).__name__

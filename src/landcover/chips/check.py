@@ -79,7 +79,7 @@ def check_inputs(image: list[str | Path], *, bands: list[int] | None = None, lab
         area = _check_labels(report, labels, scheme, scene, grid, area)
     if aoi is not None:
         try:
-            geom = read_aoi(aoi, grid)
+            geom = read_aoi(aoi, grid.crs)
             inside = geom.intersection(area).area / max(area.area, 1e-9)
             report.add("ok" if inside > 0 else "problem", f"AOI {aoi}: covers {100 * inside:.1f}% of the imagery"
                        + ("" if inside > 0 else " (it lies outside the imagery)"))

@@ -15,6 +15,7 @@ import rasterio
 import shapely
 from affine import Affine
 from PIL import Image
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -92,7 +93,8 @@ def _describe_labels(labels: LabelRaster | LabelVector) -> dict:
         return {"kind": "raster", "path": labels.path, "crs_wkt": labels.crs.to_wkt()}
     digest = hashlib.sha256(shapely.to_wkb(labels.geometries).sum() + labels.classes.tobytes()).hexdigest()[:16]
     return {"kind": "points" if labels.is_points else "polygons", "path": labels.path,
-            "features": len(labels.geometries), "all_touched": labels.all_touched, "sha256": digest}
+            "features": len(labels.geometries), "all_touched": labels.all_touched, "sha256": digest,
+            "background": None if labels.background == INVALID else int(labels.background)}
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
     area = shapely.union_all(footprints)
     aoi_geom = None
     if aoi is not None:
-        aoi_geom = read_aoi(aoi, grid)
+        aoi_geom = read_aoi(aoi, grid.crs)
         if not aoi_geom.intersects(area):
             raise LandcoverError("the AOI lies outside the imagery", aoi)
     if isinstance(labels, LabelRaster):
@@ -228,13 +230,13 @@ def _check_output_options(scenes: list[Scene], labels: LabelRaster | LabelVector
                                      "with --bands or write GeoTIFF chips with --format tif", s.paths[0])
 
 
-def read_aoi(path: str | Path, grid: Grid) -> shapely.Geometry:
-    """The union of an AOI layer's polygons, in the grid's CRS."""
+def read_aoi(path: str | Path, crs: CRS) -> shapely.Geometry:
+    """The union of an AOI layer's polygons, in `crs`."""
     frame = read_layer(path, "AOI layer")
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if frame.empty:
         raise LandcoverError("the AOI layer has no geometry", path)
-    geom = shapely.union_all(shapely.make_valid(frame.to_crs(grid.crs.to_wkt()).geometry.values))
+    geom = shapely.union_all(shapely.make_valid(frame.to_crs(crs.to_wkt()).geometry.values))
     if geom.area == 0:
         raise LandcoverError("the AOI has no area (polygons are needed)", path)
     return geom

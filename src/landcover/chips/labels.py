@@ -157,6 +157,8 @@ class LabelVector:
     classes: np.ndarray
     """The class id of each geometry."""
     all_touched: bool = False
+    background: int = INVALID
+    """The class id of pixels no polygon covers (INVALID: unlabelled)."""
 
     @property
     def is_points(self) -> bool:
@@ -165,10 +167,11 @@ class LabelVector:
 
     def on_grid(self, crs: CRS, transform: Affine, width: int, height: int, lut: np.ndarray | None = None,
                 points: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Class ids on a block of the grid (INVALID where no polygon), and at exact points inside it.
+        """Class ids on a block of the grid (the background, by default INVALID, where no polygon), and at exact
+        points inside it.
 
         The geometries are already in the grid CRS and carry class ids, so `crs` and `lut` are not needed."""
-        out = np.full((height, width), INVALID, dtype=np.uint8)
+        out = np.full((height, width), self.background, dtype=np.uint8)
         west, north = transform.c, transform.f
         east, south = west + width * transform.a, north + height * transform.e
         bounds = shapely.bounds(self.geometries)
@@ -201,11 +204,14 @@ def read_layer(path: str | Path, what: str) -> gpd.GeoDataFrame:
 
 def read_vector_labels(path: str | Path, crs: CRS, scheme: ClassScheme | None, attribute: str | None = None,
                        burn_value: int | None = None, class_name: str = "feature", strict: bool = False,
-                       all_touched: bool = False) -> tuple[LabelVector, ClassScheme, int]:
+                       all_touched: bool = False, background: str | None = None
+                       ) -> tuple[LabelVector, ClassScheme, int]:
     """Read a vector layer as labels in the grid CRS; returns it, its scheme, and how many features were skipped.
 
     Values come from `attribute` (integer codes or class names) or are all `burn_value`. Without a scheme, one
-    is built from the distinct values. Invalid geometries are skipped and counted (an error with `strict`).
+    is built from the distinct values (and `background`, first). Invalid geometries are skipped and counted (an
+    error with `strict`). Pixels no polygon covers are unlabelled, or with `background` that class (footprints
+    of one kind, such as buildings, against everything else).
     """
     path = str(path)
     if (attribute is None) == (burn_value is None):
@@ -228,22 +234,34 @@ def read_vector_labels(path: str | Path, crs: CRS, scheme: ClassScheme | None, a
         raise LandcoverError("the layer has no valid geometry", path)
     values = frame[attribute] if attribute is not None else pd.Series(burn_value, index=frame.index)
     if scheme is None:
-        scheme = scheme_from_values(values, class_name if burn_value is not None else None, path)
+        scheme = scheme_from_values(values, class_name if burn_value is not None else None, path, background)
     classes = _classes_for(values, scheme, path)
+    fill = INVALID
+    if background is not None:
+        ids = {c.name.lower(): c.id for c in scheme.classes}
+        if background.lower() not in ids:
+            raise LandcoverError(f"--background {background!r} is not a class of scheme {scheme.name!r} "
+                                 f"({', '.join(c.name for c in scheme.classes)})", path)
+        fill = ids[background.lower()]
     geometries = frame.to_crs(CRS(crs).to_wkt()).geometry.values
     if not np.isfinite(shapely.bounds(geometries)).all():
         raise LandcoverError(f"features do not project into the grid CRS ({crs_name(crs)}): is the layer's CRS "
                              f"({frame.crs.to_string()}) right?", path)
-    return LabelVector(path, np.asarray(geometries), classes, all_touched), scheme, int(bad.sum())
+    return LabelVector(path, np.asarray(geometries), classes, all_touched, fill), scheme, int(bad.sum())
 
 
-def scheme_from_values(values: pd.Series, name: str | None, source: str) -> ClassScheme:
-    """A scheme with one class per distinct value (integer codes sorted; text values as names)."""
+def scheme_from_values(values: pd.Series, name: str | None, source: str,
+                       background: str | None = None) -> ClassScheme:
+    """A scheme with one class per distinct value (integer codes sorted; text values as names), after a
+    `background` class (code 0, or one past the largest code when 0 is taken)."""
     distinct = sorted(values.dropna().unique().tolist(), key=lambda v: (isinstance(v, str), v))
     if all(isinstance(v, int | np.integer) for v in distinct):
         entries = [{"name": name or str(v), "code": int(v)} for v in distinct]
     else:
         entries = [{"name": str(v), "code": i + 1} for i, v in enumerate(distinct)]
+    if background is not None and background.lower() not in {e["name"].lower() for e in entries}:
+        codes = {e["code"] for e in entries}
+        entries.insert(0, {"name": background, "code": 0 if 0 not in codes else max(codes) + 1})
     for entry, color in zip(entries, _palette(len(entries)), strict=True):
         entry["color"] = color
     return parse_scheme({"name": Path(source).stem, "description": f"classes of {Path(source).name}",

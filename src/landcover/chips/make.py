@@ -35,7 +35,8 @@ def scene_paths(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLik
 def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike]], out: PathLike, *,
                labels: PathLike | None = None, labels_vector: PathLike | None = None,
                burn_attribute: str | None = None, burn_value: int | None = None, class_name: str = "feature",
-               all_touched: bool = False, strict: bool = False, scheme: str | PathLike | None = None,
+               all_touched: bool = False, background: str | None = None, strict: bool = False,
+               scheme: str | PathLike | None = None,
                bands: list[int] | None = None, aoi: PathLike | None = None, regions: str | list[str] | None = None,
                tile_size: str | float = "480m", overlap: str | float = "0px", padding: str | float = "0px",
                crs: str | None = None, resolution: float | None = None, resampling: str = "bilinear",
@@ -48,7 +49,8 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
     with a GeoParquet manifest into `out`; returns what was written (`result.summary()` says it in a few lines).
 
     Labels are a land-cover raster (`labels`, codes mapped by `scheme`, default 'nlcd') or a vector layer
-    (`labels_vector` with `burn_attribute` or `burn_value`). `rules` are 'points:K' and/or 'purity:P'
+    (`labels_vector` with `burn_attribute` or `burn_value`; pixels outside its polygons are unlabelled, or the
+    class `background`). `rules` are 'points:K' and/or 'purity:P'
     (default points:3 for class folders). `layout` 'folders' writes <class>/<key>.png (or `fmt='tif'`);
     'pairs' writes images/ + labels/ GeoTIFF masks for segmentation; 'shards' encodes the chips straight into
     WebDataset tars (`fmt='webdataset'`, the default) or TFRecord files, one per block of tiles or per
@@ -77,7 +79,7 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
     else:
         label_source, class_scheme, skipped = read_vector_labels(
             labels_vector, grid.crs, load_scheme(scheme) if scheme else None, burn_attribute, burn_value,
-            class_name, strict, all_touched)
+            class_name, strict, all_touched, background)
         if skipped:
             warnings.warn(f"{labels_vector}: skipped {skipped} invalid geometries (--strict to fail)",
                           stacklevel=2)

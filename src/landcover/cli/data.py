@@ -40,6 +40,9 @@ def _chips_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--burn-value", type=int, metavar="CODE", help="vector labels: burn every feature as this code")
     g.add_argument("--class-name", default="feature",
                    help="with --burn-value and no --scheme: the class's name (default 'feature')")
+    g.add_argument("--background", metavar="NAME",
+                   help="polygon labels: pixels no polygon covers are this class (added to a scheme built from "
+                        "the layer), not unlabelled: e.g. building footprints against 'background'")
     g.add_argument("--all-touched", action="store_true",
                    help="vector labels: burn every pixel a polygon touches, not only those whose centre it covers")
     g.add_argument("--strict", action="store_true", help="vector labels: fail on invalid geometries (default: "
@@ -100,7 +103,8 @@ def _run_chips(args: argparse.Namespace) -> None:
     result = warnings_as_lines(
         make_chips, args.image, args.out, labels=args.labels, labels_vector=args.labels_vector,
         burn_attribute=args.burn_attribute, burn_value=args.burn_value, class_name=args.class_name,
-        all_touched=args.all_touched, strict=args.strict, scheme=args.scheme, bands=args.bands, aoi=args.aoi,
+        all_touched=args.all_touched, background=args.background, strict=args.strict, scheme=args.scheme,
+        bands=args.bands, aoi=args.aoi,
         regions=args.region, tile_size=args.tile_size, overlap=args.overlap, padding=args.padding, crs=args.crs,
         resolution=args.resolution, resampling=args.resampling, rules=args.rule, max_nodata=args.max_nodata,
         keep=args.keep, seed=args.seed, layout=args.layout, fmt=args.format, min_labelled=args.min_labelled,

@@ -46,13 +46,18 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
                    help="run the network with onnxruntime when the bundle holds a fresh model.onnx (training writes "
                         "it), else torch (auto, the default); or name one")
-    p.add_argument("--batch-size", type=COUNT.parse, default=64, help="windows or chips per batch (default 64)")
+    p.add_argument("--batch-size", type=COUNT.parse,
+                   help="windows or chips per batch (default 64; for segmentation bundles 2 windows of 512 px)")
     g = p.add_argument_group("rasters (--image)")
     g.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1-based stack bands that make the chips' bands (default: those the chips were cut from)")
     g.add_argument("--stride", help="step between windows, m or px, dividing the tile (default: the tile; "
                                     "smaller steps overlap windows and average their probabilities)")
     g.add_argument("--aoi", metavar="VECTOR", help="map only cells whose centre lies inside these polygons")
+    g.add_argument("--window", help="segmentation bundles: window side, px or m, a multiple of 32 px (default 512px)")
+    g.add_argument("--overlap", help="segmentation bundles: how far windows overlap, px or m, at most half the "
+                                     "window (default a quarter); overlaps are blended with weights that fall "
+                                     "towards window edges, so windows leave no seams")
     g.add_argument("--smooth", type=WHOLE.parse, default=0, metavar="N",
                    help="also write the map after an N x N plurality filter on the cell grid (e.g. 3)")
     g.add_argument("--probabilities", action="store_true",
@@ -70,7 +75,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             from landcover.predict.folder import predict_folder
 
             result = predict_folder(args.bundle, args.images, args.out, runtime=args.runtime,
-                                    batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet)
+                                    batch_size=args.batch_size or 64, overwrite=args.overwrite, progress=not args.quiet)
             print(result.summary())
             return
         from landcover.predict.raster import predict_raster
@@ -81,7 +86,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                                 truth=args.truth, truth_scheme=args.scheme, max_nodata=args.max_nodata,
                                 batch_size=args.batch_size, runtime=args.runtime, engine=engine,
                                 resampling=args.resampling, overwrite=args.overwrite,
-                                allow_empty=args.allow_empty, progress=not args.quiet)
+                                allow_empty=args.allow_empty, window=args.window, overlap=args.overlap,
+                                progress=not args.quiet)
         print(result.summary())
 
     p.set_defaults(run=run)

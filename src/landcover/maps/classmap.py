@@ -14,6 +14,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
+from rasterio.windows import Window
 
 from landcover.atomic import temp_path
 from landcover.errors import LandcoverError
@@ -21,6 +22,8 @@ from landcover.geo.raster import open_raster
 
 NODATA = 255
 """Class maps are uint8 class ids; 255 marks nodata (no imagery, outside the AOI, not predicted)."""
+CACHE_MB = 64
+"""GDAL's block cache while maps are written (its default, 5% of memory, would grow with the map)."""
 PROB_SCALE = 254
 """Probability COGs store round(p * 254) in uint8, 255 nodata; GDAL's scale (1/254) turns them back into p."""
 CLASSES_TAG = "LANDCOVER_CLASSES"
@@ -38,31 +41,43 @@ def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: CRS, n
               scales: list[float] | None = None, resampling: str = "MODE", category_names: list[str] | None = None,
               blocksize: int = 256) -> Path:
     """Write (bands, h, w) or (h, w) as a deflate COG with overviews, under a temporary name then renamed."""
-    path = Path(path)
     data = data[None] if data.ndim == 2 else data
     count, height, width = data.shape
     profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype,
                "crs": crs, "transform": transform, "nodata": nodata}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(data)
+            _describe(dst, colormap, tags, band_tags, descriptions, scales)
+        with mem.open() as src:
+            return _copy_to_cog(src, Path(path), resampling, category_names, blocksize)
+
+
+def _describe(dst: rasterio.io.DatasetWriter, colormap: dict | None = None, tags: dict | None = None,
+              band_tags: list | None = None, descriptions: list | None = None, scales: list | None = None) -> None:
+    """Colour table, tags, band names and scales of a GeoTIFF being written."""
+    if colormap:
+        dst.write_colormap(1, colormap)
+    if tags:
+        dst.update_tags(**tags)
+    for i in range(dst.count):
+        if band_tags and band_tags[i]:
+            dst.update_tags(i + 1, **band_tags[i])
+        if descriptions:
+            dst.set_band_description(i + 1, descriptions[i])
+    if scales:
+        dst.scales = tuple(scales)
+        dst.offsets = tuple(0.0 for _ in scales)
+
+
+def _copy_to_cog(src: rasterio.DatasetReader, path: Path, resampling: str, category_names: list[str] | None,
+                 blocksize: int = 256) -> Path:
+    """Copy an open raster to a deflate COG at `path` (temporary name, then renamed), with a categories sidecar."""
     tmp = temp_path(path)
     try:
-        with MemoryFile() as mem:
-            with mem.open(**profile) as dst:
-                dst.write(data)
-                if colormap:
-                    dst.write_colormap(1, colormap)
-                if tags:
-                    dst.update_tags(**tags)
-                for i in range(count):
-                    if band_tags and band_tags[i]:
-                        dst.update_tags(i + 1, **band_tags[i])
-                    if descriptions:
-                        dst.set_band_description(i + 1, descriptions[i])
-                if scales:
-                    dst.scales = tuple(scales)
-                    dst.offsets = tuple(0.0 for _ in scales)
-            with mem.open() as src:
-                rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(blocksize),
-                                     OVERVIEW_RESAMPLING=resampling, RESAMPLING="NEAREST")
+        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB):
+            rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(blocksize),
+                                 OVERVIEW_RESAMPLING=resampling, RESAMPLING="NEAREST")
         aux = Path(f"{path}.aux.xml")
         if category_names:
             _write_categories(Path(f"{tmp}.aux.xml"), category_names)
@@ -107,18 +122,57 @@ class ClassMap:
         return [c["name"] for c in self.classes]
 
 
+def _class_styling(classes: list[dict], tags: dict[str, str]) -> dict:
+    """write_cog's styling of a class map: colour table, class names (band tags + categories), provenance."""
+    colormap = {i: (0, 0, 0, 0) for i in range(256)}
+    for c in classes:
+        colormap[int(c["id"])] = (*hex_rgb(c["color"]), 255)
+    names = [""] * (max(int(c["id"]) for c in classes) + 1)
+    for c in classes:
+        names[int(c["id"])] = c["name"]
+    band_tags = {f"CLASS_{int(c['id'])}": c["name"] for c in classes}
+    return {"colormap": colormap, "tags": {**tags, CLASSES_TAG: json.dumps(classes)}, "band_tags": [band_tags],
+            "descriptions": ["class"], "category_names": names}
+
+
+def _probability_styling(classes: list[dict], tags: dict[str, str] | None) -> dict:
+    return {"tags": tags, "descriptions": [c["name"] for c in classes], "scales": [1 / PROB_SCALE] * len(classes)}
+
+
 def write_class_map(cm: ClassMap, path: str | Path) -> Path:
     """A class-map COG: colour table and class names (band tags + .aux.xml categories), mode overviews."""
-    colormap = {i: (0, 0, 0, 0) for i in range(256)}
-    for c in cm.classes:
-        colormap[int(c["id"])] = (*hex_rgb(c["color"]), 255)
-    names = [""] * (max(int(c["id"]) for c in cm.classes) + 1)
-    for c in cm.classes:
-        names[int(c["id"])] = c["name"]
-    band_tags = {f"CLASS_{int(c['id'])}": c["name"] for c in cm.classes}
-    tags = {**cm.tags, CLASSES_TAG: json.dumps(cm.classes)}
-    return write_cog(path, cm.data.astype(np.uint8), cm.transform, cm.crs, NODATA, colormap=colormap, tags=tags,
-                     band_tags=[band_tags], descriptions=["class"], resampling="MODE", category_names=names)
+    style = _class_styling(cm.classes, cm.tags)
+    names = style.pop("category_names")
+    return write_cog(path, cm.data.astype(np.uint8), cm.transform, cm.crs, NODATA, resampling="MODE",
+                     category_names=names, **style)
+
+
+def start_draft(path: str | Path, height: int, width: int, transform: Affine, crs: CRS, classes: list[dict],
+                tags: dict[str, str], probabilities: bool = False) -> Path:
+    """An empty tiled GeoTIFF (all nodata) for a class map, or with `probabilities` its per-class probabilities,
+    too large to hold at once: fill it with write_rows, then finish_draft makes it the COG."""
+    style = _probability_styling(classes, tags) if probabilities else _class_styling(classes, tags)
+    style.pop("category_names", None)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": len(classes) if probabilities else 1,
+               "dtype": "uint8", "crs": crs, "transform": transform, "nodata": NODATA, "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "DEFLATE", "BIGTIFF": "IF_SAFER"}
+    with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), rasterio.open(path, "w", **profile) as dst:
+        _describe(dst, **style)
+    return Path(path)
+
+
+def write_rows(draft: str | Path, row: int, data: np.ndarray) -> None:
+    """Write (h, w) class ids or (classes, h, w) scaled probabilities into a draft from `row` down (flushed)."""
+    data = data[None] if data.ndim == 2 else data
+    with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), rasterio.open(draft, "r+") as dst:
+        dst.write(data, window=Window(0, row, data.shape[2], data.shape[1]))
+
+
+def finish_draft(draft: str | Path, path: str | Path, classes: list[dict], probabilities: bool = False) -> Path:
+    """The draft as a COG at `path` (class maps: mode overviews and a categories sidecar; probabilities: average)."""
+    names = None if probabilities else _class_styling(classes, {})["category_names"]
+    with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), rasterio.open(draft) as src:
+        return _copy_to_cog(src, Path(path), "AVERAGE" if probabilities else "MODE", names)
 
 
 def read_class_map(path: str | Path) -> ClassMap:
@@ -135,13 +189,18 @@ def read_class_map(path: str | Path) -> ClassMap:
         return ClassMap(data, src.transform, src.crs, classes, tags)
 
 
+def scale_probabilities(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Probabilities (classes, h, w) in [0, 1] as stored: uint8 p * 254, 255 where not valid."""
+    scaled = np.rint(np.clip(probs, 0, 1) * PROB_SCALE).astype(np.uint8)
+    scaled[:, ~valid] = NODATA
+    return scaled
+
+
 def write_probabilities(path: str | Path, probs: np.ndarray, valid: np.ndarray, transform: Affine, crs: CRS,
                         classes: list[dict], tags: dict[str, str] | None = None) -> Path:
     """Per-class probabilities (classes, h, w) in [0, 1] as a uint8 COG (p * 254, 255 nodata, GDAL scale 1/254)."""
-    scaled = np.rint(np.clip(probs, 0, 1) * PROB_SCALE).astype(np.uint8)
-    scaled[:, ~valid] = NODATA
-    return write_cog(path, scaled, transform, crs, NODATA, tags=tags, descriptions=[c["name"] for c in classes],
-                     scales=[1 / PROB_SCALE] * len(classes), resampling="AVERAGE")
+    return write_cog(path, scale_probabilities(probs, valid), transform, crs, NODATA, resampling="AVERAGE",
+                     **_probability_styling(classes, tags))
 
 
 def read_probabilities(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

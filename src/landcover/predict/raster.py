@@ -8,15 +8,12 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import shapely
 from affine import Affine
-from rasterio.enums import Resampling
 
 from landcover.atomic import check_output, replacing, write_text
 from landcover.bounds import COUNT
@@ -24,7 +21,7 @@ from landcover.bundle import Bundle, load_bundle
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid, make_grid, on_lattice, parse_length, scene_footprint, to_pixels
-from landcover.geo.raster import Scene, crs_name, open_raster
+from landcover.geo.raster import Scene, crs_name
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_probabilities
@@ -38,73 +35,22 @@ from landcover.predict.blocks import (
     run_blocks,
     save_result,
 )
+from landcover.predict.outputs import (
+    RasterResult,
+    check_truth,
+    kept_only_when_started,
+    output_files,
+    pick_bands,
+    prepare_outputs,
+)
+from landcover.predict.pixels import check_pixel_options, predict_pixels
 from landcover.predict.runtime import choose_runtime
 from landcover.progress import progress_bar
-from landcover.schemes import load_scheme
 
+BATCH_TILES = 64
+"""Default windows per batch for classifiers."""
 MIN_CELL_VALID = 0.5
 """A map cell is nodata when less than this share of its imagery pixels is valid."""
-
-
-@dataclass
-class RasterResult:
-    """What a prediction wrote and measured."""
-
-    out: Path
-    files: dict[str, Path]
-    counts: dict[str, int]
-    """Map cells per class (and 'nodata')."""
-    hectares: dict[str, float]
-    windows: int
-    skipped: int
-    resumed: int
-    seconds: float
-    seconds_read: float
-    seconds_infer: float
-    reading: str
-    scores: dict = field(default_factory=dict)
-    runtime: str = "torch"
-
-    @property
-    def tiles_per_second(self) -> float:
-        """Windows predicted per second of wall time (this run's windows only)."""
-        return self.windows / self.seconds if self.seconds else float("nan")
-
-    def summary(self) -> str:
-        """A few lines for the terminal."""
-        total = sum(self.hectares.values())
-        lines = [f"map: {self.out}  ({self.reading})",
-                 f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
-                 + (f", {self.resumed} blocks resumed" if self.resumed else "")
-                 + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s on {self.runtime}"]
-        shares = ", ".join(f"{n} {h:,.0f} ha ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
-        lines.append(f"classes: {shares}" if total else "classes: none predicted")
-        for name, score in self.scores.items():
-            lines.append(f"agreement with truth ({name}): {score['agreement']:.3f} over {score['n_cells']} cells")
-        lines += [f"{k}: {v}" for k, v in self.files.items() if k != "map"]
-        return "\n".join(lines)
-
-
-def pick_bands(bundle: Bundle, images: list[str], bands: list[int] | None) -> list[int]:
-    """1-based stack bands that make the bundle's chip bands: --bands, else the bands the chips were cut from."""
-    if bands:
-        return list(bands)
-    stack = Scene.open(images)
-    source = bundle.chip.get("source_bands")
-    if source and len(bundle.chip.get("source_files") or []) == len(images):
-        offsets: dict[int, int] = {}
-        for pos, (fi, _) in enumerate(stack.band_sources):
-            offsets.setdefault(fi, pos)
-        picks = [offsets.get(fi, -stack.count) + b for fi, b in source]
-        if all(1 <= p <= stack.count and stack.band_sources[p - 1] == (fi, b)
-               for p, (fi, b) in zip(picks, source, strict=True)):
-            return picks
-    if not source or stack.count == len(source):
-        return list(range(1, stack.count + 1))
-    need = len(source)
-    raise LandcoverError(f"the bundle's chips had {need} bands (cut from {bundle.chip.get('source_files')} as "
-                         f"{source}); the imagery stacks {stack.count}: pick them with --bands",
-                         ", ".join(images))
 
 
 def plurality_filter(classes: np.ndarray, n_classes: int, size: int = 3) -> np.ndarray:
@@ -133,11 +79,15 @@ def plurality_filter(classes: np.ndarray, n_classes: int, size: int = 3) -> np.n
 def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str | Path,
                    bands: list[int] | None = None, stride: str | None = None, aoi: str | Path | None = None,
                    smooth: int = 0, probabilities: bool = False, truth: str | Path | None = None,
-                   truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int = 64,
+                   truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int | None = None,
                    runtime: str = "auto", engine: Engine | str | None = None, resampling: str = "bilinear",
                    overwrite: bool = False, allow_empty: bool = False, block_windows: int = BLOCK_WINDOWS,
-                   progress: bool = True, log: Callable[[str], None] = print) -> RasterResult:
-    """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif), one cell per `stride`.
+                   window: str | None = None, overlap: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print) -> RasterResult:
+    """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif): a classifier's map has one
+    cell per `stride`; a segmentation bundle's has a class per pixel (`landcover.predict.pixels`: windows of
+    `window` px, default 512, overlapping by `overlap`, default a quarter window, blended; `stride`, `smooth` and
+    `max_nodata` are for tile maps).
 
     `images` are the scene's rasters, stacked as bands (the bands the chips were cut from are picked, `bands`
     overrides). Beside the map: <out>.tiles.parquet (one row per window), <out>.json (settings, class areas,
@@ -159,19 +109,22 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     check_output(out, "file")
     if not 0 <= max_nodata <= 1:
         raise LandcoverError(f"--max-nodata {max_nodata} must be a fraction between 0 and 1")
-    COUNT.check(batch_size, "--batch-size")
+    if batch_size is not None:
+        COUNT.check(batch_size, "--batch-size")
     if smooth and (smooth < 3 or smooth % 2 == 0):
         raise LandcoverError(f"--smooth {smooth} must be an odd window size >= 3")
-    if truth and not truth_scheme:
-        raise LandcoverError("--truth needs --scheme (how its codes map to classes)", truth)
-    if truth:  # checked now, not after the prediction
-        load_scheme(truth_scheme)
-        open_raster(truth).close()
-    if resampling not in Resampling.__members__:
-        raise LandcoverError(f"unknown resampling {resampling!r}")
+    check_truth(truth, truth_scheme, resampling)
     bundle = load_bundle(bundle_path)
-    bundle.require_classifier("prediction")
     runtime, why = choose_runtime(bundle, runtime)
+    if bundle.task == "segmentation":
+        check_pixel_options(stride, smooth)
+        return predict_pixels(bundle, images, out, bands, aoi, probabilities, truth, truth_scheme, window, overlap,
+                              batch_size, runtime, engine, resampling, overwrite, allow_empty, progress, log, why)
+    bundle.require_classifier("prediction")
+    if window or overlap:
+        raise LandcoverError("--window and --overlap are for segmentation bundles: a tile classifier's windows are "
+                             "its tiles (--stride overlaps them)")
+    batch_size = batch_size or BATCH_TILES
     picks = pick_bands(bundle, images, bands)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
     need = max(bundle.input.bands) + 1
@@ -186,11 +139,11 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
         f"windows of {grid.tile} px in {len(blocks)} blocks")
     log(f"runtime: {runtime} ({why})")
-    files = _output_files(out, smooth, probabilities)
+    files = output_files(out, smooth, probabilities)
     fingerprint = _fingerprint(job, images, picks, aoi, block_windows)
     state = out.with_name(f".{out.name}.landcover-state")
-    with output_lock(out), _kept_only_when_started(state):
-        _prepare(out, files, state, fingerprint, overwrite)
+    with output_lock(out), kept_only_when_started(state):
+        prepare_outputs(out, files, state, fingerprint, overwrite)
         results: dict[str, BlockResult] = {}
         for block in blocks:
             record = state / f"{block.id}.npz"
@@ -256,17 +209,6 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
         return result
 
 
-@contextmanager
-def _kept_only_when_started(state: Path) -> Iterator[None]:
-    """On failure, remove a prediction's state unless a block finished (then a rerun resumes from it)."""
-    try:
-        yield
-    except BaseException:
-        if not any(state.glob("*.npz")):
-            shutil.rmtree(state, ignore_errors=True)
-        raise
-
-
 def _grid(bundle: Bundle, scene: Scene, stride: str | None) -> Grid:
     """The bundle's tiles (size in px at its ground resolution, every stride) on the imagery's CRS, or, for
     imagery in degrees, on the UTM zone of its centre (as `landcover chips` cuts it)."""
@@ -312,7 +254,7 @@ def _aoi_cells(job: RasterJob, aoi: str | Path | None) -> np.ndarray:
         return inside
     from landcover.chips.cut import read_aoi
 
-    geom = read_aoi(aoi, job.grid)
+    geom = read_aoi(aoi, job.grid.crs)
     if not geom.intersects(scene_footprint(job.scene, job.grid.crs)):
         raise LandcoverError(f"the imagery ({job.scene.paths[0]}) does not overlap the AOI", aoi)
     rr, cc = np.mgrid[0:job.rows, 0:job.cols]
@@ -324,16 +266,6 @@ def _aoi_cells(job: RasterJob, aoi: str | Path | None) -> np.ndarray:
     return inside
 
 
-def _output_files(out: Path, smooth: int, probabilities: bool) -> dict[str, Path]:
-    stem = out.with_suffix("")
-    files = {"map": out, "tiles": Path(f"{stem}.tiles.parquet"), "summary": Path(f"{stem}.json")}
-    if smooth:
-        files["smoothed"] = Path(f"{stem}.smooth{smooth}.tif")
-    if probabilities:
-        files["probabilities"] = Path(f"{stem}.probs.tif")
-    return files
-
-
 def _fingerprint(job: RasterJob, images: list[str], picks: list[int], aoi, block_windows: int) -> str:
     """What a resumed run must match: bundle, imagery, bands, grid, and the settings that change results."""
     bundle = Path(job.bundle)
@@ -343,25 +275,6 @@ def _fingerprint(job: RasterJob, images: list[str], picks: list[int], aoi, block
             "aoi": str(aoi), "max_nodata": job.max_nodata, "runtime": job.runtime, "resampling": job.resampling,
             "block_windows": block_windows}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _prepare(out: Path, files: dict[str, Path], state: Path, fingerprint: str, overwrite: bool) -> None:
-    """Refuse to clobber a finished map unless told; resume a matching unfinished run, else start afresh."""
-    if state.exists():
-        stamp = state / "fingerprint"
-        if stamp.exists() and stamp.read_text() == fingerprint:
-            return
-        if not overwrite:
-            raise LandcoverError("an unfinished prediction with other settings is in the way (rerun it with its "
-                                 "own settings, or pass --overwrite)", state)
-        shutil.rmtree(state)
-    existing = [p for p in files.values() if p.exists()]
-    if existing and not overwrite:
-        raise LandcoverError("exists (pass --overwrite to replace it)", existing[0])
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True)
-    state.mkdir()
-    write_text(state / "fingerprint", fingerprint)
 
 
 def _assemble(job: RasterJob, blocks: list[Block], results: dict[str, BlockResult], cell_in_aoi: np.ndarray,

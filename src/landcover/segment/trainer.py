@@ -47,7 +47,8 @@ class SegmentationRun:
         self.model, pre = build_segmenter(config.architecture, config.encoder, len(self.classes), len(bands),
                                           config.weights, rgb)
         low, high = scaling_for(self.train.frame, self.train.root, bands, seed=config.seed)
-        self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std), size, pre.interpolation)
+        self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std), size, pre.interpolation,
+                               resize=False)
         self.chip = chip_facts(self.train.frame, first, rgb, info)
 
     def bundle(self) -> Bundle:

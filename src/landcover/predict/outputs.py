@@ -1,0 +1,130 @@
+"""What every whole-raster prediction shares: the bands it reads, its outputs (refusing to clobber, resuming a
+matching unfinished run) and the result it reports."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rasterio.enums import Resampling
+
+from landcover.atomic import write_text
+from landcover.bundle import Bundle
+from landcover.errors import LandcoverError
+from landcover.geo.raster import Scene, open_raster
+from landcover.schemes import load_scheme
+
+
+@dataclass
+class RasterResult:
+    """What a prediction wrote and measured."""
+
+    out: Path
+    files: dict[str, Path]
+    counts: dict[str, int]
+    """Map cells per class (and 'nodata')."""
+    hectares: dict[str, float]
+    windows: int
+    skipped: int
+    resumed: int
+    seconds: float
+    seconds_read: float
+    seconds_infer: float
+    reading: str
+    scores: dict = field(default_factory=dict)
+    runtime: str = "torch"
+
+    @property
+    def tiles_per_second(self) -> float:
+        """Windows predicted per second of wall time (this run's windows only)."""
+        return self.windows / self.seconds if self.seconds else float("nan")
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        total = sum(self.hectares.values())
+        lines = [f"map: {self.out}  ({self.reading})",
+                 f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
+                 + (f", {self.resumed} blocks resumed" if self.resumed else "")
+                 + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s on {self.runtime}"]
+        shares = ", ".join(f"{n} {h:,.0f} ha ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
+        lines.append(f"classes: {shares}" if total else "classes: none predicted")
+        for name, score in self.scores.items():
+            lines.append(f"agreement with truth ({name}): {score['agreement']:.3f} over {score['n_cells']} cells")
+        lines += [f"{k}: {v}" for k, v in self.files.items() if k != "map"]
+        return "\n".join(lines)
+
+
+def pick_bands(bundle: Bundle, images: list[str], bands: list[int] | None) -> list[int]:
+    """1-based stack bands that make the bundle's chip bands: --bands, else the bands the chips were cut from."""
+    if bands:
+        return list(bands)
+    stack = Scene.open(images)
+    source = bundle.chip.get("source_bands")
+    if source and len(bundle.chip.get("source_files") or []) == len(images):
+        offsets: dict[int, int] = {}
+        for pos, (fi, _) in enumerate(stack.band_sources):
+            offsets.setdefault(fi, pos)
+        picks = [offsets.get(fi, -stack.count) + b for fi, b in source]
+        if all(1 <= p <= stack.count and stack.band_sources[p - 1] == (fi, b)
+               for p, (fi, b) in zip(picks, source, strict=True)):
+            return picks
+    if not source or stack.count == len(source):
+        return list(range(1, stack.count + 1))
+    need = len(source)
+    raise LandcoverError(f"the bundle's chips had {need} bands (cut from {bundle.chip.get('source_files')} as "
+                         f"{source}); the imagery stacks {stack.count}: pick them with --bands",
+                         ", ".join(images))
+
+
+@contextmanager
+def kept_only_when_started(state: Path) -> Iterator[None]:
+    """On failure, remove a prediction's state unless a block finished (then a rerun resumes from it)."""
+    try:
+        yield
+    except BaseException:
+        if not any(state.glob("*.npz")):
+            shutil.rmtree(state, ignore_errors=True)
+        raise
+
+
+def output_files(out: Path, smooth: int, probabilities: bool) -> dict[str, Path]:
+    stem = out.with_suffix("")
+    files = {"map": out, "tiles": Path(f"{stem}.tiles.parquet"), "summary": Path(f"{stem}.json")}
+    if smooth:
+        files["smoothed"] = Path(f"{stem}.smooth{smooth}.tif")
+    if probabilities:
+        files["probabilities"] = Path(f"{stem}.probs.tif")
+    return files
+
+
+def prepare_outputs(out: Path, files: dict[str, Path], state: Path, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to clobber a finished map unless told; resume a matching unfinished run, else start afresh."""
+    if state.exists():
+        stamp = state / "fingerprint"
+        if stamp.exists() and stamp.read_text() == fingerprint:
+            return
+        if not overwrite:
+            raise LandcoverError("an unfinished prediction with other settings is in the way (rerun it with its "
+                                 "own settings, or pass --overwrite)", state)
+        shutil.rmtree(state)
+    existing = [p for p in files.values() if p.exists()]
+    if existing and not overwrite:
+        raise LandcoverError("exists (pass --overwrite to replace it)", existing[0])
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    state.mkdir()
+    write_text(state / "fingerprint", fingerprint)
+
+
+def check_truth(truth: str | Path | None, truth_scheme: str | None, resampling: str) -> None:
+    """Before any work: --truth needs --scheme and must open; the resampling must be one GDAL knows."""
+    if truth and not truth_scheme:
+        raise LandcoverError("--truth needs --scheme (how its codes map to classes)", truth)
+    if truth:
+        load_scheme(truth_scheme)
+        open_raster(truth).close()
+    if resampling not in Resampling.__members__:
+        raise LandcoverError(f"unknown resampling {resampling!r}")
