@@ -67,10 +67,10 @@ def test_resume_continues_exactly(trained, zion_pairs, tmp_path, monkeypatch):
 
     real = trainer._train_epoch
 
-    def dies_in_epoch_2(run, optimizer, loss_fn, epoch, progress):
+    def dies_in_epoch_2(run, net, loader, optimizer, loss_fn, epoch, progress):
         if epoch == 2:
             raise KeyboardInterrupt  # as a killed run
-        return real(run, optimizer, loss_fn, epoch, progress)
+        return real(run, net, loader, optimizer, loss_fn, epoch, progress)
 
     runs = tmp_path / "runs"
     argv = seg_args(zion_pairs, runs, "unet", "--epochs", "2", "--no-onnx")
@@ -188,3 +188,22 @@ def test_atlanta_building_footprints_against_background(tmp_path, capsys):
     print(f"Atlanta buildings, held-out blocks: building IoU {report['iou']['building']:.3f}, "
           f"mIoU {report['miou']:.3f}")
     assert report["iou"]["building"] > 0.15 and report["iou"]["background"] > 0.9
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_training(zion_pairs, tmp_path):
+    """torchrun with two CPU processes (gloo): each trains on half the pairs; rank 0 validates and writes."""
+    import os
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29534", "-m", "landcover", *seg_args(zion_pairs, runs, "ddp", "--epochs", "2",
+                                                                  "--no-onnx")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = _metrics(runs / "ddp")
+    assert [r["epoch"] for r in rows] == [1, 2] and all(0 <= r["val_miou"] <= 1 for r in rows)
+    assert load_bundle(runs / "ddp" / "bundle").task == "segmentation"

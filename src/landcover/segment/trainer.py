@@ -21,7 +21,16 @@ from landcover.segment.metrics import add_to_confusion, pixel_scores
 from landcover.train.checkpoints import close_epoch, load_checkpoint
 from landcover.train.config import TrainConfig
 from landcover.train.data import scaling_for
-from landcover.train.finetune import make_optimizer, make_schedule, optimizer_step
+from landcover.train.finetune import (
+    end_distributed,
+    epoch_sampler,
+    make_optimizer,
+    make_schedule,
+    optimizer_step,
+    rank0_says_stop,
+    start_distributed,
+    summed,
+)
 from landcover.train.run import chip_facts, input_bands, provenance, scheme_classes
 from landcover.train.runs import dump_json, read_metrics, write_metrics
 
@@ -58,10 +67,13 @@ class SegmentationRun:
                       provenance(c, self.train.path, len(self.train), len(self.val)), model=self.model,
                       task="segmentation", encoder=c.encoder)
 
-    def loader(self, dataset: PairDataset, shuffle: bool, epoch: int = 0) -> torch.utils.data.DataLoader:
-        """Batches of (raw images, class ids); the shuffle order depends only on the seed and the epoch."""
+    def loader(self, dataset: PairDataset, shuffle: bool, epoch: int = 0,
+               sampler=None) -> torch.utils.data.DataLoader:
+        """Batches of (raw images, class ids); the shuffle order depends only on the seed and the epoch (and,
+        under DDP, the rank's sampler)."""
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle,
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size,
+                                           shuffle=shuffle and sampler is None, sampler=sampler,
                                            num_workers=self.config.workers, generator=generator)
 
     def class_weights(self) -> torch.Tensor | None:
@@ -74,8 +86,10 @@ class SegmentationRun:
 
 
 def train_segmentation(run: SegmentationRun, out: Path, resume: bool, progress: bool) -> Path:
-    """Train a segmentation network for the configured epochs; keep last/best checkpoints; write the bundle."""
+    """Train a segmentation network for the configured epochs; keep last/best checkpoints; write the bundle.
+    Under torchrun, each rank trains on its share of the pairs (DDP, gloo); rank 0 validates and writes."""
     config, model = run.config, run.model
+    world, rank = start_distributed()
     optimizer = make_optimizer(config, list(model.parameters()))
     schedule = make_schedule(config, optimizer)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0}
@@ -83,43 +97,53 @@ def train_segmentation(run: SegmentationRun, out: Path, resume: bool, progress: 
     if resume:
         state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule)
         rows = [r for r in read_metrics(out) if r["epoch"] <= state["epoch"]]
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_fn = make_loss(config.loss, run.class_weights())
     names = [c["name"] for c in run.classes]
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         torch.manual_seed(config.seed * 1000 + epoch)
-        loss, acc, seconds, seen = _train_epoch(run, optimizer, loss_fn, epoch, progress)
+        loader = run.loader(run.train, True, epoch, epoch_sampler(run.train, world, rank, config.seed, epoch))
+        loss_sum, correct, labelled, seen, seconds = _train_epoch(run, net, loader, optimizer, loss_fn, epoch,
+                                                                  progress and rank == 0)
+        loss_sum, correct, labelled, seen = summed(world, loss_sum, correct, labelled, seen)
+        loss, acc = loss_sum / seen, correct / max(labelled, 1)
         schedule.step()
-        val_loss, scores = _validate(run, loss_fn, names)
-        miou = scores["miou"] or 0.0
-        rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss, "train_acc": acc,
-                     "val_loss": val_loss, "val_acc": scores["pixel_accuracy"], "val_miou": miou,
-                     "images_per_s": seen / seconds, "seconds": seconds})
-        close_epoch(out, model, optimizer, schedule, state, epoch, miou, config.checkpoint_every, config.epochs)
-        write_metrics(out, rows)
-        if progress:
-            print(f"epoch {epoch}/{config.epochs}: train loss {loss:.4f} pixel acc {acc:.3f} | val loss "
-                  f"{val_loss:.4f} pixel acc {scores['pixel_accuracy']:.3f} mIoU {miou:.3f} | "
-                  f"{seen / seconds:.0f} img/s")
-        if config.early_stopping and state["stale"] >= config.early_stopping:
-            print(f"early stopping: no better val mIoU for {config.early_stopping} epochs")
+        if rank == 0:
+            val_loss, scores = _validate(run, loss_fn, names)
+            miou = scores["miou"] or 0.0
+            rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss,
+                         "train_acc": acc, "val_loss": val_loss, "val_acc": scores["pixel_accuracy"],
+                         "val_miou": miou, "images_per_s": seen / seconds, "seconds": seconds})
+            close_epoch(out, model, optimizer, schedule, state, epoch, miou, config.checkpoint_every, config.epochs)
+            write_metrics(out, rows)
+            if progress:
+                print(f"epoch {epoch}/{config.epochs}: train loss {loss:.4f} pixel acc {acc:.3f} | val loss "
+                      f"{val_loss:.4f} pixel acc {scores['pixel_accuracy']:.3f} mIoU {miou:.3f} | "
+                      f"{seen / seconds:.0f} img/s")
+        if rank0_says_stop(world, config.early_stopping > 0 and state["stale"] >= config.early_stopping):
+            if rank == 0:
+                print(f"early stopping: no better val mIoU for {config.early_stopping} epochs")
             break
-    load_checkpoint(out / "checkpoints" / "best", model)
-    save_bundle(run.bundle(), out / "bundle")
-    dump_json(out / "summary.json", {"task": "segmentation", "best_epoch": state["best_epoch"],
-                                     "best_val_miou": state["best_score"],
-                                     "epochs_run": rows[-1]["epoch"] if rows else 0})
+    if rank == 0:
+        load_checkpoint(out / "checkpoints" / "best", model)
+        save_bundle(run.bundle(), out / "bundle")
+        dump_json(out / "summary.json", {"task": "segmentation", "best_epoch": state["best_epoch"],
+                                         "best_val_miou": state["best_score"],
+                                         "epochs_run": rows[-1]["epoch"] if rows else 0})
+    end_distributed(world)
     return out
 
 
-def _train_epoch(run: SegmentationRun, optimizer: torch.optim.Optimizer, loss_fn, epoch: int,
-                 progress: bool) -> tuple[float, float, float, int]:
-    """One pass over the training pairs: mean loss, pixel accuracy (labelled pixels), seconds, images."""
-    run.model.train()
+def _train_epoch(run: SegmentationRun, net: torch.nn.Module, loader: torch.utils.data.DataLoader,
+                 optimizer: torch.optim.Optimizer, loss_fn, epoch: int,
+                 progress: bool) -> tuple[float, int, int, int, float]:
+    """One pass over (this rank's share of) the training pairs: summed loss, correct and labelled pixels, images,
+    seconds."""
+    net.train()
     total_loss, correct, labelled, seen = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for raw, y in progress_bar(run.loader(run.train, True, epoch), desc=f"epoch {epoch}", unit="batch",
-                               enabled=progress, leave=False):
-        logits = run.model(run.input.prepare(raw))
+    for raw, y in progress_bar(loader, desc=f"epoch {epoch}", unit="batch", enabled=progress, leave=False):
+        logits = net(run.input.prepare(raw))
         loss = loss_fn(logits, y)
         optimizer_step(optimizer, loss, epoch, "pairs")
         known = y >= 0
@@ -127,7 +151,7 @@ def _train_epoch(run: SegmentationRun, optimizer: torch.optim.Optimizer, loss_fn
         correct += int((logits.argmax(1)[known] == y[known]).sum())
         labelled += int(known.sum())
         seen += len(y)
-    return total_loss / seen, correct / max(labelled, 1), time.perf_counter() - start, seen
+    return total_loss, correct, labelled, seen, time.perf_counter() - start
 
 
 @torch.no_grad()

@@ -60,13 +60,50 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, epoch: 
     optimizer.step()
 
 
+def start_distributed() -> tuple[int, int]:
+    """(world size, rank) under torchrun (gloo, which runs on CPU), else (1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return world, int(os.environ.get("RANK", 0))
+
+
+def epoch_sampler(dataset, world: int, rank: int, seed: int, epoch: int):
+    """This rank's share of the training set for an epoch (None in one process: the loader shuffles)."""
+    if world == 1:
+        return None
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def summed(world: int, *values: float) -> list[float]:
+    """Values summed over the ranks (as they are in one process)."""
+    if world == 1:
+        return list(values)
+    totals = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def rank0_says_stop(world: int, stop: bool) -> bool:
+    """Rank 0's early-stopping decision, the same on every rank."""
+    flag = torch.tensor([int(stop)])
+    if world > 1:
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def end_distributed(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
     """Train the network for the configured epochs; keep last/best checkpoints and write the bundle."""
     config = run.config
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+    world, rank = start_distributed()
     model = run.model
     trainable = set_trainable(model, config.train_from, config.freeze_bn)
     if not trainable:
@@ -83,19 +120,13 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(run))
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         torch.manual_seed(config.seed * 1000 + epoch)
-        sampler = None
-        if world > 1:
-            sampler = torch.utils.data.distributed.DistributedSampler(run.train, world, rank, shuffle=True,
-                                                                      seed=config.seed)
-            sampler.set_epoch(epoch)
+        sampler = epoch_sampler(run.train, world, rank, config.seed, epoch)
         loss, acc, seconds, seen = _train_epoch(run, net, optimizer, loss_fn, run.loader(run.train, True, epoch,
                                                                                         sampler),
                                                 progress and rank == 0, epoch)
         schedule.step()
-        if world > 1:
-            totals = torch.tensor([loss * seen, acc * seen, seen], dtype=torch.float64)
-            dist.all_reduce(totals)
-            loss, acc, seen = float(totals[0] / totals[2]), float(totals[1] / totals[2]), int(totals[2])
+        loss_sum, correct, seen = summed(world, loss * seen, acc * seen, seen)
+        loss, acc, seen = loss_sum / seen, correct / seen, int(seen)
         if rank == 0:
             val_loss, val_acc, val_f1 = _validate(run, model, loss_fn)
             rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss,
@@ -106,10 +137,7 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
             if progress:
                 print(f"epoch {epoch}/{config.epochs}: train loss {loss:.4f} acc {acc:.3f} | val loss "
                       f"{val_loss:.4f} acc {val_acc:.3f} macro-F1 {val_f1:.3f} | {seen / seconds:.0f} img/s")
-        stop = torch.tensor([int(config.early_stopping > 0 and state["stale"] >= config.early_stopping)])
-        if world > 1:
-            dist.broadcast(stop, 0)
-        if stop.item():
+        if rank0_says_stop(world, config.early_stopping > 0 and state["stale"] >= config.early_stopping):
             if rank == 0:
                 print(f"early stopping: no better val macro-F1 for {config.early_stopping} epochs")
             break
@@ -119,9 +147,7 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
         dump_json(out / "summary.json", {"mode": "finetune", "best_epoch": state["best_epoch"],
                                          "best_val_macro_f1": state["best_score"],
                                          "epochs_run": rows[-1]["epoch"] if rows else 0})
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    end_distributed(world)
     return out
 
 
