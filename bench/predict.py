@@ -64,17 +64,23 @@ def build_mosaic(out: Path, size: int) -> Path:
         with rasterio.open(path) as src:
             tiles.append(src.read())
             crs, left, top = src.crs, src.transform.c, src.transform.f
-    h, w = tiles[0].shape[1:]
+    h, w = min(t.shape[1] for t in tiles), min(t.shape[2] for t in tiles)
+    tiles = [t[:, :h, :w] for t in tiles]  # the years differ by a pixel or two
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint8", "crs": crs,
                "transform": rasterio.Affine(1, 0, left, 0, -1, top), "tiled": True, "blockxsize": 512,
                "blockysize": 512, "compress": "deflate"}
     tmp = out.with_name(f".{out.name}.tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        for row0 in range(0, size, h):
-            for col0 in range(0, size, w):
-                tile = tiles[(row0 // h * 7 + col0 // w) % len(tiles)]
-                hh, ww = min(h, size - row0), min(w, size - col0)
-                dst.write(tile[:, :hh, :ww], window=Window(col0, row0, ww, hh))
+    with rasterio.open(tmp, "w", **profile) as dst:  # strips of whole 512 px blocks: no block is written twice
+        for top in range(0, size, 512):
+            rows = min(512, size - top)
+            strip = np.empty((4, rows, size), np.uint8)
+            for row0 in range(top // h * h, top + rows, h):
+                for col0 in range(0, size, w):
+                    tile = tiles[(row0 // h * 7 + col0 // w) % len(tiles)]
+                    r0, r1 = max(row0, top), min(row0 + h, top + rows, size)
+                    c1 = min(col0 + w, size)
+                    strip[:, r0 - top:r1 - top, col0:c1] = tile[:, r0 - row0:r1 - row0, :c1 - col0]
+            dst.write(strip, window=Window(0, top, size, rows))
     tmp.rename(out)
     return out
 

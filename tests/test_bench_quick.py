@@ -62,3 +62,20 @@ def test_onnx_speed_bench(tmp_path):
     assert {(t["bundle"], t["runtime"]) for t in result["timings"]} == {
         ("finetune", "torch"), ("finetune", "onnx"), ("features", "torch"), ("features", "onnx")}
     assert all(e["max_abs_diff"] <= 1e-4 for e in result["exports"].values())
+
+
+def test_segmentation_bench(tmp_path):
+    need_data("zion")
+    need_data("naip_nd")
+    run_bench("segmentation", tmp_path)
+    result = json.loads((tmp_path / "segmentation.json").read_text())
+    assert result["quick"] and result["epochs"] == 1 and result["pairs"]["test"] > 10
+    methods = result["methods"]
+    assert set(methods) == {"landcover", "random forest", "tile map", "torchgeo"}
+    for name, scores in methods.items():
+        if name == "torchgeo" and "skipped" in scores:  # TorchGeo is the bench extra, not a dev dependency
+            continue
+        assert 0 < scores["miou"] <= scores["pixel_accuracy"] <= 1, name
+        assert scores["pixels"] == methods["landcover"]["pixels"] > 50_000, name  # the same test pixels
+    assert result["large"]["windows"] == 9 and result["small"]["windows"] == 1
+    assert result["bare_loop"]["images_per_s"] > 0 and result["model_only_windows_per_second"] > 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import rasterio
+from PIL import Image
 
 from landcover.cli import main
 from landcover.datasets.formats import read_tfrecord
@@ -45,8 +47,16 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     assert {"map", "smoothed 3x3"} <= set(summary["scores"])
     for name in ("zion.tif", "zion.smooth3.tif", "zion.probs.tif", "zion.tiles.parquet", "zion.png"):
         assert (maps / name).exists(), name
+    # Stage 8: a U-Net on pairs inside the park; the park mapped per 30 m pixel, drawn beside the tile map.
+    seg = json.loads((maps / "zion-pixels.json").read_text())
+    assert seg["task"] == "segmentation" and seg["scores"]["map"]["agreement"] > 0.5
+    with rasterio.open(maps / "zion-pixels.tif") as pixels, rasterio.open(zion / "landsat_b2.tif") as image:
+        assert (pixels.transform, pixels.shape) == (image.transform, image.shape)
+    with Image.open(maps / "zion-pixels.png") as png:
+        figure = json.loads(png.text["Description"])
+    assert figure["beside"].endswith("zion.tif") and figure["agreement"]["n_cells"] > 100_000
     out = capsys.readouterr().out
-    assert "chips in" in out and "[7/7] map" in out
+    assert "chips in" in out and "[7/8] map" in out and "[8/8] segment" in out and "test pairs: pixel accuracy" in out
 
 
 def test_demo_without_data_says_where_to_get_it(tmp_path, monkeypatch, capsys):

@@ -35,6 +35,7 @@ _API = {
     # evaluation and prediction with a bundle
     "load_bundle": "landcover.bundle",
     "evaluate_bundle": "landcover.predict.chips",
+    "evaluate_segmentation": "landcover.segment.evaluate",
     "predict_raster": "landcover.predict.raster",
     "predict_folder": "landcover.predict.folder",
     "export_onnx": "landcover.onnx_graph",

@@ -50,6 +50,8 @@ def _map_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=FRACTION.parse, default=0.6, metavar="F",
                    help="opacity of the class colours over the imagery, 0..1 (default 0.6)")
     p.add_argument("--title", help="figure title (default: the map's file name)")
+    p.add_argument("--beside", metavar="MAP", help="another class map of the same classes drawn before this one "
+                                                   "(e.g. a tile map beside a per-pixel map)")
 
     def run(args: argparse.Namespace) -> None:
         from landcover.maps.figures import compare_to_truth, render_map
@@ -57,7 +59,8 @@ def _map_parser(sub: argparse._SubParsersAction) -> None:
         if args.truth and not args.scheme:
             raise LandcoverError("--truth needs --scheme (how the truth raster's codes become classes)")
         out = warnings_as_lines(render_map, args.map, args.out, image=args.image, bands=args.bands,
-                                 truth=args.truth, scheme=args.scheme, alpha=args.alpha, title=args.title)
+                                 truth=args.truth, scheme=args.scheme, alpha=args.alpha, title=args.title,
+                                 beside=args.beside)
         if args.truth:
             stats = compare_to_truth(args.map, args.truth, args.scheme)
             if stats["agreement"] is None:

@@ -75,7 +75,7 @@ def _copy_to_cog(src: rasterio.DatasetReader, path: Path, resampling: str, categ
     """Copy an open raster to a deflate COG at `path` (temporary name, then renamed), with a categories sidecar."""
     tmp = temp_path(path)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB):
+        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB, GDAL_NUM_THREADS="ALL_CPUS"):  # compression on every core
             rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(blocksize),
                                  OVERVIEW_RESAMPLING=resampling, RESAMPLING="NEAREST")
         aux = Path(f"{path}.aux.xml")
@@ -155,7 +155,7 @@ def start_draft(path: str | Path, height: int, width: int, transform: Affine, cr
     style.pop("category_names", None)
     profile = {"driver": "GTiff", "width": width, "height": height, "count": len(classes) if probabilities else 1,
                "dtype": "uint8", "crs": crs, "transform": transform, "nodata": NODATA, "tiled": True,
-               "blockxsize": 256, "blockysize": 256, "compress": "DEFLATE", "BIGTIFF": "IF_SAFER"}
+               "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER"}  # uncompressed: rows land as written
     with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), rasterio.open(path, "w", **profile) as dst:
         _describe(dst, **style)
     return Path(path)

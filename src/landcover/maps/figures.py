@@ -175,8 +175,9 @@ def _imagery(map_path: Path, cm: ClassMap, image: list[str] | None, bands: list[
             paths.append(str(found))
     try:
         count = Scene.open(paths).count
-        if bands is None and cm.tags.get("LANDCOVER_BANDS") and not explicit:
-            bands = [int(b) for b in json.loads(cm.tags["LANDCOVER_BANDS"])]
+        recorded_bands = cm.tags.get("LANDCOVER_DISPLAY_BANDS") or cm.tags.get("LANDCOVER_BANDS")
+        if bands is None and recorded_bands and not explicit:
+            bands = [int(b) for b in json.loads(recorded_bands)]
         if bands is None:
             bands = [1, 2, 3] if count >= 3 else [1]
         if len(bands) not in (1, 3):
@@ -245,12 +246,25 @@ def _patch(color: str, label: str):
     return Patch(facecolor=color, edgecolor="black", linewidth=0.5, label=label)
 
 
+def _other_map_on_grid(path: str | Path, cm: ClassMap) -> tuple[np.ndarray, float]:
+    """Another class map's ids on this map's grid (nearest cell), NODATA outside it, and its own cell size; its
+    classes must match."""
+    other = read_class_map(path)
+    if [c["name"] for c in other.classes] != cm.names:
+        raise LandcoverError(f"has other classes than the map beside it ({', '.join(cm.names)})", path)
+    out = np.full(cm.data.shape, NODATA, np.uint8)
+    reproject(other.data, out, src_transform=other.transform, src_crs=other.crs, dst_transform=cm.transform,
+              dst_crs=cm.crs, src_nodata=NODATA, dst_nodata=NODATA, resampling=Resampling.nearest)
+    return out, abs(other.transform.a)
+
+
 def render_map(map_path: str | Path, out_png: str | Path, image: list[str] | None = None,
                bands: list[int] | None = None, truth: str | None = None, scheme: str | None = None,
-               alpha: float = 0.6, title: str | None = None) -> Path:
+               alpha: float = 0.6, title: str | None = None, beside: str | Path | None = None) -> Path:
     """Draw a class map (a COG landcover wrote) as a PNG over its imagery (the rasters it records, or `image`),
-    with a legend and a scale bar; with `truth` (a land-cover raster) and its `scheme`: truth | map | agreement.
-    Returns the PNG's path.
+    with a legend and a scale bar; with `truth` (a land-cover raster) and its `scheme`: truth | map | agreement;
+    `beside`, another class map of the same classes (a tile map beside a per-pixel one, say), adds its panel
+    before this one. Returns the PNG's path.
 
         render_map("maps/zion.tif", "maps/zion.png", truth="nlcd2011.tif", scheme="nlcd-grouped")
     """
@@ -269,9 +283,13 @@ def render_map(map_path: str | Path, out_png: str | Path, image: list[str] | Non
     opacity = alpha if background is not None else 1.0
     lut = _lut(cm.classes, opacity)
     panels = [("prediction", cm.data, lut)]
+    if beside is not None:
+        other, cell = _other_map_on_grid(beside, cm)
+        panels.insert(0, (f"{Path(beside).name} ({cell:g} m cells)", other, lut))
     entries = legend_entries(cm.data, cm.classes)
     info: dict = {"map": str(map_path), "legend": [{"name": n, "color": c, "share": s} for n, c, s in entries],
-                  "imagery": list(scene.paths) if background is not None else None}
+                  "imagery": list(scene.paths) if background is not None else None,
+                  "beside": str(beside) if beside else None}
     if truth:
         ref = truth_on_grid(cm, truth, scheme)
         stats = _agreement(cm, ref, str(truth), scheme)

@@ -210,6 +210,8 @@ def run_band(job: PixelJob, band: Band) -> BandResult:
     row1 = min(height if last else height - o, job.height - top_row)
     taper = torch.from_numpy(job.taper())
     per_chunk = max(1, round(CHUNK_PX / s))
+    whole = job.batch_size // math.gcd(job.batch_size, band.j1 - band.j0)
+    per_chunk = math.ceil(per_chunk / whole) * whole  # a chunk's windows fill whole batches
     spans = [(i, min(i + per_chunk, job.window_cols)) for i in range(0, job.window_cols, per_chunk)]
     classes = np.full((row1 - row0, job.width), NODATA, np.uint8)
     probs = np.full((c, row1 - row0, job.width), NODATA, np.uint8) if job.probabilities else None
@@ -265,16 +267,16 @@ def _finish(sums: np.ndarray, valid: np.ndarray, classes: np.ndarray, probs: np.
     window or no valid imagery become NODATA."""
     weight = sums[-1]
     known = valid & (weight > 0)
-    p = sums[:-1] / np.maximum(weight, 1e-12)
-    classes[:] = np.where(known, p.argmax(axis=0), NODATA).astype(np.uint8)
+    classes[:] = np.where(known, sums[:-1].argmax(axis=0), NODATA)  # the weight divides every class alike
     if probs is not None:
-        probs[:] = scale_probabilities(p, known)
+        probs[:] = scale_probabilities(sums[:-1] / np.maximum(weight, 1e-12), known)
 
 
 def join_rows(above: np.ndarray, above_valid: np.ndarray, below: np.ndarray, below_valid: np.ndarray,
               probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows two bands share: their weighted sums added, then finished like any other rows."""
-    sums = above + below
+    """The rows two bands share: their weighted sums added (into `above`, which is used up), then finished like
+    any other rows."""
+    sums = np.add(above, below, out=above)
     classes = np.empty(sums.shape[1:], np.uint8)
     probs = np.empty((sums.shape[0] - 1, *sums.shape[1:]), np.uint8) if probabilities else None
     _finish(sums, above_valid & below_valid, classes, probs)

@@ -82,6 +82,9 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
             "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
             "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_TASK": "segmentation",
             "LANDCOVER_WINDOW_PX": str(job.window), "LANDCOVER_OVERLAP_PX": str(job.overlap)}
+    rgb = bundle.chip.get("rgb_bands")
+    if rgb and len(rgb) == 3:  # what `landcover map` draws underneath: the bands the encoder took as RGB
+        tags["LANDCOVER_DISPLAY_BANDS"] = json.dumps([picks[bundle.input.bands[i]] for i in rgb])
     if probabilities:
         tags["LANDCOVER_PROBABILITIES"] = files["probabilities"].name
     with output_lock(out), kept_only_when_started(state):
@@ -115,6 +118,7 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
                     totals["read"] += ready.seconds_read
                     totals["infer"] += ready.seconds_infer
                     bar.update(per_band[ready.index])
+                result = ready = None  # a band's arrays go before the next band's are made (memory: 2 bands, not 3)
         counts_all = done["counts"]
         if not counts_all[:bundle.n_classes].any() and not allow_empty:
             shutil.rmtree(state)
@@ -194,6 +198,7 @@ def _write_band(job: PixelJob, result: BandResult, done: dict, drafts: dict[str,
         classes, probs = join_rows(done["pending"], done["pending_valid"], result.top, result.top_valid,
                                    job.probabilities)
         pieces.append((result.row - job.overlap, classes, probs))
+        done["pending"] = result.top = None
     pieces.append((result.row, result.classes, result.probs))
     for row, classes, probs in pieces:
         write_rows(drafts["map"], row, classes)
