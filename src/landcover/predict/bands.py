@@ -61,8 +61,6 @@ class PixelJob:
     width: int
     direct: bool
     """The map's pixels are the imagery's: windows are read, not warped."""
-    offset: tuple[int, int]
-    """(row, col) of the map's top-left pixel in the imagery (direct reads)."""
     resampling: str
     window: int
     overlap: int
@@ -122,18 +120,18 @@ class BandResult:
     seconds_infer: float
 
 
-def pixel_grid(scene: Scene, res: float) -> tuple[CRS, Affine, int, int, bool, tuple[int, int]]:
+def pixel_grid(scene: Scene, res: float) -> tuple[CRS, Affine, int, int, bool]:
     """The map's grid for a bundle of ground resolution `res`: the imagery's own pixels when they are square, on a
     projected CRS and of that resolution; else `res` on the imagery's CRS (its UTM zone for degrees), warped."""
     if (not scene.crs.is_geographic and all(math.isclose(r, res, rel_tol=PIXEL_TOLERANCE) for r in scene.res)
             and scene.transform.b == 0 and scene.transform.d == 0):
-        return scene.crs, scene.transform, scene.height, scene.width, True, (0, 0)
+        return scene.crs, scene.transform, scene.height, scene.width, True
     grid = make_grid([scene], (res, "m"), resolution=res)
     left, bottom, right, top = scene_footprint(scene, grid.crs).bounds
     x0, y0 = math.floor(left / res) * res, math.ceil(top / res) * res
     width, height = math.ceil((right - x0) / res - 1e-6), math.ceil((y0 - bottom) / res - 1e-6)
     direct = same_crs(grid.crs, scene.crs) and scene.transform == Affine(res, 0, x0, 0, -res, y0)
-    return grid.crs, Affine(res, 0, x0, 0, -res, y0), height, width, direct, (0, 0)
+    return grid.crs, Affine(res, 0, x0, 0, -res, y0), height, width, direct
 
 
 def reading(job: PixelJob) -> str:
@@ -177,7 +175,7 @@ def _read(job: PixelJob, row: int, col: int, height: int, width: int) -> tuple[n
     h, w = int(rows.max()) + 1 - r0, int(cols.max()) + 1 - c0
     scene = job.scene
     if job.direct:
-        pixels, valid = scene.read(Window(job.offset[1] + c0, job.offset[0] + r0, w, h))
+        pixels, valid = scene.read(Window(c0, r0, w, h))  # a direct map's grid is the imagery's
     else:
         x, y = job.transform * (c0, r0)
         pixels, valid = scene.read_warped(job.crs, Affine(job.transform.a, 0, x, 0, job.transform.e, y), w, h,

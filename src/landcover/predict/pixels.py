@@ -166,7 +166,7 @@ def _job(bundle: Bundle, scene: Scene, runtime: str, window: str | None, overlap
          batch_size: int | None, engine: Engine, resampling: str, probabilities: bool,
          aoi: str | Path | None) -> PixelJob:
     res = float(bundle.chip["res"])
-    crs, transform, height, width, direct, offset = pixel_grid(scene, res)
+    crs, transform, height, width, direct = pixel_grid(scene, res)
     size = to_pixels(parse_length(window, "window"), res, "window") if window else WINDOW_PX
     if size < STRIDE or size % STRIDE:
         raise LandcoverError(f"--window {window} must be a multiple of {STRIDE} px (the encoder halves it five "
@@ -187,7 +187,7 @@ def _job(bundle: Bundle, scene: Scene, runtime: str, window: str | None, overlap
         if not geom.intersects(scene_footprint(scene, crs)):
             raise LandcoverError(f"the imagery ({scene.paths[0]}) does not overlap the AOI", aoi)
     return PixelJob(str(Path(bundle.path).resolve()), runtime, scene, png, stretch, crs, transform, height, width,
-                    direct, offset, resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
+                    direct, resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
                     bundle.n_classes, probabilities, geom)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from landcover.geo.raster import Scene, crs_name
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_probabilities
+from landcover.predict.bands import bundle_reads_png, window_threads
 from landcover.predict.blocks import (
     BLOCK_WINDOWS,
     Block,
@@ -237,12 +237,12 @@ def _job(bundle: Bundle, scene: Scene, grid: Grid, runtime: str, resampling: str
     eps = 1e-6
     cols = math.floor((right - grid.x0) / grid.step + eps)
     rows = math.floor((grid.y0 - bottom) / grid.step + eps)
-    png = bundle.chip.get("format", "png" if bundle.chip.get("dtype") == "uint8" else "tif") == "png"
+    png = bundle_reads_png(bundle)
     stretch = None
     if png and np.dtype(scene.dtype) != np.uint8:
         percentiles = tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0))
         stretch = scene_stretch(scene, percentiles)
-    threads = None if engine.name == "local" else max(1, (os.cpu_count() or 1) // engine.workers)
+    threads = window_threads(engine.name, engine.workers)
     return RasterJob(str(Path(bundle.path).resolve()), runtime, scene, png, stretch, grid, on_lattice(scene, grid),
                      resampling, rows, cols, batch_size, max_nodata, threads)
 
