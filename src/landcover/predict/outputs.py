@@ -128,3 +128,15 @@ def check_truth(truth: str | Path | None, truth_scheme: str | None, resampling: 
         open_raster(truth).close()
     if resampling not in Resampling.__members__:
         raise LandcoverError(f"unknown resampling {resampling!r}")
+
+
+def open_scene(bundle: Bundle, images: list[str], bands: list[int] | None) -> tuple[list[int], Scene]:
+    """The stack bands that make the bundle's chip bands (`pick_bands`) and the scene of them, refusing imagery
+    with fewer bands than the bundle reads."""
+    picks = pick_bands(bundle, images, bands)
+    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
+    need = max(bundle.input.bands) + 1
+    if scene.count < need:
+        raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
+                             images[0])
+    return picks, scene

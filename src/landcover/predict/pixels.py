@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landcover.atomic import check_output, replacing, write_text
+from landcover.atomic import replacing, write_text
 from landcover.bundle import Bundle
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
@@ -36,8 +36,8 @@ from landcover.predict.bands import (
 from landcover.predict.outputs import (
     RasterResult,
     kept_only_when_started,
+    open_scene,
     output_files,
-    pick_bands,
     prepare_outputs,
 )
 from landcover.progress import progress_bar
@@ -60,13 +60,7 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
     as many as hold 8 x 256² pixels)."""
     started = time.perf_counter()
     engine = engine or Engine()
-    check_output(out, "file")
-    picks = pick_bands(bundle, images, bands)
-    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
-    need = max(bundle.input.bands) + 1
-    if scene.count < need:
-        raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
-                             images[0])
+    picks, scene = open_scene(bundle, images, bands)
     job = _job(bundle, scene, runtime, window, overlap, batch_size, engine, resampling, probabilities, aoi)
     plan = plan_bands(job)
     log(f"{reading(job)}; {job.height} x {job.width} px map, {job.window_rows * job.window_cols} windows of "

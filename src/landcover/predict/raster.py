@@ -39,8 +39,8 @@ from landcover.predict.outputs import (
     RasterResult,
     check_truth,
     kept_only_when_started,
+    open_scene,
     output_files,
-    pick_bands,
     prepare_outputs,
 )
 from landcover.predict.pixels import check_pixel_options, predict_pixels
@@ -125,12 +125,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
         raise LandcoverError("--window and --overlap are for segmentation bundles: a tile classifier's windows are "
                              "its tiles (--stride overlaps them)")
     batch_size = batch_size or BATCH_TILES
-    picks = pick_bands(bundle, images, bands)
-    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
-    need = max(bundle.input.bands) + 1
-    if scene.count < need:
-        raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
-                             images[0])
+    picks, scene = open_scene(bundle, images, bands)
     grid = _grid(bundle, scene, stride)
     job = _job(bundle, scene, grid, runtime, resampling, batch_size, max_nodata, engine)
     reading = _reading(job)

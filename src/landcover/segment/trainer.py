@@ -4,7 +4,6 @@ metrics.csv and curves.png per epoch (loss, pixel accuracy, mIoU), summary.json.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from landcover.progress import progress_bar
 from landcover.segment.data import PairDataset, class_pixels
 from landcover.segment.losses import make_loss
 from landcover.segment.metrics import add_to_confusion, pixel_scores
-from landcover.train.checkpoints import close_epoch, load_checkpoint
+from landcover.train.checkpoints import close_epoch, load_checkpoint, start_or_resume
 from landcover.train.config import TrainConfig
 from landcover.train.data import scaling_for
 from landcover.train.finetune import (
@@ -32,7 +31,7 @@ from landcover.train.finetune import (
     summed,
 )
 from landcover.train.run import chip_facts, input_bands, provenance, scheme_classes
-from landcover.train.runs import dump_json, read_metrics, write_metrics
+from landcover.train.runs import dump_json, write_metrics
 
 STRIDE = 32
 """The encoders' total downsampling: tiles must be a multiple of it."""
@@ -92,11 +91,7 @@ def train_segmentation(run: SegmentationRun, out: Path, resume: bool, progress: 
     world, rank = start_distributed()
     optimizer = make_optimizer(config, list(model.parameters()))
     schedule = make_schedule(config, optimizer)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0}
-    rows: list[dict] = []
-    if resume:
-        state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule)
-        rows = [r for r in read_metrics(out) if r["epoch"] <= state["epoch"]]
+    state, rows = start_or_resume(out, model, optimizer, schedule, resume)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_fn = make_loss(config.loss, run.class_weights())
     names = [c["name"] for c in run.classes]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -80,3 +81,15 @@ def close_epoch(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         save_checkpoint(out / "checkpoints" / "best", model, optimizer, scheduler, state)
     if epoch % every == 0 or epoch == last_epoch:
         save_checkpoint(out / "checkpoints" / "last", model, optimizer, scheduler, state)
+
+
+def start_or_resume(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule,
+                    resume: bool) -> tuple[dict, list[dict]]:
+    """A training loop's state (epoch, best score and epoch, epochs without improvement) and its metrics rows:
+    fresh, or with `resume` as checkpoints/last left them (model, optimizer and schedule restored)."""
+    from landcover.train.runs import read_metrics
+
+    if not resume:
+        return {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0}, []
+    state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule)
+    return state, [r for r in read_metrics(out) if r["epoch"] <= state["epoch"]]

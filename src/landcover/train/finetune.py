@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ from landcover.errors import LandcoverError
 from landcover.evaluate import macro_f1
 from landcover.models.backbones import apply_bn_mode, set_trainable
 from landcover.progress import progress_bar
-from landcover.train.checkpoints import close_epoch, load_checkpoint
+from landcover.train.checkpoints import close_epoch, load_checkpoint, start_or_resume
 from landcover.train.config import TrainConfig
 from landcover.train.run import Run
-from landcover.train.runs import dump_json, read_metrics, write_metrics
+from landcover.train.runs import dump_json, write_metrics
 
 
 def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -111,11 +110,7 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     schedule = make_schedule(config, optimizer)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "stale": 0}
-    rows: list[dict] = []
-    if resume:
-        state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, schedule)
-        rows = [r for r in read_metrics(out) if r["epoch"] <= state["epoch"]]
+    state, rows = start_or_resume(out, model, optimizer, schedule, resume)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(run))
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
