@@ -79,3 +79,17 @@ def test_segmentation_bench(tmp_path):
         assert scores["pixels"] == methods["landcover"]["pixels"] > 50_000, name  # the same test pixels
     assert result["large"]["windows"] == 9 and result["small"]["windows"] == 1
     assert result["bare_loop"]["images_per_s"] > 0 and result["model_only_windows_per_second"] > 0
+
+
+def test_crf_bench(tmp_path):
+    need_data("naip_nd")
+    need_data("zion")
+    run_bench("crf", tmp_path)
+    result = json.loads((tmp_path / "crf.json").read_text())
+    assert result["quick"] and [r["settings"] for r in result["crf"]] == ["seed", "deeplab"]
+    for row in result["crf"]:
+        assert row["landcover"]["seconds_per_megapixel"] > 0 and row["megapixels"] == 0.25
+        if isinstance(row["pydensecrf2"], dict):  # the reference is the bench extra, not a dev dependency
+            assert row["agreement"] >= 0.98
+    assert result["hybrid"]["km2"] > 1000 and result["hybrid"]["km2_per_hour"] > 0
+    assert not list(tmp_path.glob("work-*")), "the bench left its work folder"

@@ -14,7 +14,7 @@ from landcover.manifest import read_manifest
 
 
 @pytest.mark.parametrize("command", [[], ["chips"], ["demo"], ["schemes"], ["doctor"], ["predict"], ["export-onnx"],
-                                     ["map"], ["change"]])
+                                     ["map"], ["change"], ["crf"], ["evaluate"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*command, "--help"])
@@ -55,8 +55,18 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     with Image.open(maps / "zion-pixels.png") as png:
         figure = json.loads(png.text["Description"])
     assert figure["beside"].endswith("zion.tif") and figure["agreement"]["n_cells"] > 100_000
+    # Stage 9: the hybrid dense map at 30 m beside the tile map, both assessed against NLCD.
+    with rasterio.open(maps / "zion-dense.tif") as dense, rasterio.open(zion / "landsat_b2.tif") as image:
+        assert (dense.transform, dense.shape) == (image.transform, image.shape)
+        inside = dense.read(1) != 255
+        assert 0.3 < inside.mean() < 0.5  # the park, not the whole scene
+    for name in ("zion", "zion-dense"):
+        accuracy = json.loads((maps / f"{name}.accuracy" / "accuracy.json").read_text())
+        assert 0.5 < accuracy["overall_accuracy"] < 1 and accuracy["classes"][0]["class"] == "Water"
+    assert (maps / "zion-dense.accuracy" / "areas.png").exists() and (maps / "zion-dense.png").exists()
     out = capsys.readouterr().out
-    assert "chips in" in out and "[7/8] map" in out and "[8/8] segment" in out and "test pairs: pixel accuracy" in out
+    assert "chips in" in out and "[7/9] map" in out and "[8/9] segment" in out and "test pairs: pixel accuracy" in out
+    assert "[9/9] dense" in out and "zion-dense.tif against NLCD 2011" in out
 
 
 def test_demo_without_data_says_where_to_get_it(tmp_path, monkeypatch, capsys):

@@ -38,10 +38,13 @@ _API = {
     "evaluate_segmentation": "landcover.segment.evaluate",
     "predict_raster": "landcover.predict.raster",
     "predict_folder": "landcover.predict.folder",
+    "predict_dense": "landcover.predict.dense",
+    "refine_raster": "landcover.predict.dense",
     "export_onnx": "landcover.onnx_graph",
     # maps
     "render_map": "landcover.maps.figures",
     "detect_change": "landcover.maps.change",
+    "assess_map": "landcover.maps.accuracy",
     # the ground
     "Engine": "landcover.engine",
     "LandcoverError": "landcover.errors",

@@ -188,20 +188,8 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, class_names: lis
     y_pred = probs.argmax(axis=1)
     confidence = probs[np.arange(len(y_pred)), y_pred]
     confusion = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-    tp, support, predicted = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
-    n = len(y_true)
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = tp / predicted
-        recall = tp / support
-        f1 = 2 * tp / (2 * tp + (predicted - tp) + (support - tp))
-        class_probability = np.bincount(y_pred, weights=confidence, minlength=k) / predicted
-    averaged = support > 0 if ignore_absent else (support > 0) | (predicted > 0)
-    chance = float(support @ predicted) / n**2
-    accuracy = float(tp.sum()) / n
-    kappa = (accuracy - chance) / (1 - chance) if chance < 1 else math.nan
-    metrics = {"precision": precision, "recall": recall, "f1": f1}
-    macro = {name: _mean(values, averaged) for name, values in metrics.items()}
-    weighted = {name: _mean(values, averaged, support) for name, values in metrics.items()}
+        class_probability = np.bincount(y_pred, weights=confidence, minlength=k) / confusion.sum(axis=0)
     predictions = None
     if chip_ids is not None:
         predictions = pd.DataFrame({
@@ -211,11 +199,40 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, class_names: lis
             "probability": confidence,
             "correct": y_true == y_pred,
         })
+    return report_from_confusion(confusion, class_names, ignore_absent, top_confusions, float(confidence.mean()),
+                                 class_probability, predictions)
+
+
+def report_from_confusion(confusion: np.ndarray, class_names: list[str], ignore_absent: bool = False,
+                          top_confusions: int = TOP_CONFUSIONS, mean_probability: float = math.nan,
+                          class_mean_probability: np.ndarray | None = None,
+                          predictions: pd.DataFrame | None = None) -> Report:
+    """Every score of a (true, predicted) count matrix; without probabilities (a class map's cells against
+    reference samples) the mean probabilities are NaN."""
+    confusion = np.asarray(confusion, np.int64)
+    k = len(class_names)
+    tp, support, predicted = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    n = int(confusion.sum())
+    if n == 0:
+        raise LandcoverError("no samples to score")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / predicted
+        recall = tp / support
+        f1 = 2 * tp / (2 * tp + (predicted - tp) + (support - tp))
+    averaged = support > 0 if ignore_absent else (support > 0) | (predicted > 0)
+    chance = float(support @ predicted) / n**2
+    accuracy = float(tp.sum()) / n
+    kappa = (accuracy - chance) / (1 - chance) if chance < 1 else math.nan
+    metrics = {"precision": precision, "recall": recall, "f1": f1}
+    macro = {name: _mean(values, averaged) for name, values in metrics.items()}
+    weighted = {name: _mean(values, averaged, support) for name, values in metrics.items()}
     return Report(
-        class_names=class_names, confusion=confusion, accuracy=accuracy, kappa=float(kappa),
-        mean_probability=float(confidence.mean()), precision=precision, recall=recall, f1=f1,
-        class_mean_probability=class_probability, averaged=averaged, macro=macro, weighted=weighted,
-        worst_confusions=_worst(confusion, class_names, top_confusions), ignore_absent=ignore_absent,
+        class_names=list(class_names), confusion=confusion, accuracy=accuracy, kappa=float(kappa),
+        mean_probability=mean_probability, precision=precision, recall=recall, f1=f1,
+        class_mean_probability=(np.full(k, math.nan) if class_mean_probability is None
+                                else class_mean_probability),
+        averaged=averaged, macro=macro, weighted=weighted,
+        worst_confusions=_worst(confusion, list(class_names), top_confusions), ignore_absent=ignore_absent,
         predictions=predictions,
     )
 

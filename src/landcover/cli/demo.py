@@ -50,7 +50,7 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
     # Stage 1, chips: true-colour PNGs (red, green, blue = stack bands 3, 2, 1), 480 m tiles, 3 x 3 points agree.
     scene = Scene.open(images, bands=[3, 2, 1], name="zion")
     grid = make_grid([scene], (480, "m"))
-    print(f"[1/8] chips: Landsat 8 + NLCD 2011 (nlcd-grouped), {grid.tile * grid.res:g} m tiles, points:3, "
+    print(f"[1/9] chips: Landsat 8 + NLCD 2011 (nlcd-grouped), {grid.tile * grid.res:g} m tiles, points:3, "
           f"inside the park boundary -> {out / 'chips'}")
     result = cut_chips([scene], LabelRaster.open(zion / "nlcd2011.tif"), load_scheme("nlcd-grouped"), grid,
                        Rules.parse(["points:3"]), out / "chips", regions=["zion"], aoi=zion / "zion.gpkg",
@@ -60,17 +60,17 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
         sheet = chip_sheet(result.manifest, out / "chips", load_scheme("nlcd-grouped"), out / "chips.png")
         print(f"sample chips per class: {sheet}")
     # Stage 2, split: spatial blocks of 4 x 4 tiles (1.9 km), 80:10:10, stratified by class, no tile leaks.
-    print(f"[2/8] split: blocks of 4 x 4 tiles, 80:10:10 -> {out / 'chips' / 'split.json'}")
+    print(f"[2/9] split: blocks of 4 x 4 tiles, 80:10:10 -> {out / 'chips' / 'split.json'}")
     split = split_manifest(out / "chips", "80:10:10", blocks=4)
     print(split.summary())
     # Stage 3, export: TFRecord shards per split (the chips' PNG bytes), readable without TensorFlow.
-    print(f"[3/8] export: TFRecord, 2 shards per split -> {out / 'tfrecord'}")
+    print(f"[3/9] export: TFRecord, 2 shards per split -> {out / 'tfrecord'}")
     exported = export(out / "chips", out / "tfrecord", "tfrecord", shards=2, overwrite=True, progress=progress)
     print(exported.summary())
     # Stage 4, train: frozen ImageNet EfficientNet-Lite0 features (offline weights) + logistic regression; chips
     # upsampled to 64 px (not the backbone's 224): as accurate on these 16 px chips, 12x less work to map a scene.
     run = out / "runs" / "lite0-logreg"
-    print(f"[4/8] train: frozen efficientnet-lite0 (ImageNet) features at 64 px + logistic regression -> {run}")
+    print(f"[4/9] train: frozen efficientnet-lite0 (ImageNet) features at 64 px + logistic regression -> {run}")
     if (run / "bundle" / "model.json").exists():
         print("already trained (delete the run folder to train again)")
     else:
@@ -78,22 +78,23 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
         train_model(out / "chips", runs=str(out / "runs"), name=run.name, mode="features",
                     architecture="efficientnet-lite0", head="logreg", input_size=64, progress=progress)
     # Stage 5, evaluate: the bundle on the test split (report.json, confusion.png, summary.txt).
-    print(f"[5/8] evaluate: the bundle on the test split -> {run / 'eval-test'}")
+    print(f"[5/9] evaluate: the bundle on the test split -> {run / 'eval-test'}")
     report, _ = evaluate_bundle(run / "bundle", out / "chips", "test", progress=progress)
     print(report.summary())
     # Stage 6, predict: the whole scene inside the park into a class-map COG, windows overlapping by half,
     # smoothed 3 x 3, with probabilities, both maps scored against NLCD cell by cell.
     maps = out / "maps"
-    print(f"[6/8] predict: the Landsat scene inside the park, 240 m stride, smoothed 3 x 3 -> {maps / 'zion.tif'}")
+    print(f"[6/9] predict: the Landsat scene inside the park, 240 m stride, smoothed 3 x 3 -> {maps / 'zion.tif'}")
     result = predict_raster(run / "bundle", images, maps / "zion.tif", stride="240m", aoi=zion / "zion.gpkg",
                             smooth=3, probabilities=True, truth=zion / "nlcd2011.tif", truth_scheme="nlcd-grouped",
                             overwrite=True, progress=progress)
     print(result.summary())
     # Stage 7, map: the class map over the true-colour scene, beside NLCD.
-    print(f"[7/8] map: prediction beside NLCD 2011 -> {maps / 'zion.png'}")
+    print(f"[7/9] map: prediction beside NLCD 2011 -> {maps / 'zion.png'}")
     render_map(maps / "zion.tif", maps / "zion.png", truth=zion / "nlcd2011.tif", scheme="nlcd-grouped",
                title="Zion: frozen lite0 + logistic regression vs NLCD 2011")
     segment_stage(zion, images, out, progress)
+    dense_stage(zion, images, out, run / "bundle", progress)
     return out
 
 
@@ -111,7 +112,7 @@ def segment_stage(zion: Path, images: list[Path], out: Path, progress: bool) -> 
     from landcover.train.trainer import train_model
 
     pairs, run, maps = out / "pairs", out / "runs" / "unet", out / "maps"
-    print(f"[8/8] segment: U-Net on 64 px image/mask pairs inside the park, {SEGMENT_EPOCHS} epochs; the park "
+    print(f"[8/9] segment: U-Net on 64 px image/mask pairs inside the park, {SEGMENT_EPOCHS} epochs; the park "
           f"mapped per pixel -> {maps / 'zion-pixels.tif'}")
     if (run / "bundle" / "model.json").exists():
         print("already trained (delete the run folder to train again)")
@@ -132,3 +133,28 @@ def segment_stage(zion: Path, images: list[Path], out: Path, progress: bool) -> 
                         scheme="nlcd-grouped", beside=maps / "zion.tif",
                         title="Zion: tile map (240 m cells) and U-Net per 30 m pixel vs NLCD 2011")
     print(f"figure: {figure}")
+
+
+def dense_stage(zion: Path, images: list[Path], out: Path, bundle: Path, progress: bool) -> None:
+    """Stage 9: the hybrid dense map (the stage-4 classifier on every tile, confident tiles as evidence, the dense
+    CRF at the seeds' settings) inside the park at 30 m, drawn beside the tile map, and both maps assessed against
+    NLCD 2011 (accuracies and area estimates with 95% confidence intervals)."""
+    from landcover.maps.accuracy import assess_map
+    from landcover.maps.figures import render_map
+    from landcover.predict.dense import predict_dense
+
+    maps = out / "maps"
+    print(f"[9/9] dense: tiles as evidence, the dense CRF gives every 30 m pixel a class -> {maps / 'zion-dense.tif'}")
+    result = predict_dense(bundle, images, maps / "zion-dense.tif", aoi=zion / "zion.gpkg", overwrite=True,
+                           progress=progress, log=lambda _: None)
+    print(result.summary())
+    figure = render_map(maps / "zion-dense.tif", maps / "zion-dense.png", truth=zion / "nlcd2011.tif",
+                        scheme="nlcd-grouped", beside=maps / "zion.tif",
+                        title="Zion: tile map (240 m cells) and the hybrid dense map (30 m) vs NLCD 2011")
+    print(f"figure: {figure}")
+    for name in ("zion", "zion-dense"):
+        assessment = assess_map(maps / f"{name}.tif", zion / "nlcd2011.tif", maps / f"{name}.accuracy",
+                                scheme="nlcd-grouped")
+        e = assessment.estimates
+        print(f"{name}.tif against NLCD 2011 (nearest onto its grid): overall accuracy {e['overall_accuracy']:.3f} "
+              f"± {e['overall_accuracy_ci95']:.3f}, kappa {assessment.report.kappa:.3f} -> {maps / f'{name}.accuracy'}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from landcover.bounds import COUNT, FRACTION, WHOLE, Bound
+from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, WHOLE, Bound
 from landcover.cli.common import engine_options
 from landcover.engine import Engine
+from landcover.errors import LandcoverError
 
 PREDICT_EXAMPLE = """examples:
   landcover predict runs/lite0/bundle --image zion/landsat_b2.tif zion/landsat_b3.tif zion/landsat_b4.tif \\
@@ -68,6 +69,17 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--truth", metavar="RASTER", help="a land-cover raster to score the map (and smoothed map) "
                                                      "against, cell by cell (with --scheme)")
     g.add_argument("--scheme", help="with --truth: the class scheme of its codes (e.g. nlcd-grouped)")
+    d = p.add_argument_group("dense maps through the CRF (--image)")
+    d.add_argument("--dense", choices=["crf"],
+                   help="crf: a class for every pixel through the dense CRF. A tile classifier gives the hybrid "
+                        "map (confident tiles as evidence, <out stem>.tiles.tif kept); a segmentation bundle's "
+                        "per-pixel probabilities are refined (<out stem>.pixels.tif kept)")
+    d.add_argument("--crf", action="store_true", help="the same as --dense crf")
+    d.add_argument("--decimate", type=COUNT.parse, metavar="N",
+                   help="hybrid: classify every N-th tile in each direction (default 1: all)")
+    d.add_argument("--threshold", type=FRACTION.parse, metavar="P",
+                   help="hybrid: tiles whose top probability is >= P are evidence, the rest unknown (default 0.5)")
+    crf_options(p)
     engine_options(p)
 
     def run(args: argparse.Namespace) -> None:
@@ -78,9 +90,28 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                                     batch_size=args.batch_size or 64, overwrite=args.overwrite, progress=not args.quiet)
             print(result.summary())
             return
+        engine = Engine.choose(args.engine, args.workers, args.ray_address)
+        dense = args.dense or args.crf
+        crf_given = [k for k in CRF_OPTIONS if getattr(args, k) is not None]
+        if not dense and (args.decimate or args.threshold is not None or crf_given):
+            raise LandcoverError("--decimate, --threshold and the CRF settings are for dense maps: add --dense crf")
+        if dense and (args.smooth or args.truth):
+            raise LandcoverError("--smooth and --truth are for tile and per-pixel maps: score a dense map with "
+                                 "`landcover evaluate MAP --truth ...`")
+        if dense:
+            from landcover.predict.dense import predict_dense
+
+            result = predict_dense(args.bundle, args.image, args.out, decimate=args.decimate or 1,
+                                   threshold=0.5 if args.threshold is None else args.threshold, bands=args.bands,
+                                   settings=crf_settings(args),
+                                   write_probabilities=args.probabilities, engine=engine, runtime=args.runtime,
+                                   overwrite=args.overwrite, progress=not args.quiet,
+                                   **{k: getattr(args, k) for k in ("aoi", "window", "overlap", "stride")
+                                      if getattr(args, k)})
+            print(result.summary())
+            return
         from landcover.predict.raster import predict_raster
 
-        engine = Engine.choose(args.engine, args.workers, args.ray_address)
         result = predict_raster(args.bundle, args.image, args.out, bands=args.bands, stride=args.stride,
                                 aoi=args.aoi, smooth=args.smooth, probabilities=args.probabilities,
                                 truth=args.truth, truth_scheme=args.scheme, max_nodata=args.max_nodata,
@@ -88,6 +119,77 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                                 resampling=args.resampling, overwrite=args.overwrite,
                                 allow_empty=args.allow_empty, window=args.window, overlap=args.overlap,
                                 progress=not args.quiet)
+        print(result.summary())
+
+    p.set_defaults(run=run)
+
+
+CRF_EXAMPLE = """examples:
+  landcover predict runs/unet/bundle --image b2.tif b3.tif b4.tif b5.tif --out maps/zion.tif --probabilities
+  landcover crf maps/zion.probs.tif --image b2.tif b3.tif b4.tif b5.tif --out maps/zion-crf.tif --downscale 1
+
+The probabilities (one band per class: predict's <map>.probs.tif, or any raster whose bands are named
+after their classes) must be on the imagery's grid. The appearance kernel compares the map's display
+bands (else the first three), stretched to 0..255. Defaults are the seeds' (Buscombe & Ritchie 2018)."""
+
+
+def crf_options(p: argparse.ArgumentParser) -> None:
+    """The CRF's settings as options (defaults: landcover.segment.crf.CrfSettings)."""
+    from landcover.segment.crf import CrfSettings
+
+    s = CrfSettings()
+    g = p.add_argument_group("dense CRF settings")
+    g.add_argument("--downscale", type=FRACTION.parse, metavar="F",
+                   help=f"run the CRF on the image resampled by F, labels upscaled back (default {s.downscale:g}; "
+                        "1: full resolution)")
+    g.add_argument("--sxy-gaussian", type=POSITIVE.parse, metavar="PX",
+                   help=f"smoothness kernel width, px of the CRF's grid (default {s.sxy_gaussian:g})")
+    g.add_argument("--compat-gaussian", type=NON_NEGATIVE.parse, metavar="W",
+                   help=f"smoothness Potts weight (default {s.compat_gaussian:g}; 0 drops the kernel)")
+    g.add_argument("--sxy-bilateral", type=POSITIVE.parse, metavar="PX",
+                   help=f"appearance kernel width, px of the CRF's grid (default {s.sxy_bilateral:g})")
+    g.add_argument("--srgb", type=POSITIVE.parse, metavar="LEVELS",
+                   help=f"appearance kernel band width, 8-bit levels (default {s.srgb:g})")
+    g.add_argument("--compat-bilateral", type=NON_NEGATIVE.parse, metavar="W",
+                   help=f"appearance Potts weight (default {s.compat_bilateral:g}; 0 drops the kernel)")
+    g.add_argument("--iterations", type=WHOLE.parse, metavar="N",
+                   help=f"mean-field iterations (default {s.iterations})")
+
+
+CRF_OPTIONS = ("downscale", "sxy_gaussian", "compat_gaussian", "sxy_bilateral", "srgb", "compat_bilateral",
+               "iterations")
+
+
+def crf_settings(args: argparse.Namespace):
+    """The CrfSettings the options give (defaults where not given)."""
+    from landcover.predict.dense import crf_settings_from
+
+    return crf_settings_from({k: getattr(args, k) for k in CRF_OPTIONS})
+
+
+def _crf_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("crf", help="refine a probability raster with the dense CRF against its imagery",
+                       description="Refine per-class probabilities (e.g. predict's map.probs.tif) with the fully "
+                                   "connected CRF (Krähenbühl & Koltun 2011) against the imagery, block by block, "
+                                   "into a class-map COG (<out>.json beside it).",
+                       epilog=CRF_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("probabilities", metavar="PROBS", help="a probability raster, one band per class")
+    p.add_argument("--image", nargs="+", required=True, metavar="RASTER", help="the imagery, stacked as bands")
+    p.add_argument("--out", required=True, help="the refined class map (.tif)")
+    p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
+                   help="1-based stack bands the appearance kernel compares (default: the display bands)")
+    p.add_argument("--probabilities", action="store_true", help="also write the refined probabilities")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    crf_options(p)
+    engine_options(p)
+
+    def run(args: argparse.Namespace) -> None:
+        from landcover.predict.dense import refine_raster
+
+        result = refine_raster(args.probabilities, args.image, args.out, bands=args.bands,
+                               settings=crf_settings(args), write_probabilities=args.probabilities,
+                               engine=Engine.choose(args.engine, args.workers, args.ray_address),
+                               overwrite=args.overwrite, progress=not args.quiet)
         print(result.summary())
 
     p.set_defaults(run=run)
@@ -113,6 +215,7 @@ def _export_onnx_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register predict and export-onnx."""
+    """Register predict, crf and export-onnx."""
     _predict_parser(sub)
+    _crf_parser(sub)
     _export_onnx_parser(sub)

@@ -105,31 +105,52 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a model bundle on one split of a manifest",
-                       description="Accuracy, per-class precision/recall/F1, macro and weighted F1, Cohen's kappa, "
-                                   "mean posterior of the predicted class and the confusion matrix of a bundle on "
-                                   "the chips of one split; report.json, confusion.png and a summary. A "
-                                   "segmentation bundle is scored per pixel on pairs: pixel accuracy, per-class "
-                                   "IoU, mIoU, frequency-weighted IoU, kappa, and tiles.png.")
-    p.add_argument("bundle", metavar="BUNDLE", help="a model bundle folder (runs/<name>/bundle)")
-    p.add_argument("--manifest", required=True, help="manifest.parquet or its chips folder")
-    p.add_argument("--split", default="test", help="which split to score (default test)")
-    p.add_argument("--out", help="report folder (default: eval-<split> beside the bundle)")
+    p = sub.add_parser("evaluate", help="score a model bundle on a split, or a class map against reference data",
+                       description="A bundle on the chips of one split (--manifest): accuracy, per-class "
+                                   "precision/recall/F1, macro and weighted F1, Cohen's kappa, mean posterior of the "
+                                   "predicted class, the confusion matrix; report.json, confusion.png and a summary. "
+                                   "A segmentation bundle is scored per pixel on pairs (IoU, mIoU, tiles.png). "
+                                   "A class map (MAP.tif, --truth): the same scores against a reference raster "
+                                   "(resampled nearest onto the map), polygons or points, plus per-class IoU and "
+                                   "area-adjusted accuracies and class areas with 95% confidence intervals "
+                                   "(Olofsson et al. 2014) in accuracy.json and areas.png.")
+    p.add_argument("target", metavar="BUNDLE|MAP", help="a model bundle folder, or a class-map GeoTIFF")
+    p.add_argument("--manifest", help="bundles: manifest.parquet or its chips folder")
+    p.add_argument("--split", default="test", help="bundles: which split to score (default test)")
+    p.add_argument("--truth", metavar="REFERENCE",
+                   help="maps: a land-cover raster, or a vector layer of polygons or points")
+    p.add_argument("--truth-field", metavar="F", help="maps, vector reference: the attribute with each class "
+                                                      "(names, or codes with --scheme)")
+    p.add_argument("--scheme", help="maps: the class scheme of the reference's codes (e.g. nlcd-grouped); classes "
+                                    "are matched to the map's by name")
+    p.add_argument("--out", help="report folder (default: eval-<split> beside the bundle; <map>.accuracy beside "
+                                 "the map)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> None:
+        target = Path(args.target)
+        if target.is_file() and not args.manifest:  # a map: bundles are folders (the loader names a file's problem)
+            from landcover.maps.accuracy import assess_map
+
+            if not args.truth:
+                raise LandcoverError("scoring a map needs --truth (a reference raster, polygons or points)", target)
+            out = args.out or target.with_name(f"{target.with_suffix('').name}.accuracy")
+            print(assess_map(target, args.truth, out, truth_field=args.truth_field, scheme=args.scheme).summary())
+            return
+        if not args.manifest:
+            raise LandcoverError("scoring a bundle needs --manifest (and --split)", target)
         from landcover.bundle import bundle_task
 
-        if bundle_task(args.bundle) == "segmentation":
+        if bundle_task(args.target) == "segmentation":
             from landcover.segment.evaluate import evaluate_segmentation, summary
 
-            scores, out = evaluate_segmentation(args.bundle, args.manifest, args.split, args.out,
+            scores, out = evaluate_segmentation(args.target, args.manifest, args.split, args.out,
                                                 progress=not args.quiet)
             print(summary(scores))
         else:
             from landcover.predict.chips import evaluate_bundle
 
-            report, out = evaluate_bundle(args.bundle, args.manifest, args.split, args.out, progress=not args.quiet)
+            report, out = evaluate_bundle(args.target, args.manifest, args.split, args.out, progress=not args.quiet)
             print(report.summary())
         print(f"report: {out}")
 

@@ -136,7 +136,8 @@ def _class_styling(classes: list[dict], tags: dict[str, str]) -> dict:
 
 
 def _probability_styling(classes: list[dict], tags: dict[str, str] | None) -> dict:
-    return {"tags": tags, "descriptions": [c["name"] for c in classes], "scales": [1 / PROB_SCALE] * len(classes)}
+    return {"tags": {**(tags or {}), CLASSES_TAG: json.dumps(classes)}, "descriptions": [c["name"] for c in classes],
+            "scales": [1 / PROB_SCALE] * len(classes)}
 
 
 def write_class_map(cm: ClassMap, path: str | Path) -> Path:
@@ -187,6 +188,26 @@ def read_class_map(path: str | Path) -> ClassMap:
         data = src.read(1)
         classes = json.loads(tags.pop(CLASSES_TAG))
         return ClassMap(data, src.transform, src.crs, classes, tags)
+
+
+def probability_classes(path: str | Path) -> tuple[list[dict], dict[str, str]]:
+    """The classes of a probability raster (one band per class) and its tags: from landcover's LANDCOVER_CLASSES
+    tag, else the band descriptions (with colours from a fixed palette), else a clear error."""
+    with open_raster(path) as src:
+        tags = src.tags()
+        if CLASSES_TAG in tags:
+            return json.loads(tags.pop(CLASSES_TAG)), tags
+        names = list(src.descriptions)
+    if not all(names):
+        raise LandcoverError("has no class names (no LANDCOVER_CLASSES tag and unnamed bands): name each band after "
+                             "its class", path)
+    if len(names) > NODATA:
+        raise LandcoverError(f"has {len(names)} bands: at most {NODATA} classes fit a class map", path)
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    return [{"id": i, "name": n, "color": "#{:02x}{:02x}{:02x}".format(*(round(255 * v) for v in palette[i % 20]))}
+            for i, n in enumerate(names)], tags
 
 
 def scale_probabilities(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:

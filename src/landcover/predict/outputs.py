@@ -36,6 +36,8 @@ class RasterResult:
     reading: str
     scores: dict = field(default_factory=dict)
     runtime: str = "torch"
+    unit: str = "window"
+    """What `windows` counts: windows of a network, or blocks of the dense CRF."""
 
     @property
     def tiles_per_second(self) -> float:
@@ -45,10 +47,14 @@ class RasterResult:
     def summary(self) -> str:
         """A few lines for the terminal."""
         total = sum(self.hectares.values())
-        lines = [f"map: {self.out}  ({self.reading})",
-                 f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
-                 + (f", {self.resumed} blocks resumed" if self.resumed else "")
-                 + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s on {self.runtime}"]
+        lines = [f"map: {self.out}  ({self.reading})"]
+        if self.unit == "block":
+            resumed = f", {self.resumed} block rows resumed" if self.resumed else ""
+            lines.append(f"CRF: {self.windows} blocks{resumed}; {self.seconds:.1f} s in all")
+        else:
+            lines.append(f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
+                         + (f", {self.resumed} blocks resumed" if self.resumed else "")
+                         + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s on {self.runtime}")
         shares = ", ".join(f"{n} {h:,.0f} ha ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
         lines.append(f"classes: {shares}" if total else "classes: none predicted")
         for name, score in self.scores.items():

@@ -82,12 +82,13 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
                    truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int | None = None,
                    runtime: str = "auto", engine: Engine | str | None = None, resampling: str = "bilinear",
                    overwrite: bool = False, allow_empty: bool = False, block_windows: int = BLOCK_WINDOWS,
-                   window: str | None = None, overlap: str | None = None, progress: bool = True,
+                   window: str | None = None, overlap: str | None = None, every: int = 1, progress: bool = True,
                    log: Callable[[str], None] = print) -> RasterResult:
     """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif): a classifier's map has one
     cell per `stride`; a segmentation bundle's has a class per pixel (`landcover.predict.pixels`: windows of
     `window` px, default 512, overlapping by `overlap`, default a quarter window, blended; `stride`, `smooth` and
-    `max_nodata` are for tile maps).
+    `max_nodata` are for tile maps). `every=N` classifies only every N-th tile in each direction (the rest nodata),
+    as the hybrid dense map (`landcover.predict.dense`) asks.
 
     `images` are the scene's rasters, stacked as bands (the bands the chips were cut from are picked, `bands`
     overrides). Beside the map: <out>.tiles.parquet (one row per window), <out>.json (settings, class areas,
@@ -130,12 +131,15 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     job = _job(bundle, scene, grid, runtime, resampling, batch_size, max_nodata, engine)
     reading = _reading(job)
     cell_in_aoi = _aoi_cells(job, aoi)
+    if every > 1:
+        rr, cc = np.mgrid[0:job.rows, 0:job.cols]
+        cell_in_aoi &= (rr % every == 0) & (cc % every == 0)
     blocks = plan_blocks(job, cell_in_aoi, block_windows)
     log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
         f"windows of {grid.tile} px in {len(blocks)} blocks")
     log(f"runtime: {runtime} ({why})")
     files = output_files(out, smooth, probabilities)
-    fingerprint = _fingerprint(job, images, picks, aoi, block_windows)
+    fingerprint = _fingerprint(job, images, picks, aoi, block_windows, every)
     state = out.with_name(f".{out.name}.landcover-state")
     with output_lock(out), kept_only_when_started(state):
         prepare_outputs(out, files, state, fingerprint, overwrite)
@@ -261,14 +265,14 @@ def _aoi_cells(job: RasterJob, aoi: str | Path | None) -> np.ndarray:
     return inside
 
 
-def _fingerprint(job: RasterJob, images: list[str], picks: list[int], aoi, block_windows: int) -> str:
+def _fingerprint(job: RasterJob, images: list[str], picks: list[int], aoi, block_windows: int, every: int) -> str:
     """What a resumed run must match: bundle, imagery, bands, grid, and the settings that change results."""
     bundle = Path(job.bundle)
     weights = sorted(p for p in bundle.rglob("*") if p.is_file() and p.suffix != ".onnx" and p.name != "onnx.json")
     data = {"bundle": [(str(p.relative_to(bundle)), p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
             "images": [str(Path(p).resolve()) for p in images], "bands": picks, "grid": job.grid.to_dict(),
             "aoi": str(aoi), "max_nodata": job.max_nodata, "runtime": job.runtime, "resampling": job.resampling,
-            "block_windows": block_windows}
+            "block_windows": block_windows, **({"every": every} if every > 1 else {})}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
