@@ -14,7 +14,7 @@ from landcover.manifest import read_manifest
 
 
 @pytest.mark.parametrize("command", [[], ["chips"], ["demo"], ["schemes"], ["doctor"], ["predict"], ["export-onnx"],
-                                     ["map"], ["change"], ["crf"], ["evaluate"]])
+                                     ["map"], ["change"], ["crf"], ["evaluate"], ["label"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*command, "--help"])

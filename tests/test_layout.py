@@ -22,7 +22,7 @@ LEVELS = {
     "geo": 2,
     "chips": 3, "datasets": 3, "evaluate": 3,
     "train": 4, "segment": 4,
-    "predict": 5, "maps": 5,
+    "predict": 5, "maps": 5, "label": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
 }

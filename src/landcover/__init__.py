@@ -45,6 +45,8 @@ _API = {
     "render_map": "landcover.maps.figures",
     "detect_change": "landcover.maps.change",
     "assess_map": "landcover.maps.accuracy",
+    # labelling: scribbles -> dense labels
+    "label_raster": "landcover.label.dense",
     # the ground
     "Engine": "landcover.engine",
     "LandcoverError": "landcover.errors",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,8 +14,8 @@ from landcover.chips.rules import Rules
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import make_grid, parse_length
-from landcover.geo.raster import Scene
-from landcover.schemes import load_scheme
+from landcover.geo.raster import Scene, open_raster
+from landcover.schemes import ClassScheme, load_scheme, parse_scheme
 
 PathLike = str | Path
 
@@ -48,9 +49,9 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
     """Cut imagery into tiles on a metric grid, label each tile, keep those the rules accept, and write the chips
     with a GeoParquet manifest into `out`; returns what was written (`result.summary()` says it in a few lines).
 
-    Labels are a land-cover raster (`labels`, codes mapped by `scheme`, default 'nlcd') or a vector layer
-    (`labels_vector` with `burn_attribute` or `burn_value`; pixels outside its polygons are unlabelled, or the
-    class `background`). `rules` are 'points:K' and/or 'purity:P'
+    Labels are a land-cover raster (`labels`, codes mapped by `scheme`; by default the classes a landcover class
+    map names, else 'nlcd') or a vector layer (`labels_vector` with `burn_attribute` or `burn_value`; pixels
+    outside its polygons are unlabelled, or the class `background`). `rules` are 'points:K' and/or 'purity:P'
     (default points:3 for class folders). `layout` 'folders' writes <class>/<key>.png (or `fmt='tif'`);
     'pairs' writes images/ + labels/ GeoTIFF masks for segmentation; 'shards' encodes the chips straight into
     WebDataset tars (`fmt='webdataset'`, the default) or TFRecord files, one per block of tiles or per
@@ -74,7 +75,7 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
     grid = make_grid(scenes, parse_length(tile_size, "tile size"), parse_length(overlap, "overlap"),
                      parse_length(padding, "padding"), crs, resolution)
     if labels is not None:
-        class_scheme = load_scheme(scheme or "nlcd")
+        class_scheme = load_scheme(scheme) if scheme else _raster_scheme(labels)
         label_source = LabelRaster.open(labels)
     else:
         label_source, class_scheme, skipped = read_vector_labels(
@@ -94,3 +95,15 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
                      resampling=resampling,
                      engine=Engine.of(engine), overwrite=overwrite, progress=progress, block_tiles=block_tiles,
                      allow_empty=allow_empty, shard_size=shard_size)
+
+
+def _raster_scheme(labels: str | PathLike) -> ClassScheme:
+    """Without --scheme: the classes a landcover class map names (dense labels from `landcover label`, a predicted
+    map), else NLCD's."""
+    with open_raster(labels) as src:
+        named = src.tags().get("LANDCOVER_CLASSES")
+    if not named:
+        return load_scheme("nlcd")
+    classes = [{"name": c["name"], "code": int(c["id"]), "color": c["color"]} for c in json.loads(named)]
+    return parse_scheme({"name": Path(labels).stem, "description": f"the classes of {Path(labels).name}",
+                         "classes": classes}, str(labels))

@@ -14,7 +14,7 @@ import rasterio
 from affine import Affine
 from pyproj import Transformer
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -271,9 +271,10 @@ class Scene:
         for fi, picks in self._by_file().items():
             def warp(src: rasterio.DatasetReader, p: list = picks) -> np.ndarray:
                 """The picked bands warped, then the validity mask (alpha or the dataset mask) as a last band."""
+                alpha = src.nodata is None and ColorInterp.alpha not in src.colorinterp  # RGBA files have their own
                 with WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                               resampling=resampling, add_alpha=src.nodata is None) as vrt:
-                    mask = vrt.read(vrt.count) if src.nodata is None else vrt.dataset_mask()
+                               resampling=resampling, add_alpha=alpha) as vrt:
+                    mask = vrt.read(vrt.count) if alpha else vrt.dataset_mask()
                     return np.concatenate([vrt.read([b for _, b in p]), (mask > 0)[None].astype(self.dtype)])
 
             data = read_from(self.paths[fi], warp)

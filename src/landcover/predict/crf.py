@@ -24,6 +24,7 @@ from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+from scipy.ndimage import median_filter
 
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene, open_raster, same_crs
@@ -56,6 +57,11 @@ class CrfJob:
     block: int = BLOCK_PX
     aoi: shapely.Geometry | None = None
     """Pixels outside it are nodata."""
+    evidence_resampling: str = "nearest"
+    """How evidence reaches the CRF's grid: nearest for tile maps, average for scribbles (a cell holds the share of
+    each class among its scribbled pixels)."""
+    median: int = 0
+    """A median filter of this size over each class's refined probabilities on the CRF's grid (0: none)."""
 
     @property
     def crf_transform(self) -> Affine:
@@ -130,6 +136,8 @@ def run_rows(job: CrfJob, index: int) -> CrfRows:
         if not valid.any():
             continue
         q = dense_crf(unary, image, job.settings)
+        if job.median > 1:
+            q = median_filter(q, size=(1, job.median, job.median), mode="nearest")
         x0, x1 = job.map_cols(j)
         refined = _to_map(job, q, top, left, y0, y1, x0, x1)
         known = _to_map(job, valid[None].astype(np.float32), top, left, y0, y1, x0, x1, nearest=True)[0] > 0
@@ -156,7 +164,8 @@ def _read_block(job: CrfJob, row: int, col: int, height: int, width: int) -> tup
     tiles = job.threshold is not None
     with open_raster(job.probabilities) as src, WarpedVRT(
             src, crs=job.crs, transform=transform, width=width, height=height,
-            resampling=Resampling.nearest if tiles or job.settings.downscale == 1 else Resampling.average) as vrt:
+            resampling=(Resampling[job.evidence_resampling] if tiles else
+                        Resampling.nearest if job.settings.downscale == 1 else Resampling.average)) as vrt:
         stored = vrt.read()
         known = vrt.dataset_mask() > 0
         p = stored.astype(np.float32) * probability_scale(src)

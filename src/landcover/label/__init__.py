@@ -1,0 +1,1 @@
+"""Labelling: sparse scribbles to dense ground truth through the dense CRF."""

@@ -1,0 +1,160 @@
+"""Sparse scribbles to dense labels (Buscombe & Ritchie 2018's labelling): a few strokes per class over an image, the
+dense CRF spreads them to every pixel, and the result is a class-map COG ready for `landcover chips --labels`, with
+its class proportions and a figure. The CRF's blocks, margins and grid are `landcover.predict.crf`'s."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from landcover.atomic import replacing, write_text
+from landcover.engine import Engine
+from landcover.errors import LandcoverError
+from landcover.geo.raster import Scene
+from landcover.geo.stretch import scene_stretch
+from landcover.label.scribbles import CONFIDENCE, read_scribbles, write_evidence
+from landcover.maps.classmap import NODATA, hex_rgb
+from landcover.plots import new_figure
+from landcover.predict.crf import BLOCK_PX, CrfJob
+from landcover.predict.dense import check_settings, run_crf
+from landcover.schemes import ClassScheme
+from landcover.segment.crf import CrfSettings
+
+FIGURE_PX = 900
+"""The figure's panels are drawn at about this many pixels on their long side."""
+
+
+@dataclass
+class LabelResult:
+    """What `label_raster` wrote and measured."""
+
+    out: Path
+    files: dict[str, Path]
+    classes: list[dict]
+    pixels: dict[str, int]
+    hectares: dict[str, float]
+    scribbled: dict[str, int]
+    seconds: float
+
+    def summary(self) -> str:
+        total = sum(self.pixels.values()) or 1
+        lines = [f"dense labels: {self.out}  ({self.seconds:.1f} s)"]
+        for c in self.classes:
+            name = c["name"]
+            lines.append(f"  {name:<16} {self.pixels[name]:>12,} px {self.hectares[name]:>12,.1f} ha "
+                         f"{100 * self.pixels[name] / total:>6.1f}%   ({self.scribbled[name]:,} px scribbled)")
+        lines += [f"{k}: {v}" for k, v in self.files.items() if k != "map"]
+        return "\n".join(lines)
+
+
+def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Path, class_field: str | None = None,
+                 scheme: str | ClassScheme | None = None, bands: list[int] | None = None,
+                 settings: CrfSettings | None = None, median: int = 0, block: int = BLOCK_PX,
+                 engine: Engine | str | None = None, overwrite: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print) -> LabelResult:
+    """Dense labels for every pixel of an image from scribbles (a vector layer whose `class_field` names each
+    stroke's class, or codes through `scheme`; or a raster of class codes, 0 unlabelled). Writes `out` (a class-map
+    COG on the image's grid), <out>.json (class proportions in pixels, hectares and shares, scribbled pixels per
+    class, settings, seconds) and <out>.png (image | scribbles | result). `bands` pick the image bands the CRF
+    compares (default the first three); `median` > 1 median-filters the refined probabilities."""
+    started = time.perf_counter()
+    settings = settings or CrfSettings()
+    check_settings(settings)
+    if median < 0 or (median and median % 2 == 0):
+        raise LandcoverError(f"--median {median} must be an odd window size (or 0)")
+    out = Path(out)
+    images = [str(p) for p in images]
+    scene = Scene.open(images)
+    picks = bands or list(range(1, min(scene.count, 3) + 1))
+    if max(picks) > scene.count:
+        raise LandcoverError(f"--bands {picks}: the imagery has {scene.count} bands", images[0])
+    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
+    marks = read_scribbles(scribbles, scene.crs, class_field, scheme)
+    evidence = out.with_name(f".{out.name}.scribbles.tif")
+    state = out.with_name(f".{out.name}.landcover-state")
+    if not (state.exists() and evidence.exists()):  # a resumed run keeps the evidence it started with
+        if out.exists() and not overwrite:
+            raise LandcoverError("exists (pass --overwrite to replace it)", out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(evidence) as tmp:
+            write_evidence(marks, tmp, scene.crs, scene.transform, scene.width, scene.height)
+    with rasterio.open(evidence) as src:
+        counts = _scribbled(src, len(marks.classes))
+    job = CrfJob(str(evidence), 0.0, scene, scene_stretch(scene), settings, scene.crs, scene.transform, scene.height,
+                 scene.width, len(marks.classes), False, block, evidence_resampling="average", median=median)
+    log(f"scribbles: {sum(counts):,} px over {len(marks.classes)} classes from {Path(str(scribbles)).name}")
+    tags = {"LANDCOVER_SCRIBBLES": str(Path(str(scribbles)).resolve()), "LANDCOVER_DENSE": "scribbles",
+            "LANDCOVER_DISPLAY_BANDS": json.dumps(picks)}
+    result = run_crf(job, marks.classes, images, picks, out, tags, engine, overwrite, progress, log)
+    names = [c["name"] for c in marks.classes]
+    scribbled = dict(zip(names, (int(k) for k in counts), strict=True))
+    summary = json.loads(result.files["summary"].read_text())
+    total = sum(result.counts[n] for n in names) or 1
+    summary.update(task="labels", scribbles=str(Path(str(scribbles)).resolve()), class_field=class_field,
+                   scribbled_pixels=scribbled, shares={n: result.counts[n] / total for n in names},
+                   confidence=CONFIDENCE, median=median, seconds=round(time.perf_counter() - started, 3))
+    write_text(result.files["summary"], json.dumps(summary, indent=2, default=str))
+    files = {**result.files, "figure": out.with_suffix(".png")}
+    _figure(scene, marks.classes, out, files["figure"])
+    evidence.unlink(missing_ok=True)
+    return LabelResult(out, files, marks.classes, {n: result.counts[n] for n in names},
+                       {n: result.hectares[n] for n in names}, scribbled, time.perf_counter() - started)
+
+
+def _scribbled(src: rasterio.DatasetReader, n: int) -> list[int]:
+    counts = np.zeros(n, np.int64)
+    for _, window in src.block_windows(1):
+        data = src.read(window=window)
+        seen = data[0] != NODATA
+        counts += np.bincount(data[:, seen].argmax(axis=0), minlength=n)[:n]
+    return counts.tolist()
+
+
+def _figure(scene: Scene, classes: list[dict], out: Path, png: Path) -> Path:
+    """Image | scribbles over it | the dense labels, with a legend of the classes and their shares."""
+    scale = max(scene.width, scene.height) / FIGURE_PX
+    shape = (max(1, round(scene.height / max(scale, 1))), max(1, round(scene.width / max(scale, 1))))
+    pixels, _ = scene.read_warped(scene.crs, scene.transform * rasterio.Affine.scale(scene.width / shape[1],
+                                                                                     scene.height / shape[0]),
+                                  shape[1], shape[0], Resampling.average)
+    stretch = scene_stretch(scene)
+    image = (stretch.apply(pixels) if stretch else pixels.astype(np.uint8))[:3]
+    image = np.repeat(image, 3, axis=0)[:3] if image.shape[0] == 1 else image
+    rgb = np.moveaxis(image, 0, -1)
+    lut = np.zeros((256, 4), np.float32)
+    for c in classes:
+        lut[int(c["id"])] = [*(v / 255 for v in hex_rgb(c["color"])), 1.0]
+    with rasterio.open(out) as src:
+        labels = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    evidence_path = out.with_name(f".{out.name}.scribbles.tif")
+    fig, axes = new_figure(13, 4.6, 3)
+    axes[0].imshow(rgb)
+    axes[0].set_title("image", fontsize=10)
+    axes[1].imshow(rgb)
+    if evidence_path.exists():
+        with rasterio.open(evidence_path) as src:
+            marks = src.read(out_shape=(src.count, *shape), resampling=Resampling.nearest)
+        seen = marks[0] != NODATA
+        axes[1].imshow(np.where(seen[..., None], lut[marks.argmax(axis=0)], 0))
+    axes[1].set_title("scribbles", fontsize=10)
+    axes[2].imshow(rgb)
+    axes[2].imshow(lut[labels] * np.array([1, 1, 1, 0.75], np.float32))
+    axes[2].set_title("dense labels (CRF)", fontsize=10)
+    total = max(1, int((labels != NODATA).sum()))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=lut[int(c["id"])][:3], label=f"{c['name']} {100 * (labels == c['id']).sum() / total:.1f}%")
+               for c in classes]
+    axes[2].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    for ax in axes:
+        ax.set_axis_off()
+    with replacing(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return png
