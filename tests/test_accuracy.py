@@ -96,6 +96,7 @@ def test_points_against_a_map_of_the_nc_scene(nc_map, tmp_path):
     all_names = report["confusion"]["classes"]
     assert all_names[:len(names)] == names  # the map's classes first, then reference classes the map lacks
     assert report["n_samples"] == int(keep.sum()) > 800  # 885: the rest fall on the scene's nodata
+    assert accuracy["reference_points_outside_map"] == int((~inside).sum())
     hits = sum(all_names[m] == lab for m, lab in zip(mapped[keep], labels[keep], strict=True))
     assert report["accuracy"] == pytest.approx(hits / keep.sum())
     # area-adjusted estimates from the map's own class areas

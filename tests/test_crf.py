@@ -161,6 +161,10 @@ def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_images, tmp
     assert blocks.resumed == 2 and whole.resumed == 0
     a, b = read_class_map(whole.out).data, read_class_map(blocks.out).data
     assert (a == b).mean() >= 0.995
+    # rows of blocks on a process pool (each worker given its share of the cores): the same map
+    pooled = refine_raster(probs, zion_images, tmp_path / "pooled.tif", settings=settings, block=96, progress=False,
+                           engine="process:2", log=lambda m: None)
+    assert (read_class_map(pooled.out).data == b).all()
 
 
 def test_hybrid_dense_map_beats_the_tile_map_per_30m_pixel(zion_bundle, zion, tmp_path):

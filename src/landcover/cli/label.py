@@ -69,6 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     """The drawing page: served on 127.0.0.1 until idle for --idle-minutes (or Ctrl-C)."""
+    import shutil
     from pathlib import Path
 
     from landcover.label.server import LabelSession, make_server, serve, session_classes
@@ -82,4 +83,7 @@ def _serve(args: argparse.Namespace) -> None:
         import webbrowser
 
         webbrowser.open(url)
-    serve(server)
+    try:
+        serve(server)
+    finally:
+        shutil.rmtree(session.work, ignore_errors=True)  # Run's results; Save wrote --out

@@ -57,6 +57,8 @@ class MapAssessment:
             lines.append(f"{row['class']:<16} {row['mapped_ha']:>12,.0f} {_f(row['estimated_ha'], 14, ',.0f')} "
                          f"{_f(row['estimated_ha_ci95'], 10, ',.0f')} {_f(row['users'], 6, '.3f')} "
                          f"{_f(row['producers'], 8, '.3f')}")
+        if e.get("reference_points_outside_map"):
+            lines.append(f"{e['reference_points_outside_map']} reference points lie outside the map (left out)")
         if e["unsampled_classes"]:
             lines.append(f"mapped classes with no reference sample (left out of the estimates): "
                          f"{', '.join(e['unsampled_classes'])}")
@@ -79,8 +81,9 @@ def assess_map(map_path: str | Path, truth: str | Path, out_dir: str | Path, tru
     with open_raster(map_path) as src:
         crs = require_crs(src)
         mapped = _mapped_counts(src)
+        outside = 0
         if vector:
-            names, pairs = _vector_pairs(src, crs, truth, truth_field, scheme, classes)
+            names, pairs, outside = _vector_pairs(src, crs, truth, truth_field, scheme, classes)
         else:
             names, pairs = _raster_pairs(src, crs, truth, scheme, classes)
         cell_m2 = abs(src.transform.a * src.transform.e - src.transform.b * src.transform.d)
@@ -93,6 +96,7 @@ def assess_map(map_path: str | Path, truth: str | Path, out_dir: str | Path, tru
     mapped_all[:len(classes)] = mapped[:len(classes)]
     estimates = area_adjusted(confusion.T, mapped_all, cell_m2 / 1e4, names)
     estimates["iou"] = _iou(confusion)
+    estimates["reference_points_outside_map"] = outside
     out = Path(out_dir)
     files = write_report(report, out, title=f"{Path(map_path).name} against {Path(truth).name}")
     files["accuracy.json"] = out / "accuracy.json"
@@ -242,8 +246,9 @@ def _raster_pairs(src: rasterio.DatasetReader, crs, truth: str, scheme: str | No
 
 
 def _vector_pairs(src: rasterio.DatasetReader, crs, truth: str, field: str, scheme: str | None,
-                  classes: list[dict]) -> tuple[list[str], np.ndarray]:
-    """(map id, reference id) at each point, or at each map pixel whose centre a polygon covers."""
+                  classes: list[dict]) -> tuple[list[str], np.ndarray, int]:
+    """(map id, reference id) at each point, or at each map pixel whose centre a polygon covers; and how many
+    points lie outside the map."""
     from landcover.chips.labels import read_vector_labels
 
     sch = load_scheme(scheme) if scheme else None
@@ -263,7 +268,7 @@ def _vector_pairs(src: rasterio.DatasetReader, crs, truth: str, field: str, sche
         got = np.array([src.read(1, window=Window(c, r, 1, 1))[0, 0] for c, r in zip(cols[inside], rows[inside],
                                                                                        strict=True)])
         keep = got != NODATA
-        return names, np.stack([got[keep].astype(np.int64), ref[inside][keep]])
+        return names, np.stack([got[keep].astype(np.int64), ref[inside][keep]]), int((~inside).sum())
     pairs = []
     for window in _strips(src):
         transform = src.window_transform(window)
@@ -274,7 +279,7 @@ def _vector_pairs(src: rasterio.DatasetReader, crs, truth: str, field: str, sche
         pairs.append(np.stack([got[keep].astype(np.int64), burned[keep].astype(np.int64) - 1]))
     if not any(p.size for p in pairs):
         raise LandcoverError("no reference polygon covers a mapped pixel of the map", truth)
-    return names, np.concatenate(pairs, axis=1)
+    return names, np.concatenate(pairs, axis=1), 0
 
 
 def _iou(confusion: np.ndarray) -> list:

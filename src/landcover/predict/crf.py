@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import rasterio
 import shapely
@@ -62,6 +63,8 @@ class CrfJob:
     each class among its scribbled pixels)."""
     median: int = 0
     """A median filter of this size over each class's refined probabilities on the CRF's grid (0: none)."""
+    threads: int | None = None
+    """numba threads per worker (None: all cores, in-process): a pool's workers share the cores."""
 
     @property
     def crf_transform(self) -> Affine:
@@ -123,6 +126,8 @@ def probability_scale(src: rasterio.DatasetReader) -> float:
 def run_rows(job: CrfJob, index: int) -> CrfRows:
     """One engine task: block row `index`, every block with its margin through the CRF, cores upscaled to the map."""
     started = time.perf_counter()
+    if job.threads:
+        numba.set_num_threads(min(job.threads, numba.config.NUMBA_NUM_THREADS))
     y0, y1 = job.map_rows(index)
     classes = np.full((y1 - y0, job.width), NODATA, np.uint8)
     probs = np.full((job.n_classes, y1 - y0, job.width), NODATA, np.uint8) if job.probabilities_out else None

@@ -23,7 +23,7 @@ from landcover.geo.raster import Scene
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, probability_classes, start_draft, write_rows
-from landcover.predict.bands import pixel_grid
+from landcover.predict.bands import pixel_grid, window_threads
 from landcover.predict.crf import BLOCK_PX, CrfJob, CrfRows, check_same_grid, run_rows
 from landcover.predict.outputs import (
     RasterResult,
@@ -142,6 +142,7 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
     engine = Engine.of(engine)
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
+    job = replace(job, threads=window_threads(engine.name, engine.workers))
     s = job.settings
     reading = (f"CRF on a {job.crf_height} x {job.crf_width} grid ({s.downscale:g} x the map's {job.transform.a:g} "
                f"m), blocks of {job.block} + {job.margin} margin")
