@@ -13,14 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LANDCOVER_DATA", ROOT.parent / "shared" / "data"))
 
 
+def skip_or_fail(message: str) -> None:
+    """Skip clearly when something the test needs is absent; under CI=true that is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def need_data(*parts: str) -> Path:
     """A path under the shared data folder; skip clearly if absent (fail under CI=true)."""
     path = DATA.joinpath(*parts)
     if not path.exists():
-        message = f"real data not found: {path} (tests read ../shared/data; see its README)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"real data not found: {path} (tests read ../shared/data; see its README)")
     return path
 
 

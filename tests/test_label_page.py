@@ -16,7 +16,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import need_data
+from conftest import need_data, skip_or_fail
 from PIL import Image
 
 from landcover.label.server import LabelSession, make_server, serve, session_classes
@@ -84,10 +84,7 @@ def test_draw_run_and_save_in_headless_chromium(page, tmp_path):
 
     browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver_path):
-        message = "headless Chromium not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("headless Chromium not installed (apt-get install chromium chromium-driver)")
     url, session, folder = page
     options = webdriver.ChromeOptions()
     options.binary_location = browser

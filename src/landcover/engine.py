@@ -63,6 +63,18 @@ class Engine:
         return _ray_map(fn, shared, tasks, self.workers, self.ray_address)
 
 
+def in_order(results: Iterable[Any], first: int = 0) -> Iterator[Any]:
+    """Results that carry an `index`, yielded in index order from `first` (engines finish tasks in any order, files
+    are written in order); nothing is kept once yielded."""
+    waiting: dict[int, Any] = {}
+    for result in results:
+        waiting[result.index] = result
+        result = None  # the caller's reference is the only one left once it is yielded
+        while first in waiting:
+            yield waiting.pop(first)
+            first += 1
+
+
 def _init_worker(shared: Any) -> None:
     global _shared
     _shared = shared

@@ -106,7 +106,6 @@ def segment_stage(zion: Path, images: list[Path], out: Path, progress: bool) -> 
     test-pair scores, and the park mapped per 30 m pixel, drawn beside the tile map and NLCD."""
     from landcover.chips.make import make_chips
     from landcover.datasets.splits import split_manifest
-    from landcover.maps.figures import render_map
     from landcover.predict.raster import predict_raster
     from landcover.segment.evaluate import evaluate_segmentation
     from landcover.train.trainer import train_model
@@ -129,10 +128,7 @@ def segment_stage(zion: Path, images: list[Path], out: Path, progress: bool) -> 
                             truth=zion / "nlcd2011.tif", truth_scheme="nlcd-grouped", overwrite=True,
                             progress=progress, log=lambda _: None)
     print(result.summary())
-    figure = render_map(maps / "zion-pixels.tif", maps / "zion-pixels.png", truth=zion / "nlcd2011.tif",
-                        scheme="nlcd-grouped", beside=maps / "zion.tif",
-                        title="Zion: tile map (240 m cells) and U-Net per 30 m pixel vs NLCD 2011")
-    print(f"figure: {figure}")
+    beside_tile_map(zion, maps, "zion-pixels", "U-Net per 30 m pixel")
 
 
 def dense_stage(zion: Path, images: list[Path], out: Path, bundle: Path, progress: bool) -> None:
@@ -140,7 +136,6 @@ def dense_stage(zion: Path, images: list[Path], out: Path, bundle: Path, progres
     CRF at the seeds' settings) inside the park at 30 m, drawn beside the tile map, and both maps assessed against
     NLCD 2011 (accuracies and area estimates with 95% confidence intervals)."""
     from landcover.maps.accuracy import assess_map
-    from landcover.maps.figures import render_map
     from landcover.predict.dense import predict_dense
 
     maps = out / "maps"
@@ -148,13 +143,19 @@ def dense_stage(zion: Path, images: list[Path], out: Path, bundle: Path, progres
     result = predict_dense(bundle, images, maps / "zion-dense.tif", aoi=zion / "zion.gpkg", overwrite=True,
                            progress=progress, log=lambda _: None)
     print(result.summary())
-    figure = render_map(maps / "zion-dense.tif", maps / "zion-dense.png", truth=zion / "nlcd2011.tif",
-                        scheme="nlcd-grouped", beside=maps / "zion.tif",
-                        title="Zion: tile map (240 m cells) and the hybrid dense map (30 m) vs NLCD 2011")
-    print(f"figure: {figure}")
+    beside_tile_map(zion, maps, "zion-dense", "the hybrid dense map (30 m)")
     for name in ("zion", "zion-dense"):
         assessment = assess_map(maps / f"{name}.tif", zion / "nlcd2011.tif", maps / f"{name}.accuracy",
                                 scheme="nlcd-grouped")
         e = assessment.estimates
         print(f"{name}.tif against NLCD 2011 (nearest onto its grid): overall accuracy {e['overall_accuracy']:.3f} "
               f"± {e['overall_accuracy_ci95']:.3f}, kappa {assessment.report.kappa:.3f} -> {maps / f'{name}.accuracy'}")
+
+
+def beside_tile_map(zion: Path, maps: Path, name: str, what: str) -> None:
+    """maps/<name>.png: NLCD | the tile map | the map <name>.tif | agreement."""
+    from landcover.maps.figures import render_map
+
+    figure = render_map(maps / f"{name}.tif", maps / f"{name}.png", truth=zion / "nlcd2011.tif", scheme="nlcd-grouped",
+                        beside=maps / "zion.tif", title=f"Zion: tile map (240 m cells) and {what} vs NLCD 2011")
+    print(f"figure: {figure}")

@@ -117,17 +117,24 @@ def _scribbled(src: rasterio.DatasetReader, n: int) -> list[int]:
     return counts.tolist()
 
 
+def display_rgb(scene: Scene, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The image averaged down to `shape` (height, width) and stretched for display: (h, w, 3) uint8 (a one-band
+    image as grey) and its validity."""
+    h, w = shape
+    pixels, valid = scene.read_warped(scene.crs, scene.transform * rasterio.Affine.scale(scene.width / w,
+                                                                                         scene.height / h),
+                                      w, h, Resampling.average)
+    stretch = scene_stretch(scene)
+    image = stretch.apply(pixels) if stretch else pixels.astype(np.uint8)
+    image = np.repeat(image[:1], 3, axis=0) if image.shape[0] < 3 else image[:3]
+    return np.moveaxis(image, 0, -1), valid
+
+
 def _figure(scene: Scene, classes: list[dict], out: Path, png: Path) -> Path:
     """Image | scribbles over it | the dense labels, with a legend of the classes and their shares."""
     scale = max(scene.width, scene.height) / FIGURE_PX
     shape = (max(1, round(scene.height / max(scale, 1))), max(1, round(scene.width / max(scale, 1))))
-    pixels, _ = scene.read_warped(scene.crs, scene.transform * rasterio.Affine.scale(scene.width / shape[1],
-                                                                                     scene.height / shape[0]),
-                                  shape[1], shape[0], Resampling.average)
-    stretch = scene_stretch(scene)
-    image = (stretch.apply(pixels) if stretch else pixels.astype(np.uint8))[:3]
-    image = np.repeat(image, 3, axis=0)[:3] if image.shape[0] == 1 else image
-    rgb = np.moveaxis(image, 0, -1)
+    rgb, _ = display_rgb(scene, shape)
     lut = np.zeros((256, 4), np.float32)
     for c in classes:
         lut[int(c["id"])] = [*(v / 255 for v in hex_rgb(c["color"])), 1.0]

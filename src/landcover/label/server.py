@@ -32,7 +32,6 @@ from rasterio.enums import Resampling
 
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene
-from landcover.geo.stretch import scene_stretch
 from landcover.maps.classmap import hex_rgb
 from landcover.schemes import load_scheme, parse_scheme
 from landcover.segment.crf import CrfSettings
@@ -85,14 +84,10 @@ class LabelSession:
                 "image_pixels": [self.scene.height, self.scene.width], "out": str(self.out)}
 
     def image_png(self) -> bytes:
-        h, w = self.display
-        pixels, valid = self.scene.read_warped(self.scene.crs, self.scene.transform * rasterio.Affine.scale(
-            self.scene.width / w, self.scene.height / h), w, h, Resampling.average)
-        stretch = scene_stretch(self.scene)
-        rgb = (stretch.apply(pixels) if stretch else pixels.astype(np.uint8))
-        rgb = np.repeat(rgb[:1], 3, axis=0) if rgb.shape[0] < 3 else rgb[:3]
-        rgb = np.where(valid, rgb, 0)
-        return _png(np.moveaxis(rgb, 0, -1))
+        from landcover.label.dense import display_rgb
+
+        rgb, valid = display_rgb(self.scene, self.display)
+        return _png(np.where(valid[..., None], rgb, 0).astype(np.uint8))
 
     def strokes_to_layer(self, body: dict) -> gpd.GeoDataFrame:
         """Validated strokes as buffered lines in the image's CRS, with their class names."""

@@ -222,9 +222,9 @@ def check_same_grid(probabilities: str, scene: Scene) -> tuple[CRS, Affine, int,
         crs, transform, height, width = src.crs, src.transform, src.height, src.width
     if crs is None:
         raise LandcoverError("has no CRS", probabilities)
-    tol = 1e-6 * max(abs(transform.a), 1e-9)
+    tol = 1e-3 * max(abs(transform.a), 1e-9)  # a thousandth of a pixel
     if (not same_crs(crs, scene.crs) or (height, width) != (scene.height, scene.width)
-            or any(abs(a - b) > tol * 1e3 for a, b in zip(transform[:6], scene.transform[:6], strict=True))):
+            or any(abs(a - b) > tol for a, b in zip(transform[:6], scene.transform[:6], strict=True))):
         raise LandcoverError(f"the probabilities' grid ({width} x {height} px of {transform.a:g}, origin "
                              f"{transform.c:.1f}, {transform.f:.1f}) is not the imagery's ({scene.width} x "
                              f"{scene.height} px of {scene.transform.a:g}, origin {scene.transform.c:.1f}, "

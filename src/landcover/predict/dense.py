@@ -17,14 +17,14 @@ import numpy as np
 
 from landcover.atomic import replacing, write_text
 from landcover.bundle import load_bundle
-from landcover.engine import Engine
+from landcover.engine import Engine, in_order
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, probability_classes, start_draft, write_rows
 from landcover.predict.bands import pixel_grid, window_threads
-from landcover.predict.crf import BLOCK_PX, CrfJob, CrfRows, check_same_grid, run_rows
+from landcover.predict.crf import BLOCK_PX, CrfJob, check_same_grid, run_rows
 from landcover.predict.outputs import (
     RasterResult,
     kept_only_when_started,
@@ -170,24 +170,18 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
         seconds_crf = 0.0
         with progress_bar(total=job.block_rows * job.block_cols, initial=done * job.block_cols, unit="block",
                           desc="crf", enabled=progress, leave=False) as bar:
-            waiting: dict[int, CrfRows] = {}
             todo = list(range(done, job.block_rows))
-            results = (engine.map(run_rows, job, todo, spawn=True) if engine.name != "local"
-                       else (run_rows(job, i) for i in todo))
-            for result in results:  # engines finish rows in any order: they are written in order
-                waiting[result.index] = result
-                while done in waiting:
-                    ready = waiting.pop(done)
-                    write_rows(drafts["map"], ready.row, ready.classes)
-                    if ready.probs is not None:
-                        write_rows(drafts["probabilities"], ready.row, ready.probs)
-                    counts += np.bincount(ready.classes.ravel(), minlength=256)
-                    done += 1
-                    with replacing(record) as tmp, open(tmp, "wb") as fh:
-                        np.savez(fh, rows=np.array(done), counts=counts)
-                    seconds_crf += ready.seconds
-                    bar.update(ready.blocks)
-                result = ready = None
+            for ready in in_order(engine.map(run_rows, job, todo, spawn=True), done):
+                write_rows(drafts["map"], ready.row, ready.classes)
+                if ready.probs is not None:
+                    write_rows(drafts["probabilities"], ready.row, ready.probs)
+                counts += np.bincount(ready.classes.ravel(), minlength=256)
+                done += 1
+                with replacing(record) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, rows=np.array(done), counts=counts)
+                seconds_crf += ready.seconds
+                bar.update(ready.blocks)
+                ready = None
         finish_draft(drafts["map"], files["map"], classes)
         if job.probabilities_out:
             finish_draft(drafts["probabilities"], files["probabilities"], classes, probabilities=True)

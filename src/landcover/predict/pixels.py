@@ -14,7 +14,7 @@ import numpy as np
 
 from landcover.atomic import replacing, write_text
 from landcover.bundle import Bundle
-from landcover.engine import Engine
+from landcover.engine import Engine, in_order
 from landcover.errors import LandcoverError
 from landcover.geo.grid import parse_length, scene_footprint, to_pixels
 from landcover.geo.raster import Scene
@@ -99,20 +99,14 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
         initial = sum(per_band[b.index] for b in plan[:resumed])
         with progress_bar(total=job.window_rows * job.window_cols, initial=initial, unit="window", desc="predict",
                           enabled=progress, leave=False) as bar:
-            waiting: dict[int, BandResult] = {}
-            results = (engine.map(run_band, job, todo, spawn=True) if engine.name != "local"
-                       else (run_band(job, b) for b in todo))
-            for result in results:  # engines finish bands in any order: they are written in order
-                waiting[result.index] = result
-                while done["bands"] in waiting:
-                    ready = waiting.pop(done["bands"])
-                    _write_band(job, ready, done, drafts)
-                    _save_progress(record, done)
-                    totals["windows"] += ready.windows
-                    totals["read"] += ready.seconds_read
-                    totals["infer"] += ready.seconds_infer
-                    bar.update(per_band[ready.index])
-                result = ready = None  # a band's arrays go before the next band's are made (memory: 2 bands, not 3)
+            for ready in in_order(engine.map(run_band, job, todo, spawn=True), resumed):
+                _write_band(job, ready, done, drafts)
+                _save_progress(record, done)
+                totals["windows"] += ready.windows
+                totals["read"] += ready.seconds_read
+                totals["infer"] += ready.seconds_infer
+                bar.update(per_band[ready.index])
+                ready = None  # a band's arrays go before the next band's are made (memory: 2 bands, not 3)
         counts_all = done["counts"]
         if not counts_all[:bundle.n_classes].any() and not allow_empty:
             shutil.rmtree(state)
