@@ -76,7 +76,7 @@ def test_tile_size_out_of_range(capsys, tmp_path, args, size, message):
 
 def test_unknown_scheme(capsys, tmp_path, args):
     args["--scheme"] = ["corine"]
-    assert "corine: unknown class scheme (built in: nlcd, nlcd-grouped" in run_bad(capsys, tmp_path, args)
+    assert "corine: unknown class scheme (built in: lcmap, nlcd, nlcd-grouped" in run_bad(capsys, tmp_path, args)
 
 
 def test_band_index_out_of_range(capsys, tmp_path, args):

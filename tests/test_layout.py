@@ -20,7 +20,7 @@ LEVELS = {
     # the two contracts, the class schemes, and what they name (networks, heads) or draw (plain-data figures)
     "schemes": 1, "manifest": 1, "models": 1, "bundle": 1, "onnx_graph": 1, "plots": 1,
     "geo": 2,
-    "chips": 3, "datasets": 3, "evaluate": 3,
+    "chips": 3, "datasets": 3, "evaluate": 3, "acquire": 3,
     "train": 4, "segment": 4,
     "predict": 5, "maps": 5, "label": 5,
     "cli": 6,

@@ -196,7 +196,7 @@ def test_small_things(zion_bundle, tmp_path, capsys):
     _, _, root = zion_bundle
     piped = subprocess.run(f"{sys.executable} -m landcover schemes -v | head -1", shell=True, capture_output=True,
                            text=True)
-    assert piped.stdout.startswith("nlcd") and "Error" not in piped.stderr and "Traceback" not in piped.stderr
+    assert piped.stdout.startswith("lcmap") and "Error" not in piped.stderr and "Traceback" not in piped.stderr
     loud = [a for a in zion_chips_args(zion, tmp_path / "c", "--keep", "0.05") if a != "--quiet"]
     run = subprocess.run([sys.executable, "-m", "landcover", *loud], capture_output=True, text=True)
     assert run.returncode == 0 and "\r" not in run.stderr and "tile/s" not in run.stderr  # no bars off a terminal

@@ -21,6 +21,8 @@ from typing import Any
 from landcover.version import __version__
 
 _API = {
+    # acquisition: imagery and labels for an area from STAC catalogs
+    "acquire_area": "landcover.acquire.run",
     # chips: imagery + labels -> chips and a manifest
     "make_chips": "landcover.chips.make",
     "read_manifest": "landcover.manifest",

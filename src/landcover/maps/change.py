@@ -18,8 +18,9 @@ from rasterio.warp import reproject
 
 from landcover.atomic import check_output
 from landcover.errors import LandcoverError
+from landcover.geo.cog import write_cog
 from landcover.geo.raster import crs_name, same_crs, transformer
-from landcover.maps.classmap import NODATA, ClassMap, hex_rgb, read_class_map, read_probabilities, write_cog
+from landcover.maps.classmap import NODATA, ClassMap, hex_rgb, read_class_map, read_probabilities
 from landcover.progress import progress_bar
 
 UNCHANGED = 0

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
-from landcover.atomic import temp_path
 from landcover.errors import LandcoverError
+from landcover.geo.cog import CACHE_MB, copy_to_cog, describe, write_cog
 from landcover.geo.raster import open_raster
 
 NODATA = 255
 """Class maps are uint8 class ids; 255 marks nodata (no imagery, outside the AOI, not predicted)."""
-CACHE_MB = 64
-"""GDAL's block cache while maps are written (its default, 5% of memory, would grow with the map)."""
 PROB_SCALE = 254
 """Probability COGs store round(p * 254) in uint8, 255 nodata; GDAL's scale (1/254) turns them back into p."""
 CLASSES_TAG = "LANDCOVER_CLASSES"
@@ -33,70 +27,6 @@ def hex_rgb(color: str) -> tuple[int, int, int]:
     """'#1c5f2c' -> (28, 95, 44)."""
     text = color.lstrip("#")
     return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
-
-
-def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: CRS, nodata: float | None,
-              colormap: dict[int, tuple[int, ...]] | None = None, tags: dict[str, str] | None = None,
-              band_tags: list[dict[str, str]] | None = None, descriptions: list[str] | None = None,
-              scales: list[float] | None = None, resampling: str = "MODE", category_names: list[str] | None = None,
-              blocksize: int = 256) -> Path:
-    """Write (bands, h, w) or (h, w) as a deflate COG with overviews, under a temporary name then renamed."""
-    data = data[None] if data.ndim == 2 else data
-    count, height, width = data.shape
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype,
-               "crs": crs, "transform": transform, "nodata": nodata}
-    with MemoryFile() as mem:
-        with mem.open(**profile) as dst:
-            dst.write(data)
-            _describe(dst, colormap, tags, band_tags, descriptions, scales)
-        with mem.open() as src:
-            return _copy_to_cog(src, Path(path), resampling, category_names, blocksize)
-
-
-def _describe(dst: rasterio.io.DatasetWriter, colormap: dict | None = None, tags: dict | None = None,
-              band_tags: list | None = None, descriptions: list | None = None, scales: list | None = None) -> None:
-    """Colour table, tags, band names and scales of a GeoTIFF being written."""
-    if colormap:
-        dst.write_colormap(1, colormap)
-    if tags:
-        dst.update_tags(**tags)
-    for i in range(dst.count):
-        if band_tags and band_tags[i]:
-            dst.update_tags(i + 1, **band_tags[i])
-        if descriptions:
-            dst.set_band_description(i + 1, descriptions[i])
-    if scales:
-        dst.scales = tuple(scales)
-        dst.offsets = tuple(0.0 for _ in scales)
-
-
-def _copy_to_cog(src: rasterio.DatasetReader, path: Path, resampling: str, category_names: list[str] | None,
-                 blocksize: int = 256) -> Path:
-    """Copy an open raster to a deflate COG at `path` (temporary name, then renamed), with a categories sidecar."""
-    tmp = temp_path(path)
-    try:
-        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB, GDAL_NUM_THREADS="ALL_CPUS"):  # compression on every core
-            rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=str(blocksize),
-                                 OVERVIEW_RESAMPLING=resampling, RESAMPLING="NEAREST")
-        aux = Path(f"{path}.aux.xml")
-        if category_names:
-            _write_categories(Path(f"{tmp}.aux.xml"), category_names)
-        os.replace(tmp, path)
-        if category_names:
-            os.replace(f"{tmp}.aux.xml", aux)
-        else:
-            aux.unlink(missing_ok=True)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
-    return path
-
-
-def _write_categories(path: Path, names: list[str]) -> None:
-    """A PAM sidecar with band 1's category names (GDAL and QGIS read class names from it)."""
-    items = "".join(f"<Category>{escape(n)}</Category>" for n in names)
-    path.write_text(f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{items}</CategoryNames>'
-                    f"</PAMRasterBand></PAMDataset>\n")
 
 
 @dataclass
@@ -158,7 +88,7 @@ def start_draft(path: str | Path, height: int, width: int, transform: Affine, cr
                "dtype": "uint8", "crs": crs, "transform": transform, "nodata": NODATA, "tiled": True,
                "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER"}  # uncompressed: rows land as written
     with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), rasterio.open(path, "w", **profile) as dst:
-        _describe(dst, **style)
+        describe(dst, **style)
     return Path(path)
 
 
@@ -173,7 +103,7 @@ def finish_draft(draft: str | Path, path: str | Path, classes: list[dict], proba
     """The draft as a COG at `path` (class maps: mode overviews and a categories sidecar; probabilities: average)."""
     names = None if probabilities else _class_styling(classes, {})["category_names"]
     with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), rasterio.open(draft) as src:
-        return _copy_to_cog(src, Path(path), "AVERAGE" if probabilities else "MODE", names)
+        return copy_to_cog(src, Path(path), "AVERAGE" if probabilities else "MODE", names)
 
 
 def read_class_map(path: str | Path) -> ClassMap:
