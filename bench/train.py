@@ -45,9 +45,9 @@ from landcover import cli  # noqa: E402
 from landcover.bundle import InputSpec  # noqa: E402
 from landcover.evaluate import Report, evaluate_predictions, read_report  # noqa: E402
 from landcover.models.heads import fit_head  # noqa: E402
+from landcover.models.spectral import spectral_features  # noqa: E402
 from landcover.train.config import TrainConfig  # noqa: E402
 from landcover.train.data import ChipDataset, read_chip  # noqa: E402
-from landcover.train.features import spectral_features  # noqa: E402
 from landcover.train.run import Run  # noqa: E402
 from landcover.train.runs import read_metrics  # noqa: E402
 
@@ -178,7 +178,7 @@ def spectral_baseline(manifest: Path, names: list[str], s: Settings) -> dict:
     def featurize(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Features, label ids and chip ids of one split."""
         data = ChipDataset(manifest, split)
-        x = np.stack([spectral_features(data.read(i), red=RED, nir=NIR) for i in range(len(data))])
+        x = np.stack([spectral_features(data.read(i), indices=(("ndvi", NIR, RED),)) for i in range(len(data))])
         return x, data.labels, list(data.frame["chip_id"])
 
     start = time.perf_counter()

@@ -46,6 +46,22 @@ def test_train_bench(tmp_path):
     assert result["throughput"]["bare"]["images_per_s"] > 0
 
 
+def test_accuracy_bench(tmp_path):
+    need_data("zion")
+    need_data("landsat_nc")
+    done = run_bench("accuracy", tmp_path)
+    result = json.loads((tmp_path / "accuracy.json").read_text())
+    assert result["quick"] and set(result["datasets"]) == {"zion", "nc-points"}
+    for name, data in result["datasets"].items():
+        assert len(data["per_seed"]) == 1 and data["dataset"]["chips"] > 100
+        summary = data["summary"]
+        assert {"spectral", "features", "fused", "finetune", "auto"} <= set(summary)
+        assert summary["auto"]["chosen"][0] in ("spectral", "fused", "finetune")
+        assert summary["spectral"]["test_accuracy"]["mean"] > 0.6, name
+        assert f"{name}:" in done.stdout and "goal auto - best" in done.stdout
+    assert not list(tmp_path.glob("accuracy-work-*")), "the bench left its work folder"
+
+
 def test_predict_bench(tmp_path):
     need_data("naip_nd")
     run_bench("predict", tmp_path)

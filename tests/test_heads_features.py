@@ -14,7 +14,8 @@ from rasterio.windows import Window
 
 from landcover.errors import LandcoverError
 from landcover.models.heads import fit_head, load_head, save_head
-from landcover.train.features import extract_features, spectral_feature_names, spectral_features
+from landcover.models.spectral import SpectralSpec, band_role, spectral_features
+from landcover.train.features import extract_features
 
 N_CLASSES = 5
 PRESENT = (0, 1, 3, 4)
@@ -157,9 +158,12 @@ def test_spectral_features_on_real_landsat_window():
         with rasterio.open(zion / f"landsat_b{b}.tif") as src:
             bands.append(src.read(1, window=window))
     pixels = np.stack(bands)  # uint16: blue, green, red, NIR
-    features = spectral_features(pixels, red=2, nir=3)
-    names = spectral_feature_names(4, ndvi=True, band_names=["blue", "green", "red", "nir"])
-    assert features.shape == (len(names),) == (30,)
+    spec = SpectralSpec.from_roles(["blue", "green", "red", "nir"], [band_role(f"landsat_b{b}") for b in (2, 3, 4, 5)])
+    assert spec.indices == (("ndvi", 3, 2), ("ndwi", 1, 3))  # Landsat 8 numbering, no SWIR: no MNDWI / NDBI
+    features = spectral_features(pixels, indices=spec.indices)
+    names = spec.names
+    assert features.shape == (len(names),) == (32,)
+    np.testing.assert_array_equal(spec.features(pixels[None])[0], features.astype(np.float32))
     got = dict(zip(names, features, strict=True))
     for i, band in enumerate(["blue", "green", "red", "nir"]):
         values = pixels[i].astype(np.float64).ravel()
@@ -170,10 +174,21 @@ def test_spectral_features_on_real_landsat_window():
     ndvi = (nir - red) / (nir + red)
     np.testing.assert_allclose([got["ndvi_mean"], got["ndvi_std"]], [ndvi.mean(), ndvi.std()], rtol=1e-12)
     assert 0 < got["ndvi_mean"] < 1
-
+    green = pixels[1].astype(np.float64)
+    np.testing.assert_allclose(got["ndwi_mean"], ((green - nir) / (green + nir)).mean(), rtol=1e-12)
     valid = np.zeros((16, 16), bool)
     valid[:8] = True  # only the top half counts
     top = spectral_features(pixels, valid)
     assert top.shape == (28,)
     np.testing.assert_allclose(top[0], pixels[0, :8].mean(), rtol=1e-12)
     assert np.isnan(spectral_features(pixels, np.zeros((16, 16), bool))).all()
+
+
+@pytest.mark.parametrize(("name", "role"), [
+    ("landsat_b5", "nir"), ("LC08_L2SP_038034_20200812_SR_B4", "red"), ("lsat7_2000_40", "nir"),
+    ("lsat7_2000_50", "swir1"), ("LE07_L2SP_016035_20000612_SR_B4", "nir"), ("T33UUP_20230801_B04_10m", "red"),
+    ("B8A", "nir"), ("swir16", "swir1"), ("nir08", "nir"), ("red", "red"), ("NAIP-VA-b1", None),
+    ("image_1", None), ("sentinel2_b11", "swir1"),
+])
+def test_band_roles_from_names(name, role):
+    assert band_role(name) == role

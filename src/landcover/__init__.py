@@ -25,6 +25,7 @@ _API = {
     "acquire_area": "landcover.acquire.run",
     # chips: imagery + labels -> chips and a manifest
     "make_chips": "landcover.chips.make",
+    "import_chips": "landcover.chips.imported",
     "read_manifest": "landcover.manifest",
     "load_scheme": "landcover.schemes",
     # datasets: splits and training-ready files

@@ -16,6 +16,7 @@ from landcover.errors import LandcoverError, refuse_pickle
 from landcover.models.backbones import build_model, pooled_features
 from landcover.models.heads import load_head, save_head
 from landcover.models.segmenters import build_segmenter
+from landcover.models.spectral import SpectralSpec
 from landcover.version import __version__
 
 BUNDLE_VERSION = 1
@@ -69,7 +70,9 @@ class Bundle:
     """A trained classifier: how to build it, its weights (or fitted head), its classes and its input."""
 
     kind: str
-    """'finetune' (a whole network) or 'features' (a frozen backbone and a classical head)."""
+    """'finetune' (a whole network), 'features' (a frozen backbone and a classical head), 'spectral' (a classical
+    head on spectral features, no network) or 'fused' (a frozen backbone's features and spectral features into one
+    classical head)."""
     architecture: str
     """Classification: the backbone; segmentation: the decoder."""
     classes: list[dict]
@@ -87,6 +90,8 @@ class Bundle:
     """'classification' (a class per chip) or 'segmentation' (a class per pixel)."""
     encoder: str | None = None
     """Segmentation: the decoder's backbone."""
+    spectral: SpectralSpec | None = None
+    """'spectral' and 'fused' bundles: how chips become the spectral features their head reads."""
 
     @property
     def n_classes(self) -> int:
@@ -101,7 +106,8 @@ class Bundle:
             "input": self.input.to_dict(),
             "chip": self.chip, "backbone_weights": self.backbone_weights, "provenance": self.provenance,
             "weights": "weights.safetensors" if self.kind == "finetune" else None,
-            "head": "head" if self.kind == "features" else None,
+            "head": None if self.kind == "finetune" else "head",
+            "spectral": self.spectral.to_dict() if self.spectral else None,
         }
 
     def require_classifier(self, what: str) -> None:
@@ -114,11 +120,21 @@ class Bundle:
     def predict_proba(self, raw: torch.Tensor) -> np.ndarray:
         """Class probabilities for a batch of raw chips (n, bands, h, w): (n, n_classes) for a classifier,
         (n, n_classes, h, w) for a segmentation network."""
+        if self.model is None:  # spectral: no network
+            return self.head_proba(None, raw)
         x = self.input.prepare(raw).contiguous(memory_format=torch.channels_last)  # 1.6x faster convs on CPU
         self.model.eval()
         if self.kind == "finetune":
             return torch.softmax(self.model(x), dim=1).numpy()
-        return self.head.predict_proba(pooled_features(self.model, x).numpy())
+        return self.head_proba(pooled_features(self.model, x).numpy(), raw)
+
+    def head_proba(self, features: np.ndarray | None, raw: torch.Tensor) -> np.ndarray:
+        """The head's probabilities from the network's pooled features (None for spectral bundles) and, for
+        spectral and fused bundles, the raw chips' spectral features."""
+        parts = [] if features is None else [np.asarray(features, np.float32)]
+        if self.spectral is not None:
+            parts.append(self.spectral.features(np.asarray(raw)))
+        return self.head.predict_proba(np.hstack(parts))
 
 
 def save_bundle(bundle: Bundle, out: str | Path) -> Path:
@@ -175,7 +191,11 @@ def load_bundle(path: str | Path) -> Bundle:
     n_classes = len(meta["classes"])
     bundle = Bundle(meta["kind"], meta["architecture"], meta["classes"], spec, meta["chip"],
                     meta.get("provenance", {}), meta.get("backbone_weights", "none"), path,
-                    task=meta.get("task", "classification"), encoder=meta.get("encoder"))
+                    task=meta.get("task", "classification"), encoder=meta.get("encoder"),
+                    spectral=SpectralSpec.from_dict(meta["spectral"]) if meta.get("spectral") else None)
+    if bundle.kind == "spectral":
+        bundle.head = load_head(path / "head")
+        return bundle
     if bundle.kind == "finetune":
         weights = path / meta["weights"]
         if not weights.is_file():

@@ -83,6 +83,8 @@ def export_onnx(bundle_path: str | Path, opset: int = 17, check: bool = True) ->
         raise LandcoverError("exporting to ONNX needs onnx: pip install onnx onnxruntime") from None
     bundle = load_bundle(bundle_path)
     folder = Path(bundle.path)
+    if bundle.model is None:
+        raise LandcoverError("a spectral bundle has no network to export (its head runs on numpy)", bundle.path)
     net = (_Probabilities if bundle.kind == "finetune" else _Features)(bundle.model).eval()
     output = "probabilities" if bundle.kind == "finetune" else "features"
     size, bands = bundle.input.size, len(bundle.input.bands)
@@ -140,8 +142,11 @@ def _check(bundle: Bundle, net: nn.Module, path: Path) -> dict:
     if got.shape != want.shape:
         raise LandcoverError(f"the exported graph gives shape {got.shape}, torch {want.shape}", bundle.path)
     found = {}
-    if bundle.kind == "features":  # random chips can saturate the head: the features' error is checked as well
+    if bundle.kind != "finetune":  # random chips can saturate the head: the features' error is checked as well
         found["max_rel_feature_diff"] = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+        if bundle.spectral is not None:  # fused: the spectral part is numpy, the same on both sides
+            zeros = np.zeros((len(want), len(bundle.spectral.names)))
+            want, got = np.hstack([want, zeros]), np.hstack([got, zeros])
         want, got = bundle.head.predict_proba(want), bundle.head.predict_proba(got)
     found["max_abs_diff"] = float(np.abs(got - want).max())
     for key, what in (("max_abs_diff", "probabilities"), ("max_rel_feature_diff", "features (relative)")):

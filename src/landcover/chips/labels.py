@@ -262,7 +262,7 @@ def scheme_from_values(values: pd.Series, name: str | None, source: str,
     if background is not None and background.lower() not in {e["name"].lower() for e in entries}:
         codes = {e["code"] for e in entries}
         entries.insert(0, {"name": background, "code": 0 if 0 not in codes else max(codes) + 1})
-    for entry, color in zip(entries, _palette(len(entries)), strict=True):
+    for entry, color in zip(entries, palette(len(entries)), strict=True):
         entry["color"] = color
     return parse_scheme({"name": Path(source).stem, "description": f"classes of {Path(source).name}",
                          "classes": entries}, source)
@@ -290,7 +290,7 @@ def _classes_for(values: pd.Series, scheme: ClassScheme, source: str) -> np.ndar
     return out
 
 
-def _palette(n: int) -> list[str]:
+def palette(n: int) -> list[str]:
     """n distinct colours (evenly spaced hues)."""
     import colorsys
 

@@ -237,10 +237,55 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register chips, split and export."""
+    """Register chips, import, split and export."""
     _chips_parser(sub)
+    _import_parser(sub)
     _split_parser(sub)
     _export_parser(sub)
+
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="a chip folder tree (EuroSAT-style class folders) into a chip manifest",
+                       description="Write a manifest for chips someone else made: class folders of images (any "
+                                   "format GDAL reads, georeferenced or not), optionally under train/ valid/ test/ "
+                                   "(the split is taken from those folders, else left for `landcover split`). "
+                                   "Then train, evaluate, predict and export work on it as on `landcover chips`.")
+    p.add_argument("tree", help="the folder holding the class folders (or train/ valid/ test/ above them)")
+    p.add_argument("--out", required=True, help="the new dataset folder (manifest.parquet)")
+    p.add_argument("--scheme", help="a class scheme whose classes the folders are named after (default: one class "
+                                    "per folder, in name order)")
+    p.add_argument("--copy", action="store_true", help="copy the chips under OUT/chips (default: referenced in "
+                                                        "place)")
+    p.add_argument("--strict", action="store_true", help="fail on an unreadable image, an image of another shape "
+                                                          "or an empty class folder (default: left out and named)")
+    p.add_argument("--ratios", metavar="R",
+                   help="for a tree without train/ valid/ test/ folders: split the chips at random, e.g. 80:10:10 "
+                        "(the same as `landcover split OUT --random --ratios R` afterwards; georeferenced chips are "
+                        "better split by blocks there)")
+    p.add_argument("--seed", type=WHOLE.parse, default=0, help="seed for --ratios (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> None:
+        from pathlib import Path
+
+        from landcover.chips.imported import import_chips, split_folders
+        from landcover.errors import LandcoverError
+
+        splits = split_folders(args.tree) if Path(args.tree).is_dir() else []
+        if args.ratios and splits:
+            raise LandcoverError(f"--ratios: its folders already split the chips ({', '.join(splits)}); drop --ratios "
+                                 "to keep that split", args.tree)
+        result = import_chips(args.tree, args.out, scheme=args.scheme, copy=args.copy, strict=args.strict,
+                              progress=not args.quiet)
+        if args.ratios:
+            from landcover.datasets.splits import split_manifest
+
+            print(result.summary(next_step=False))
+            print(split_manifest(args.out, args.ratios, random=True, seed=args.seed).summary())
+        else:
+            print(result.summary())
+
+    p.set_defaults(run=run)
 
 
 def add_doctor_parser(sub: argparse._SubParsersAction) -> None:

@@ -44,7 +44,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--task", choices=["classification", "segmentation"],
                    help="classification (a class per chip, default) or segmentation (a class per pixel, from "
                         "`landcover chips --layout pairs`)")
-    g.add_argument("--mode", choices=["finetune", "features"], help="default finetune")
+    g.add_argument("--mode", choices=["finetune", "features", "spectral", "fused", "auto"],
+                   help="finetune (default): the whole network; features: frozen network features + a classical "
+                        "head; spectral: band statistics and indices (NDVI, NDWI, ...) + a head, no network; fused: "
+                        "frozen features and spectral features into one head; auto: spectral, fused and finetune "
+                        "compared on the validation split, the best kept")
+    g.add_argument("--band-roles", nargs="+", metavar="ROLE",
+                   help="spectral and fused: each chip band's role (blue green red nir swir1 swir2, '-' for none), "
+                        "when the chips' source files do not say")
     g.add_argument("--arch", dest="architecture",
                    help="classification: resnet18, resnet50, mobilenetv2 or efficientnet-lite0 (default); "
                         "segmentation: the decoder, unet (default), fpn or deeplabv3plus")
@@ -54,7 +61,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weights", help="imagenet (default), none, or a local .safetensors file")
     g.add_argument("--input-size", type=BOUNDS["input_size"].parse,
                    help="model input size in pixels (default: the backbone's)")
-    g.add_argument("--head", choices=["logreg", "rf"], help="features mode: the classical head")
+    g.add_argument("--head", choices=["logreg", "rf"],
+                   help="features, spectral and fused: the classical head (default rf for spectral, else logreg)")
     g.add_argument("--sample-frac", type=BOUNDS["sample_frac"].parse,
                    help="features mode: fraction of training chips to use")
     g = p.add_argument_group("fine-tuning")
@@ -89,7 +97,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                  "encoder", "loss", "architecture", "weights", "input_size", "head", "sample_frac", "train_from",
                  "freeze_bn", "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs",
                  "batch_size", "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed",
-                 "mlflow_uri", "onnx")
+                 "mlflow_uri", "onnx", "band_roles")
         out = train_model(config=args.config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                           **{n: getattr(args, n) for n in names})
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}

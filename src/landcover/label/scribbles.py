@@ -105,10 +105,10 @@ def _raster_scribbles(path: str, scheme: str | ClassScheme | None) -> Scribbles:
         for c in codes:
             code_to_id[c] = used.index(int(lookup[c]))
     else:
-        from landcover.chips.labels import _palette
+        from landcover.chips.labels import palette
 
         classes = [{"id": i, "name": str(int(c)), "color": color}
-                   for i, (c, color) in enumerate(zip(codes, _palette(len(codes)), strict=True))]
+                   for i, (c, color) in enumerate(zip(codes, palette(len(codes)), strict=True))]
         code_to_id = np.full(65536, NODATA, np.int64)
         code_to_id[codes] = np.arange(len(codes))
     return Scribbles(path, classes, None, None, code_to_id)

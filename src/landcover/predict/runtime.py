@@ -76,7 +76,7 @@ class OnnxRuntime(Runtime):
         out = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
         if self.bundle.kind == "finetune":
             return out
-        return self.bundle.head.predict_proba(out)
+        return self.bundle.head_proba(out, raw)
 
 
 def load_runtime(bundle: Bundle, runtime: str = "auto", threads: int | None = None) -> Runtime:

@@ -12,7 +12,10 @@ from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, WHO
 from landcover.errors import LandcoverError
 
 TASKS = ("classification", "segmentation")
-MODES = ("finetune", "features")
+MODES = ("finetune", "features", "spectral", "fused", "auto")
+"""Classification modes: the whole network; frozen features + a head; spectral features + a head; both into one
+head; and auto (spectral, fused and finetune compared on the validation split)."""
+ROLES = ("blue", "green", "red", "nir", "swir1", "swir2", "-")
 LOSSES = ("ce", "dice", "ce+dice")
 """Segmentation losses (landcover.segment.losses)."""
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -52,7 +55,11 @@ class TrainConfig:
     val_split: str = "valid"
     input_size: int | None = None
     """Model input size (default: the backbone's pretraining size)."""
-    head: str = "logreg"
+    head: str | None = None
+    """features, spectral, fused: 'logreg' or 'rf' (default rf for spectral, else logreg)."""
+    band_roles: list[str] | None = None
+    """spectral, fused: each chip band's role (blue, green, red, nir, swir1, swir2, '-'); default: what the chips'
+    source files say."""
     sample_frac: float = 1.0
     train_from: str = "all"
     freeze_bn: bool = False
@@ -104,6 +111,11 @@ class TrainConfig:
         """Refuse settings that cannot work, before anything runs."""
         if self.architecture is None:
             self.architecture = "unet" if self.task == "segmentation" else "efficientnet-lite0"
+        if self.head is None:
+            self.head = "rf" if self.mode == "spectral" else "logreg"
+        for role in self.band_roles or ():
+            if role not in ROLES:
+                raise LandcoverError(f"band role {role!r} is not one of {', '.join(ROLES)}")
         if self.task == "segmentation" and self.mode != "finetune":
             raise LandcoverError("segmentation trains the whole network: leave out --mode (features is for "
                                  "classification)")

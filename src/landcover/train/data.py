@@ -3,6 +3,7 @@ augmentation."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,10 @@ def read_chip(path: str | Path) -> np.ndarray:
             with Image.open(path) as im:
                 data = np.asarray(im)
             return data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
-        with rasterio.open(path) as src:
-            return src.read()
+        with warnings.catch_warnings():  # chips imported from elsewhere may carry no georeferencing: fine here
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.read()
     except (OSError, rasterio.errors.RasterioIOError) as exc:
         raise LandcoverError(f"cannot read chip ({str(exc).splitlines()[0]})", path) from None
 

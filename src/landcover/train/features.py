@@ -1,20 +1,16 @@
-"""Features for classical heads: frozen-network features (cached on disk) and per-chip spectral statistics.
+"""Features for classical heads: frozen-network features, cached on disk (spectral features: `models/spectral.py`).
 
 Feature cache: ``<cache>/<digest>.safetensors`` holds ``features`` (float32, (n, d)) and ``labels`` ((n,), the
 labels' own numeric dtype); ``<cache>/<digest>.json`` records the key it was computed for. ``digest`` is the first
 20 hex digits of the SHA-256 of the key as canonical JSON (sorted keys), so the same manifest, split, backbone,
 weights and preprocessing find the same file, and any change computes afresh.
-
-Spectral features (`spectral_features`), in this order: for each band in turn, its ``mean, std, min, max, p10,
-p50, p90`` over valid pixels (std with ddof 0, percentiles linearly interpolated); then, when ``red`` and ``nir``
-band indices are given, ``ndvi_mean, ndvi_std`` of (nir - red) / (nir + red). `spectral_feature_names` spells it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +27,6 @@ if TYPE_CHECKING:
 
 CACHE_FORMAT = "landcover-features"
 CACHE_VERSION = 1
-BAND_STATS = ("mean", "std", "min", "max", "p10", "p50", "p90")
-"""The statistics computed per band, in feature order."""
 
 
 def cache_key_digest(key: dict) -> str:
@@ -55,48 +49,6 @@ def extract_features(featurize: Callable[[torch.Tensor], torch.Tensor],
     if paths is not None and len(features):
         _write_cache(*paths, key, features, labels)
     return features, labels
-
-
-def spectral_features(pixels: np.ndarray, valid: np.ndarray | None = None, *, red: int | None = None,
-                      nir: int | None = None) -> np.ndarray:
-    """Per-band statistics (and NDVI mean/std) of one chip (bands, h, w) as a 1-D float64 vector; see module doc."""
-    pixels = np.asarray(pixels)
-    if pixels.ndim != 3:
-        raise LandcoverError(f"spectral features need a chip of shape (bands, h, w), got {pixels.shape}")
-    if (red is None) != (nir is None):
-        raise LandcoverError("NDVI needs both red= and nir= band indices")
-    n_bands = pixels.shape[0]
-    for name, index in (("red", red), ("nir", nir)):
-        if index is not None and not 0 <= index < n_bands:
-            raise LandcoverError(f"{name}={index} is not a band index of a {n_bands}-band chip (0-based)")
-    data = pixels.reshape(n_bands, -1).astype(np.float64)
-    keep = np.isfinite(data).all(axis=0)
-    if valid is not None:
-        valid = np.asarray(valid, dtype=bool)
-        if valid.shape != pixels.shape[1:]:
-            raise LandcoverError(f"valid mask {valid.shape} does not match the chip's {pixels.shape[1:]}")
-        keep &= valid.ravel()
-    data = data[:, keep]
-    out = np.full(len(spectral_feature_names(n_bands, red is not None)), np.nan)
-    if data.shape[1]:
-        q = np.percentile(data, [10, 50, 90], axis=1)
-        stats = [data.mean(axis=1), data.std(axis=1), data.min(axis=1), data.max(axis=1), q[0], q[1], q[2]]
-        out[:n_bands * len(BAND_STATS)] = np.stack(stats, axis=1).ravel()
-        if red is not None:
-            total = data[nir] + data[red]
-            ndvi = (data[nir] - data[red])[total != 0] / total[total != 0]
-            if len(ndvi):
-                out[-2:] = ndvi.mean(), ndvi.std()
-    return out
-
-
-def spectral_feature_names(n_bands: int, ndvi: bool = False, band_names: Sequence[str] | None = None) -> list[str]:
-    """Names of `spectral_features`' outputs, in order (e.g. 'b1_mean', ..., 'ndvi_std')."""
-    bands = list(band_names) if band_names is not None else [f"b{i + 1}" for i in range(n_bands)]
-    if len(bands) != n_bands:
-        raise LandcoverError(f"{len(bands)} band names for {n_bands} bands")
-    names = [f"{band}_{stat}" for band in bands for stat in BAND_STATS]
-    return [*names, "ndvi_mean", "ndvi_std"] if ndvi else names
 
 
 def _featurize_all(featurize: Callable, batches: Iterable, progress: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Frozen pretrained features + a classical head (logistic regression or random forest)."""
+"""A classical head (logistic regression or random forest) on fixed features: a frozen pretrained network's
+(mode features), the chips' spectral features (mode spectral), or both side by side (mode fused)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from landcover.train.runs import dump_json, write_metrics
 def fit_features(run: Run, out: Path, progress: bool) -> Path:
     """Featurize train and val chips once (cached), fit the head, write metrics and the bundle."""
     config = run.config
-    model = run.model.eval()
-    for p in model.parameters():
+    model = run.model.eval() if run.model is not None else None
+    for p in model.parameters() if model is not None else ():
         p.requires_grad_(False)
     train = run.train
     if config.sample_frac < 1:
@@ -29,11 +30,18 @@ def fit_features(run: Run, out: Path, progress: bool) -> Path:
         train = type(train)(train.path, frame=train.frame.loc[keep].reset_index(drop=True))
     train.augment = False
     cache = Path(config.runs) / ".features-cache"
-    base_key = {"architecture": config.architecture, "weights": config.weights, "input": run.input.to_dict(),
-                "manifest_sha256": run.bundle("features").provenance["manifest_sha256"]}
+    spectral = run.spectral
+    base_key = {"mode": config.mode, "input": run.input.to_dict(),
+                "spectral": spectral.to_dict() if spectral else None,
+                "manifest_sha256": run.bundle(config.mode).provenance["manifest_sha256"]}
+    if model is not None:
+        base_key.update(architecture=config.architecture, weights=config.weights)
 
     def featurize(raw: torch.Tensor) -> torch.Tensor:
-        return pooled_features(model, run.input.prepare(raw))
+        parts = [] if model is None else [pooled_features(model, run.input.prepare(raw))]
+        if spectral is not None:
+            parts.append(torch.from_numpy(spectral.features(raw.numpy())))
+        return torch.cat(parts, dim=1)
 
     start = time.perf_counter()
     x_train, y_train = extract_features(featurize, run.loader(train, False), cache,
@@ -53,10 +61,13 @@ def fit_features(run: Run, out: Path, progress: bool) -> Path:
            "val_macro_f1": macro_f1(y_val, pred, len(run.classes)), "featurize_s": featurized, "fit_s": fitted,
            "images_per_s": (len(y_train) + len(y_val)) / max(featurized, 1e-9)}
     write_metrics(out, [row])
-    save_bundle(run.bundle("features", head), out / "bundle")
-    dump_json(out / "summary.json", {"mode": "features", "head": config.head, "best_epoch": 1,
-                                     "best_val_macro_f1": row["val_macro_f1"], "val_acc": row["val_acc"]})
+    save_bundle(run.bundle(config.mode, head), out / "bundle")
+    dump_json(out / "summary.json", {"mode": config.mode, "head": config.head, "best_epoch": 1,
+                                     "best_val_macro_f1": row["val_macro_f1"], "val_acc": row["val_acc"],
+                                     "features": x_train.shape[1]})
     if progress:
-        print(f"{config.head} on frozen {config.architecture} features: val acc {row['val_acc']:.3f}, "
-              f"macro-F1 {row['val_macro_f1']:.3f} ({len(y_train)} train / {len(y_val)} val chips)")
+        what = {"features": f"frozen {config.architecture} features", "spectral": "spectral features",
+                "fused": f"frozen {config.architecture} + spectral features"}[config.mode]
+        print(f"{config.head} on {what}: val acc {row['val_acc']:.3f}, macro-F1 {row['val_macro_f1']:.3f} "
+              f"({len(y_train)} train / {len(y_val)} val chips)")
     return out

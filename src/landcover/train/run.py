@@ -1,4 +1,5 @@
-"""What a config describes, prepared for either training mode: the chips, the network, the input pipeline."""
+"""What a config describes, prepared for every classification mode: the chips, the network (none for spectral),
+the input pipeline and the spectral features."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import torch
 from landcover.bundle import Bundle, InputSpec
 from landcover.errors import LandcoverError
 from landcover.models.backbones import build_model
+from landcover.models.spectral import SpectralSpec
 from landcover.train.config import TrainConfig
 from landcover.train.data import ChipDataset, scaling_for
+from landcover.train.spectral import spectral_spec
 
 
 def chip_source(info: dict) -> dict:
@@ -66,7 +69,7 @@ def provenance(config: TrainConfig, manifest: Path, n_train: int, n_val: int) ->
 
 
 class Run:
-    """The data, model and input pipeline a config describes (shared by both training modes)."""
+    """The data, model, input pipeline and spectral features a config describes (shared by the training modes)."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -84,19 +87,28 @@ class Run:
         first = self.train.read(0)
         bands, rgb = input_bands(config, first.shape[0], self.train.path)
         self.rgb_bands = rgb
-        n_out = len(self.classes) if config.mode == "finetune" else 0
-        self.model, pre = build_model(config.architecture, n_out, len(bands), config.weights, rgb)
         low, high = scaling_for(self.train.frame, self.train.root, bands, seed=config.seed)
-        self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std),
-                               config.input_size or pre.input_size, pre.interpolation)
+        self.spectral: SpectralSpec | None = None
+        if config.mode in ("spectral", "fused"):
+            first_path = self.train.root / self.train.frame["path"].iat[0]
+            self.spectral = spectral_spec(info, first.shape[0], first_path, config.band_roles)
+        if config.mode == "spectral":  # no network: the input spec only records the chips' bands and scaling
+            self.model = None
+            self.input = InputSpec(bands, low, high, (0.0,) * len(bands), (1.0,) * len(bands), first.shape[-1])
+        else:
+            n_out = len(self.classes) if config.mode == "finetune" else 0
+            self.model, pre = build_model(config.architecture, n_out, len(bands), config.weights, rgb)
+            self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std),
+                                   config.input_size or pre.input_size, pre.interpolation)
         self.chip = chip_facts(self.train.frame, first, rgb, info)
 
     def bundle(self, kind: str, head: object | None = None) -> Bundle:
         """A bundle of the current model (and head) with its provenance."""
         c = self.config
-        return Bundle(kind, c.architecture, self.classes, self.input, self.chip,
+        return Bundle(kind, "none" if kind == "spectral" else c.architecture, self.classes, self.input, self.chip,
                       provenance(c, self.train.path, len(self.train), len(self.val)),
-                      c.weights if kind == "features" else "none", model=self.model, head=head)
+                      c.weights if kind in ("features", "fused") else "none", model=self.model, head=head,
+                      spectral=self.spectral if kind in ("spectral", "fused") else None)
 
     def loader(self, dataset: ChipDataset, shuffle: bool, epoch: int = 0,
                sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:

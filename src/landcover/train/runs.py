@@ -31,7 +31,7 @@ def run_row(folder: Path) -> dict:
             "architecture": config.get("architecture"),
             "weights": config.get("weights"),
             "train_from": config.get("train_from") if config.get("mode") == "finetune" else None,
-            "head": config.get("head") if config.get("mode") == "features" else None,
+            "head": summary.get("head", config.get("head")) if config.get("mode") != "finetune" else None,
             "epochs": len(metrics), "best_epoch": best_epoch, "val_acc": best.get("val_acc"),
             "val_macro_f1": best.get("val_macro_f1"), "val_miou": best.get("val_miou"),
             "images_per_s": best.get("images_per_s"),

@@ -1,4 +1,5 @@
-"""`train_model`: a run from its settings to a bundle, by frozen features or by fine-tuning."""
+"""`train_model`: a run from its settings to a bundle: a classical head on fixed features (frozen network,
+spectral or both), fine-tuning, a segmentation network, or auto (the best of spectral, fused and finetune)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from landcover.atomic import check_output, write_text
 from landcover.errors import LandcoverError
 from landcover.locks import output_lock
 from landcover.segment.trainer import SegmentationRun, train_segmentation
+from landcover.train.auto import train_auto
 from landcover.train.config import TrainConfig
 from landcover.train.finetune import fine_tune
 from landcover.train.frozen import fit_features
@@ -47,13 +49,15 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
     if out.exists() and not (resume or overwrite) and (out / "config.yaml").exists():
         raise LandcoverError("the run folder exists: pass --resume to continue it, --overwrite to replace it, or "
                              "choose another --name", out)
-    if resume and not (out / "checkpoints" / "last").exists():
+    if resume and not _resumable(out):
         raise LandcoverError("nothing to resume (no checkpoints/last)", out)
     check_output(out, "folder")
     rank = int(os.environ.get("RANK", 0))
     with output_lock(out) if rank == 0 else contextlib.nullcontext():
         torch.manual_seed(config.seed)
-        run = SegmentationRun(config) if config.task == "segmentation" else Run(config)  # checks before writing
+        # checks before writing (auto: each candidate checks its own)
+        run = (SegmentationRun(config) if config.task == "segmentation" else None if config.mode == "auto"
+               else Run(config))
         if rank == 0:
             if overwrite:
                 shutil.rmtree(out, ignore_errors=True)
@@ -62,15 +66,17 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
         try:
             if config.task == "segmentation":
                 train_segmentation(run, out, resume, progress)
-            elif config.mode == "features":
+            elif config.mode == "auto":
+                train_auto(config, out, progress, train_model)
+            elif config.mode in ("features", "spectral", "fused"):
                 fit_features(run, out, progress)
             else:
                 fine_tune(run, out, resume, progress)
         except BaseException:
-            if rank == 0 and not (out / "checkpoints" / "last").exists():  # nothing to resume: leave nothing
+            if rank == 0 and not _resumable(out):  # nothing to resume: leave nothing
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        if rank == 0:
+        if rank == 0 and config.mode != "auto":  # auto copies its chosen candidate's graph
             _write_graph(out, config.onnx)
     if config.mlflow_uri and rank == 0:
         from landcover.train.tracking import log_to_mlflow
@@ -81,12 +87,20 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
     return out
 
 
+def _resumable(out: Path) -> bool:
+    """Whether a run folder holds work to continue: a checkpoint, or (auto) a candidate's."""
+    return (out / "checkpoints" / "last").exists() or any((out / "candidates").glob("*/summary.json")) or any(
+        (out / "candidates").glob("*/checkpoints/last"))
+
+
 def _write_graph(out: Path, wanted: bool) -> None:
     """Export the bundle's network to bundle/model.onnx (for predict's default runtime) when asked and onnx is
     installed; summary.json's 'onnx' says what happened. A network that will not export is a note, not a failure:
     the bundle still runs on torch."""
     if not wanted:
         note = "not written (--no-onnx): predict runs on torch"
+    elif json.loads((out / "bundle" / "model.json").read_text())["kind"] == "spectral":
+        note = "not written (a spectral bundle has no network: its head runs on numpy)"
     else:
         try:
             import onnx  # noqa: F401
