@@ -13,9 +13,9 @@ bench works: 1 seed, 1 epoch at 32 px, the Zion chips inside the park and the No
 Datasets:
 - zion: bench/train.py's: Landsat 8 b2-b5, 480 m chips (16 px) labelled by NLCD 2011 (nlcd-grouped, purity 0.75),
   blocks of 4 tiles split 70:15:15.
-- nc-points: the 1,000 labelled points of the GRASS North Carolina sample (7 classes), a 7 x 7 px (200 m) chip of
+- nc-points: the 1,000 labelled points of the GRASS North Carolina sample (7 classes), a 7 x 7 px (210 m) chip of
   the 6 Landsat 7 bands centred on each; blocks of 4 tiles split 70:15:15.
-- nc-polygons: the 34 labelled polygons, rasterized into 5 x 5 px chips (purity 0.6); the same split.
+- nc-polygons: the 34 labelled polygons, rasterized into 5 x 5 px (150 m) chips (purity 0.6); the same split.
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 
 from landcover.cli import main
+from landcover.manifest import read_manifest
 
 
 def train(chips, runs, name, *extra):
@@ -114,7 +116,17 @@ def test_auto_keeps_the_best_candidate_and_records_the_comparison(park_chips, tm
     summary = json.loads((out / "summary.json").read_text())
     scores = {m: c["val_macro_f1"] for m, c in summary["candidates"].items()}
     assert set(scores) == {"spectral", "fused", "finetune"}
-    assert summary["chosen"] == max(scores, key=scores.get) and summary["best_val_macro_f1"] == max(scores.values())
+    kept = "spectral"  # the rule, step by step: a costlier candidate must win 90% of the resamples
+    for mode in ("fused", "finetune"):
+        record = summary["candidates"][mode]["share_better_than_kept"]
+        assert record["kept"] == kept and 0 <= record["share"] <= 1
+        kept = mode if record["share"] >= 0.9 else kept
+    assert summary["chosen"] == kept and summary["best_val_macro_f1"] == scores[kept]
+    val = pd.read_csv(out / "candidates" / "finetune" / "val_predictions.csv")
+    frame, _ = read_manifest(park_chips / "manifest.parquet")
+    assert list(val["chip_id"]) == list(frame.loc[frame["split"] == "valid", "chip_id"])
+    right = (val["label_id"] == val["predicted_id"]).mean()
+    assert right == pytest.approx(summary["candidates"]["finetune"]["val_acc"])
     for mode in scores:
         assert scores[mode] == json.loads((out / "candidates" / mode / "summary.json").read_text())[
             "best_val_macro_f1"]
@@ -131,3 +143,17 @@ def test_auto_keeps_the_best_candidate_and_records_the_comparison(park_chips, tm
                  "--batch-size", "16", "--resume") == 0
     assert stamps == {m: (out / "candidates" / m / "bundle" / "model.json").stat().st_mtime_ns for m in scores}
     assert json.loads((out / "bundle" / "model.json").read_text()) == chosen
+
+
+def test_share_better_tells_a_clear_win_from_a_one_chip_difference():
+    from landcover.evaluate import share_better
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 100)
+    noisy = np.where(rng.random(100) < 0.3, (y + 1) % 3, y)  # 70% right
+    assert share_better(y, noisy, noisy, 3) == 0  # equal is not better
+    assert share_better(y, noisy, y, 3) == 1  # all right beats 70% right in every resample
+    one_more = noisy.copy()
+    one_more[np.flatnonzero(noisy != y)[0]] = y[np.flatnonzero(noisy != y)[0]]
+    assert 0.2 < share_better(y, noisy, one_more, 3) < 0.9  # one chip more right: not sure
+    assert share_better(y, noisy, one_more, 3, seed=5) != share_better(y, noisy, one_more, 3, seed=6)

@@ -18,7 +18,7 @@ from landcover.progress import progress_bar
 from landcover.train.checkpoints import close_epoch, load_checkpoint, start_or_resume
 from landcover.train.config import TrainConfig
 from landcover.train.run import Run
-from landcover.train.runs import dump_json, write_metrics
+from landcover.train.runs import dump_json, write_metrics, write_val_predictions
 
 
 def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -123,7 +123,7 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
         loss_sum, correct, seen = summed(world, loss * seen, acc * seen, seen)
         loss, acc, seen = loss_sum / seen, correct / seen, int(seen)
         if rank == 0:
-            val_loss, val_acc, val_f1 = _validate(run, model, loss_fn)
+            val_loss, val_acc, val_f1, _ = _validate(run, model, loss_fn)
             rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss,
                          "train_acc": acc, "val_loss": val_loss, "val_acc": val_acc, "val_macro_f1": val_f1,
                          "images_per_s": seen / seconds, "seconds": seconds})
@@ -138,9 +138,11 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
             break
     if rank == 0:
         load_checkpoint(out / "checkpoints" / "best", model)
+        _, val_acc, _, (y, pred) = _validate(run, model, loss_fn)
+        write_val_predictions(out, list(run.val.frame["chip_id"]), y, pred)
         save_bundle(run.bundle("finetune"), out / "bundle")
         dump_json(out / "summary.json", {"mode": "finetune", "best_epoch": state["best_epoch"],
-                                         "best_val_macro_f1": state["best_score"],
+                                         "best_val_macro_f1": state["best_score"], "val_acc": val_acc,
                                          "epochs_run": rows[-1]["epoch"] if rows else 0})
     end_distributed(world)
     return out
@@ -165,8 +167,9 @@ def _train_epoch(run: Run, net: torch.nn.Module, optimizer: torch.optim.Optimize
 
 
 @torch.no_grad()
-def _validate(run: Run, model: torch.nn.Module, loss_fn: torch.nn.Module) -> tuple[float, float, float]:
-    """Validation loss, accuracy and macro F1."""
+def _validate(run: Run, model: torch.nn.Module,
+              loss_fn: torch.nn.Module) -> tuple[float, float, float, tuple[np.ndarray, np.ndarray]]:
+    """Validation loss, accuracy, macro F1, and the (labels, predictions) they come from."""
     model.eval()
     losses, preds, ys = 0.0, [], []
     for raw, y in run.loader(run.val, False):
@@ -175,4 +178,4 @@ def _validate(run: Run, model: torch.nn.Module, loss_fn: torch.nn.Module) -> tup
         preds.append(logits.argmax(1).numpy())
         ys.append(y.numpy())
     pred, y = np.concatenate(preds), np.concatenate(ys)
-    return losses / len(y), float((pred == y).mean()), macro_f1(y, pred, len(run.classes))
+    return losses / len(y), float((pred == y).mean()), macro_f1(y, pred, len(run.classes)), (y, pred)

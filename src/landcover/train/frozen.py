@@ -15,7 +15,7 @@ from landcover.models.backbones import pooled_features
 from landcover.models.heads import fit_head
 from landcover.train.features import extract_features
 from landcover.train.run import Run
-from landcover.train.runs import dump_json, write_metrics
+from landcover.train.runs import dump_json, write_metrics, write_val_predictions
 
 
 def fit_features(run: Run, out: Path, progress: bool) -> Path:
@@ -61,6 +61,7 @@ def fit_features(run: Run, out: Path, progress: bool) -> Path:
            "val_macro_f1": macro_f1(y_val, pred, len(run.classes)), "featurize_s": featurized, "fit_s": fitted,
            "images_per_s": (len(y_train) + len(y_val)) / max(featurized, 1e-9)}
     write_metrics(out, [row])
+    write_val_predictions(out, list(run.val.frame["chip_id"]), y_val, pred)
     save_bundle(run.bundle(config.mode, head), out / "bundle")
     dump_json(out / "summary.json", {"mode": config.mode, "head": config.head, "best_epoch": 1,
                                      "best_val_macro_f1": row["val_macro_f1"], "val_acc": row["val_acc"],

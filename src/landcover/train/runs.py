@@ -4,11 +4,13 @@ folder with their key settings and scores, and side-by-side comparisons."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -98,6 +100,23 @@ def _number(text: str) -> float | str | None:
         return float(text)
     except ValueError:
         return text
+
+
+def write_val_predictions(out: Path, chip_ids: list[str], y: np.ndarray, pred: np.ndarray) -> None:
+    """val_predictions.csv: the validation chips' label_id and the bundle's predicted id (what mode auto compares)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["chip_id", "label_id", "predicted_id"])
+    writer.writerows([c, int(a), int(b)] for c, a, b in zip(chip_ids, y, pred, strict=True))
+    write_text(out / "val_predictions.csv", text.getvalue())
+
+
+def read_val_predictions(out: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A run's val_predictions.csv: chip ids, label ids, predicted ids."""
+    with open(out / "val_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return ([r["chip_id"] for r in rows], np.array([int(r["label_id"]) for r in rows], dtype=np.int64),
+            np.array([int(r["predicted_id"]) for r in rows], dtype=np.int64))
 
 
 def dump_json(path: Path, data: dict) -> None:
