@@ -131,10 +131,15 @@ class Bundle:
     def head_proba(self, features: np.ndarray | None, raw: torch.Tensor) -> np.ndarray:
         """The head's probabilities from the network's pooled features (None for spectral bundles) and, for
         spectral and fused bundles, the raw chips' spectral features."""
+        return self.head.predict_proba(self.head_input(features, raw))
+
+    def head_input(self, features: np.ndarray | None, raw: torch.Tensor) -> np.ndarray:
+        """What the head reads (float32, (n, d)), in training as in prediction: the network's pooled features
+        (None for spectral bundles), then the raw chips' spectral features (spectral and fused bundles)."""
         parts = [] if features is None else [np.asarray(features, np.float32)]
         if self.spectral is not None:
             parts.append(self.spectral.features(np.asarray(raw)))
-        return self.head.predict_proba(np.hstack(parts))
+        return np.hstack(parts)
 
 
 def save_bundle(bundle: Bundle, out: str | Path) -> Path:

@@ -61,6 +61,13 @@ def band_role(name: str) -> str | None:
     return None
 
 
+def check_roles(roles: Sequence[str | None]) -> None:
+    """Refuse a role that is not one of ROLES ('-' or None: a band without one)."""
+    for role in roles:
+        if role not in (None, "-") and role not in ROLES:
+            raise LandcoverError(f"band role {role!r} is not one of {', '.join(ROLES)} (or '-' for none)")
+
+
 def indices_for(roles: Sequence[str | None]) -> tuple[tuple[str, int, int], ...]:
     """The indices the roles allow: (name, band a, band b), 0-based, in INDICES' order."""
     where = {role: i for i, role in reversed(list(enumerate(roles))) if role}
@@ -79,9 +86,7 @@ class SpectralSpec:
     def from_roles(cls, band_names: Sequence[str], roles: Sequence[str | None]) -> SpectralSpec:
         if len(roles) != len(band_names):
             raise LandcoverError(f"{len(roles)} band roles for {len(band_names)} chip bands")
-        for role in roles:
-            if role is not None and role not in ROLES:
-                raise LandcoverError(f"band role {role!r} is not one of {', '.join(ROLES)} (or '-' for none)")
+        check_roles(roles)
         return cls(tuple(band_names), tuple(roles), indices_for(roles))
 
     @property

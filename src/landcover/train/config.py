@@ -15,7 +15,6 @@ TASKS = ("classification", "segmentation")
 MODES = ("finetune", "features", "spectral", "fused", "auto")
 """Classification modes: the whole network; frozen features + a head; spectral features + a head; both into one
 head; and auto (spectral, fused and finetune compared on the validation split)."""
-ROLES = ("blue", "green", "red", "nir", "swir1", "swir2", "-")
 LOSSES = ("ce", "dice", "ce+dice")
 """Segmentation losses (landcover.segment.losses)."""
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -113,9 +112,9 @@ class TrainConfig:
             self.architecture = "unet" if self.task == "segmentation" else "efficientnet-lite0"
         if self.head is None:
             self.head = "rf" if self.mode == "spectral" else "logreg"
-        for role in self.band_roles or ():
-            if role not in ROLES:
-                raise LandcoverError(f"band role {role!r} is not one of {', '.join(ROLES)}")
+        from landcover.models.spectral import check_roles  # here: landcover.models imports torch, the CLI need not
+
+        check_roles(self.band_roles or ())
         if self.task == "segmentation" and self.mode != "finetune":
             raise LandcoverError("segmentation trains the whole network: leave out --mode (features is for "
                                  "classification)")

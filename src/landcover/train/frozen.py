@@ -30,18 +30,16 @@ def fit_features(run: Run, out: Path, progress: bool) -> Path:
         train = type(train)(train.path, frame=train.frame.loc[keep].reset_index(drop=True))
     train.augment = False
     cache = Path(config.runs) / ".features-cache"
-    spectral = run.spectral
+    bundle = run.bundle(config.mode)
     base_key = {"mode": config.mode, "input": run.input.to_dict(),
-                "spectral": spectral.to_dict() if spectral else None,
-                "manifest_sha256": run.bundle(config.mode).provenance["manifest_sha256"]}
+                "spectral": bundle.spectral.to_dict() if bundle.spectral else None,
+                "manifest_sha256": bundle.provenance["manifest_sha256"]}
     if model is not None:
         base_key.update(architecture=config.architecture, weights=config.weights)
 
     def featurize(raw: torch.Tensor) -> torch.Tensor:
-        parts = [] if model is None else [pooled_features(model, run.input.prepare(raw))]
-        if spectral is not None:
-            parts.append(torch.from_numpy(spectral.features(raw.numpy())))
-        return torch.cat(parts, dim=1)
+        pooled = None if model is None else pooled_features(model, run.input.prepare(raw)).numpy()
+        return torch.from_numpy(bundle.head_input(pooled, raw))
 
     start = time.perf_counter()
     x_train, y_train = extract_features(featurize, run.loader(train, False), cache,
