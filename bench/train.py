@@ -353,7 +353,8 @@ def torchgeo_run(manifest: Path, work: Path, names: list[str], s: Settings) -> d
             "images_per_s": statistics.median(rates), "epoch_s": [sec for sec, _ in timer.epochs],
             "best_checkpoint": Path(checkpoint.best_model_path).name, "monitor": task.monitor,
             "last_epoch": {"test_accuracy": last.accuracy, "test_macro_f1": last.macro["f1"]},
-            "load_before": load_before, "load_after": load(), **scores(best)}
+            "load_before": load_before, "load_after": load(), **scores(best),
+            "test_predictions": best.predictions[["chip_id", "true", "predicted"]].to_dict("list")}
 
 
 def prepared_train_tensors(run: Run) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,8 +55,13 @@ def test_accuracy_bench(tmp_path):
     for name, data in result["datasets"].items():
         assert len(data["per_seed"]) == 1 and data["dataset"]["chips"] > 100
         summary = data["summary"]
-        assert {"spectral", "features", "fused", "finetune", "auto"} <= set(summary)
-        assert summary["auto"]["chosen"][0] in ("spectral", "fused", "finetune")
+        assert {"spectral", "spectral-gbt", "features", "fused", "finetune", "auto"} <= set(summary)
+        assert summary["auto"]["chosen"][0] in ("spectral", "fused", "spectral-gbt", "finetune")
+        shares = {m: row["test_share_better_than_spectral"]["mean"] for m, row in summary.items()
+                  if "test_share_better_than_spectral" in row}
+        assert "spectral" not in shares and set(shares) >= {"spectral-gbt", "finetune", "auto"}
+        assert all(0 <= v <= 1 for v in shares.values())
+        assert "test_predictions" not in data["per_seed"][0]["spectral"]  # per-chip predictions are not kept
         assert summary["spectral"]["test_accuracy"]["mean"] > 0.6, name
         assert f"{name}:" in done.stdout and "goal auto - best" in done.stdout
     assert not list(tmp_path.glob("accuracy-work-*")), "the bench left its work folder"

@@ -41,7 +41,8 @@ def sklearn_proba(estimator, X: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("kind", "params"), [("logreg", {}), ("logreg", {"class_weight": "balanced"}),
                                              ("rf", {"n_estimators": 25}),
-                                             ("rf", {"n_estimators": 10, "class_weight": "balanced", "max_depth": 4})])
+                                             ("rf", {"n_estimators": 10, "class_weight": "balanced", "max_depth": 4}),
+                                             ("gbt", {"max_iter": 30}), ("gbt", {"class_weight": None})])
 def test_head_round_trip_equals_sklearn(tmp_path, training, kind, params):
     X, y, X_new = training
     head = fit_head(kind, X, y, N_CLASSES, seed=3, **params)
@@ -61,21 +62,23 @@ def test_head_round_trip_equals_sklearn(tmp_path, training, kind, params):
     assert load_head(tmp_path / "head.json").kind == kind  # either file names the head
 
 
-def test_rf_head_follows_sklearn_on_missing_values(tmp_path, training):
+@pytest.mark.parametrize("kind", ["rf", "gbt"])
+def test_tree_heads_follow_sklearn_on_missing_values(tmp_path, training, kind):
     X, y, X_new = training
     X = X.copy()
     X[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan
     X_new = np.where(np.random.default_rng(2).random(X_new.shape) < 0.2, np.nan, X_new)
-    head = fit_head("rf", X, y, N_CLASSES, n_estimators=10)
-    save_head(head, tmp_path / "rf")
-    np.testing.assert_allclose(load_head(tmp_path / "rf").predict_proba(X_new), sklearn_proba(head.estimator, X_new),
-                               atol=1e-6, rtol=0)
+    head = fit_head(kind, X, y, N_CLASSES, **({"n_estimators": 10} if kind == "rf" else {}))
+    save_head(head, tmp_path / kind)
+    np.testing.assert_allclose(load_head(tmp_path / kind).predict_proba(X_new),
+                               sklearn_proba(head.estimator, X_new), atol=1e-6, rtol=0)
 
 
-def test_two_class_logreg_round_trip(tmp_path, training):
+@pytest.mark.parametrize("kind", ["logreg", "gbt"])
+def test_two_class_round_trip(tmp_path, training, kind):
     X, y, _ = training
     y2 = np.where(y < 2, 1, 4)
-    head = fit_head("logreg", X, y2, N_CLASSES)
+    head = fit_head(kind, X, y2, N_CLASSES)
     save_head(head, tmp_path / "bin")
     np.testing.assert_allclose(load_head(tmp_path / "bin").predict_proba(X), sklearn_proba(head.estimator, X),
                                atol=1e-6, rtol=0)

@@ -107,6 +107,9 @@ def test_band_roles_given_or_refused(park_chips, tmp_path, capsys):
 
 
 def test_auto_keeps_the_best_candidate_and_records_the_comparison(park_chips, tmp_path):
+    from landcover.bundle import load_bundle
+    from landcover.predict.chips import predict_dataset
+    from landcover.train.data import ChipDataset
     from landcover.train.runs import list_runs
 
     runs = tmp_path / "runs"
@@ -115,9 +118,9 @@ def test_auto_keeps_the_best_candidate_and_records_the_comparison(park_chips, tm
     out = runs / "auto"
     summary = json.loads((out / "summary.json").read_text())
     scores = {m: c["val_macro_f1"] for m, c in summary["candidates"].items()}
-    assert set(scores) == {"spectral", "fused", "finetune"}
+    assert list(scores) == ["spectral", "fused", "spectral-gbt", "finetune"]
     kept = "spectral"  # the rule, step by step: a costlier candidate must win 90% of the resamples
-    for mode in ("fused", "finetune"):
+    for mode in ("fused", "spectral-gbt", "finetune"):
         record = summary["candidates"][mode]["share_better_than_kept"]
         assert record["kept"] == kept and 0 <= record["share"] <= 1
         kept = mode if record["share"] >= 0.9 else kept
@@ -127,6 +130,12 @@ def test_auto_keeps_the_best_candidate_and_records_the_comparison(park_chips, tm
     assert list(val["chip_id"]) == list(frame.loc[frame["split"] == "valid", "chip_id"])
     right = (val["label_id"] == val["predicted_id"]).mean()
     assert right == pytest.approx(summary["candidates"]["finetune"]["val_acc"])
+    # the boosted-trees candidate's saved head (numpy, no scikit-learn) predicts what scikit-learn did in training
+    gbt = load_bundle(out / "candidates" / "spectral-gbt" / "bundle")
+    assert gbt.kind == "spectral" and gbt.head.kind == "gbt" and gbt.head.params["class_weight"] == "balanced"
+    probs, _ = predict_dataset(gbt, ChipDataset(park_chips, "valid"), progress=False)
+    val = pd.read_csv(out / "candidates" / "spectral-gbt" / "val_predictions.csv")
+    assert (probs.argmax(1) == val["predicted_id"].to_numpy()).all()
     for mode in scores:
         assert scores[mode] == json.loads((out / "candidates" / mode / "summary.json").read_text())[
             "best_val_macro_f1"]

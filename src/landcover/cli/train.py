@@ -8,7 +8,7 @@ from pathlib import Path
 
 from landcover.bounds import COUNT
 from landcover.errors import LandcoverError
-from landcover.train.config import BOUNDS
+from landcover.train.config import BOUNDS, HEADS, MODES
 
 TRAIN_EXAMPLE = """examples:
   landcover train --manifest chips/ --mode features --arch efficientnet-lite0 --head logreg
@@ -44,11 +44,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--task", choices=["classification", "segmentation"],
                    help="classification (a class per chip, default) or segmentation (a class per pixel, from "
                         "`landcover chips --layout pairs`)")
-    g.add_argument("--mode", choices=["finetune", "features", "spectral", "fused", "auto"],
+    g.add_argument("--mode", choices=MODES,
                    help="finetune (default): the whole network; features: frozen network features + a classical "
                         "head; spectral: band statistics and indices (NDVI, NDWI, ...) + a head, no network; fused: "
-                        "frozen features and spectral features into one head; auto: spectral, fused and finetune "
-                        "compared on the validation split, the best kept")
+                        "frozen features and spectral features into one head; auto: spectral (rf), fused, spectral "
+                        "(gbt) and finetune compared on the validation split, the best kept")
     g.add_argument("--band-roles", nargs="+", metavar="ROLE",
                    help="spectral and fused: each chip band's role (blue green red nir swir1 swir2, '-' for none), "
                         "when the chips' source files do not say")
@@ -61,8 +61,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weights", help="imagenet (default), none, or a local .safetensors file")
     g.add_argument("--input-size", type=BOUNDS["input_size"].parse,
                    help="model input size in pixels (default: the backbone's)")
-    g.add_argument("--head", choices=["logreg", "rf"],
-                   help="features, spectral and fused: the classical head (default rf for spectral, else logreg)")
+    g.add_argument("--head", choices=HEADS,
+                   help="features, spectral and fused: the classical head: logistic regression, random forest or "
+                        "gradient-boosted trees with balanced class weights (default rf for spectral, else logreg)")
     g.add_argument("--sample-frac", type=BOUNDS["sample_frac"].parse,
                    help="features mode: fraction of training chips to use")
     g = p.add_argument_group("fine-tuning")

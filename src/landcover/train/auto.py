@@ -1,8 +1,9 @@
-"""Mode auto: train the spectral, fused and finetune candidates on the same chips, keep the cheapest one that no
-costlier candidate clearly beats on the validation chips, and record the comparison.
+"""Mode auto: train the spectral, fused, spectral-gbt and finetune candidates on the same chips, keep the cheapest
+one that no costlier candidate clearly beats on the validation chips, and record the comparison.
 
-Each candidate is an ordinary run in ``<run>/candidates/<mode>`` (spectral with a random forest, fused with
-logistic regression, finetune with the run's own settings), which writes its validation predictions. Going up in
+Each candidate is an ordinary run in ``<run>/candidates/<name>`` (spectral with a random forest, fused with
+logistic regression, spectral-gbt with gradient-boosted trees, finetune with the run's own settings), which writes
+its validation predictions. Going up in
 cost, a candidate replaces the one kept so far only when its validation macro-F1 is higher in at least
 `SURE` of the paired bootstrap resamples of the validation chips: a validation split of a hundred chips cannot
 tell a one-chip difference from a better model, and the fine-tune score is the best of its epochs, so already
@@ -27,8 +28,9 @@ from landcover.evaluate import share_better
 from landcover.train.config import TrainConfig
 from landcover.train.runs import dump_json, read_val_predictions
 
-CANDIDATES = ("spectral", "fused", "finetune")
-"""In order of cost."""
+CANDIDATES = {"spectral": ("spectral", "rf"), "fused": ("fused", "logreg"), "spectral-gbt": ("spectral", "gbt"),
+              "finetune": ("finetune", None)}
+"""Name: (mode, head), in order of training cost."""
 SURE = 0.9
 """The share of bootstrap resamples a costlier candidate must win to replace a cheaper one."""
 COPIED = ("bundle", "metrics.csv", "curves.png")
@@ -37,13 +39,13 @@ COPIED = ("bundle", "metrics.csv", "curves.png")
 def train_auto(config: TrainConfig, out: Path, progress: bool, train: Callable[..., Path]) -> dict:
     """Train each candidate under out/candidates (reusing finished ones), copy the best to out; the summary."""
     scores = {}
-    for mode in CANDIDATES:
-        folder = out / "candidates" / mode
+    for name, (mode, head) in CANDIDATES.items():
+        folder = out / "candidates" / name
         started = time.perf_counter()
         if not (folder / "bundle" / "model.json").exists():
             if progress:
-                print(f"auto: training the {mode} candidate")
-            candidate = dataclasses.replace(config, mode=mode, head=None, runs=str(folder.parent), name=mode,
+                print(f"auto: training the {name} candidate")
+            candidate = dataclasses.replace(config, mode=mode, head=head, runs=str(folder.parent), name=name,
                                             mlflow_uri=None, extra=dict(config.extra))
             candidate.check()
             resume = (folder / "checkpoints" / "last").exists()
@@ -51,7 +53,7 @@ def train_auto(config: TrainConfig, out: Path, progress: bool, train: Callable[.
             summary = json.loads((folder / "summary.json").read_text())
             dump_json(folder / "summary.json", {**summary, "train_s": round(time.perf_counter() - started, 2)})
         summary = json.loads((folder / "summary.json").read_text())
-        scores[mode] = {"val_macro_f1": summary["best_val_macro_f1"], "val_acc": summary.get("val_acc"),
+        scores[name] = {"val_macro_f1": summary["best_val_macro_f1"], "val_acc": summary.get("val_acc"),
                         "head": summary.get("head"), "train_s": summary.get("train_s")}
     chosen = _choose(out, scores)
     source = out / "candidates" / chosen
@@ -74,18 +76,19 @@ def train_auto(config: TrainConfig, out: Path, progress: bool, train: Callable[.
 
 def _choose(out: Path, scores: dict[str, dict]) -> str:
     """The cheapest candidate no costlier one beats in SURE of the resamples; each candidate's share is recorded."""
-    found = {mode: read_val_predictions(out / "candidates" / mode) for mode in CANDIDATES}
-    chips, y, _ = found[CANDIDATES[0]]
+    names = list(CANDIDATES)
+    found = {name: read_val_predictions(out / "candidates" / name) for name in names}
+    chips, y, _ = found[names[0]]
     if any(ids != chips for ids, _, _ in found.values()):
         raise LandcoverError("the candidates were validated on different chips: train the auto run again with "
                              "--overwrite", out / "candidates")
     classes = 1 + max(int(max(labels.max(), pred.max())) for _, labels, pred in found.values())
-    kept = CANDIDATES[0]
-    for mode in CANDIDATES[1:]:
-        share = share_better(y, found[kept][2], found[mode][2], classes)
-        scores[mode]["share_better_than_kept"] = {"kept": kept, "share": share}
+    kept = names[0]
+    for name in names[1:]:
+        share = share_better(y, found[kept][2], found[name][2], classes)
+        scores[name]["share_better_than_kept"] = {"kept": kept, "share": share}
         if share >= SURE:
-            kept = mode
+            kept = name
     return kept
 
 

@@ -14,11 +14,13 @@ from landcover.errors import LandcoverError
 TASKS = ("classification", "segmentation")
 MODES = ("finetune", "features", "spectral", "fused", "auto")
 """Classification modes: the whole network; frozen features + a head; spectral features + a head; both into one
-head; and auto (spectral, fused and finetune compared on the validation split)."""
+head; and auto (spectral, fused, spectral-gbt and finetune compared on the validation split)."""
 LOSSES = ("ce", "dice", "ce+dice")
 """Segmentation losses (landcover.segment.losses)."""
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "exponential", "cosine")
+HEADS = ("logreg", "rf", "gbt")
+"""Classical heads: logistic regression, random forest, gradient-boosted trees (classes weighted by frequency)."""
 BOUNDS: dict[str, Bound] = {
     "input_size": Bound(8, integer=True), "sample_frac": SHARE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
     "momentum": FRACTION, "step_size": COUNT, "gamma": POSITIVE, "epochs": COUNT, "batch_size": COUNT,
@@ -55,7 +57,7 @@ class TrainConfig:
     input_size: int | None = None
     """Model input size (default: the backbone's pretraining size)."""
     head: str | None = None
-    """features, spectral, fused: 'logreg' or 'rf' (default rf for spectral, else logreg)."""
+    """features, spectral, fused: 'logreg', 'rf' or 'gbt' (default rf for spectral, else logreg)."""
     band_roles: list[str] | None = None
     """spectral, fused: each chip band's role (blue, green, red, nir, swir1, swir2, '-'); default: what the chips'
     source files say."""
@@ -120,7 +122,7 @@ class TrainConfig:
                                  "classification)")
         for value, allowed, what in ((self.task, TASKS, "task"), (self.loss, LOSSES, "loss"),
                                      (self.mode, MODES, "mode"), (self.optimizer, OPTIMIZERS, "optimizer"),
-                                     (self.schedule, SCHEDULES, "schedule"), (self.head, ("logreg", "rf"), "head"),
+                                     (self.schedule, SCHEDULES, "schedule"), (self.head, HEADS, "head"),
                                      (self.class_weights, ("none", "balanced"), "class_weights")):
             if value not in allowed:
                 raise LandcoverError(f"{what} {value!r} is not one of {', '.join(allowed)}")

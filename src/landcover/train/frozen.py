@@ -1,5 +1,6 @@
-"""A classical head (logistic regression or random forest) on fixed features: a frozen pretrained network's
-(mode features), the chips' spectral features (mode spectral), or both side by side (mode fused)."""
+"""A classical head (logistic regression, random forest or gradient-boosted trees) on fixed features: a frozen
+pretrained network's (mode features), the chips' spectral features (mode spectral), or both side by side
+(mode fused)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def fit_features(run: Run, out: Path, progress: bool) -> Path:
                                     {**base_key, "split": config.val_split, "rows": len(run.val)}, progress)
     featurized = time.perf_counter() - start
     start = time.perf_counter()
-    head = fit_head(config.head, x_train, y_train, len(run.classes), seed=config.seed,
-                    class_weight="balanced" if config.class_weights == "balanced" else None)
+    head = fit_head(config.head, x_train, y_train, len(run.classes), seed=config.seed,  # gbt: always balanced
+                    **({"class_weight": "balanced"} if config.class_weights == "balanced" else {}))
     fitted = time.perf_counter() - start
     probs = head.predict_proba(x_val) if hasattr(head, "predict_proba") else None
     pred = np.asarray(probs).argmax(1)

@@ -1,5 +1,6 @@
 """`train_model`: a run from its settings to a bundle: a classical head on fixed features (frozen network,
-spectral or both), fine-tuning, a segmentation network, or auto (the best of spectral, fused and finetune)."""
+spectral or both), fine-tuning, a segmentation network, or auto (the best of spectral, fused, spectral-gbt and
+finetune)."""
 
 from __future__ import annotations
 
