@@ -128,7 +128,7 @@ def one_seed(manifest: Path, runs: Path, s: Settings, torchgeo: bool) -> dict[st
               "--lr", str(s.lr), "--weight-decay", str(s.weight_decay), "--epochs", str(s.epochs), "--quiet",
               "--no-onnx"]
     rows: dict[str, dict] = {}
-    say(f"  seed {s.seed}: landcover train --mode auto (spectral, fused, finetune) ...")
+    say(f"  seed {s.seed}: landcover train --mode auto (spectral, fused, spectral-gbt, finetune) ...")
     auto_s, _ = landcover_cli(["train", *common, "--name", "auto", "--mode", "auto"])
     summary = json.loads((runs / "auto" / "summary.json").read_text())
     for mode, candidate in summary["candidates"].items():

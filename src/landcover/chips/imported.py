@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +13,13 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 
 from landcover.atomic import check_output
 from landcover.chips.labels import palette
 from landcover.errors import LandcoverError
 from landcover.geo.grid import footprint
+from landcover.geo.raster import open_image
 from landcover.locks import output_lock
 from landcover.manifest import COLUMNS, write_manifest
 from landcover.progress import progress_bar
@@ -156,14 +156,12 @@ def _scheme(name: str | None, classes: list[str], tree: Path) -> ClassScheme:
 
 def _header(path: Path) -> dict:
     """What the manifest records of one image: shape, CRS, resolution and footprint (WGS84) where georeferenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            shape = (src.count, src.height, src.width, src.dtypes[0])
-            if src.crs is None:
-                return {"shape": shape, "crs": "", "res": float("nan"), "geometry": None}
-            return {"shape": shape, "crs": src.crs.to_string(), "res": float(abs(src.transform.a)),
-                    "geometry": footprint(tuple(src.bounds), src.crs, rasterio.crs.CRS.from_epsg(4326))}
+    with open_image(path) as src:
+        shape = (src.count, src.height, src.width, src.dtypes[0])
+        if src.crs is None:
+            return {"shape": shape, "crs": "", "res": float("nan"), "geometry": None}
+        return {"shape": shape, "crs": src.crs.to_string(), "res": float(abs(src.transform.a)),
+                "geometry": footprint(tuple(src.bounds), src.crs, rasterio.crs.CRS.from_epsg(4326))}
 
 
 def _shape(shape: tuple) -> str:

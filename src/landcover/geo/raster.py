@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,7 +17,7 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -32,6 +34,16 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
     except RasterioIOError as exc:
         reason = str(exc).split("\n")[0].replace(path, "").strip(" :'")
         raise LandcoverError(f"not a readable raster ({reason or 'GDAL could not open it'})", path) from None
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[rasterio.DatasetReader]:
+    """rasterio.open for images that may carry no georeferencing (chips made elsewhere, JPEGs): without
+    rasterio's NotGeoreferencedWarning, which says nothing wrong about them. Errors are rasterio's own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            yield src
 
 
 OPEN_READERS = 16

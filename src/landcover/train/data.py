@@ -3,7 +3,6 @@ augmentation."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 
 from landcover.datasets.formats.members import read_member_array
 from landcover.errors import LandcoverError
+from landcover.geo.raster import open_image
 from landcover.manifest import read_manifest
 
 PRELOAD_BYTES = 1 << 30
@@ -30,10 +30,8 @@ def read_chip(path: str | Path) -> np.ndarray:
             with Image.open(path) as im:
                 data = np.asarray(im)
             return data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
-        with warnings.catch_warnings():  # chips imported from elsewhere may carry no georeferencing: fine here
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return src.read()
+        with open_image(path) as src:  # chips imported from elsewhere may carry no georeferencing: fine here
+            return src.read()
     except (OSError, rasterio.errors.RasterioIOError) as exc:
         raise LandcoverError(f"cannot read chip ({str(exc).splitlines()[0]})", path) from None
 

@@ -3,12 +3,12 @@ files say (band descriptions, Landsat and Sentinel-2 file names), or from `--ban
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import rasterio
 
 from landcover.errors import LandcoverError
+from landcover.geo.raster import open_image
 from landcover.models.spectral import SpectralSpec, band_role
 
 
@@ -49,9 +49,7 @@ def band_names(info: dict, n_bands: int, first_chip: Path) -> list[str]:
 def _descriptions(path: Path) -> list[str | None] | None:
     """A raster's band descriptions (None where a band has none), or None when it cannot be opened."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return list(src.descriptions)
+        with open_image(path) as src:
+            return list(src.descriptions)
     except (rasterio.errors.RasterioIOError, OSError):
         return None
