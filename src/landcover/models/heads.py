@@ -178,7 +178,7 @@ class BoostedHead(Head):
         for t, output in enumerate(a["tree_output"]):
             raw[:, output] += a["value"][_leaves(a, t, X)]
         if raw.shape[1] == 1:
-            p = 1.0 / (1.0 + np.exp(-raw[:, 0]))
+            p = np.exp(-np.logaddexp(0.0, -raw[:, 0]))  # sigmoid, without overflow for large |raw|
             return np.stack([1.0 - p, p], axis=1)
         raw -= raw.max(axis=1, keepdims=True)
         np.exp(raw, out=raw)
