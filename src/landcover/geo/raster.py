@@ -37,13 +37,20 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
 
 
 @contextmanager
-def open_image(path: str | Path) -> Iterator[rasterio.DatasetReader]:
-    """rasterio.open for images that may carry no georeferencing (chips made elsewhere, JPEGs): without
-    rasterio's NotGeoreferencedWarning, which says nothing wrong about them. Errors are rasterio's own."""
+def georeferencing_optional() -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning, which says nothing wrong about images that need no
+    georeferencing (chips made elsewhere, JPEGs). Warning filters are process-wide and `catch_warnings` is not
+    thread-safe: code that opens images on threads enters this once, in the calling thread, around them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            yield src
+        yield
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[rasterio.DatasetReader]:
+    """rasterio.open for images that may carry no georeferencing, without the warning; errors are rasterio's."""
+    with georeferencing_optional(), rasterio.open(path) as src:
+        yield src
 
 
 OPEN_READERS = 16

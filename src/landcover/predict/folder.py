@@ -27,6 +27,7 @@ import torch
 from landcover.atomic import replacing, temp_path
 from landcover.errors import LandcoverError
 from landcover.evaluate import Report, evaluate_predictions, write_report
+from landcover.geo.raster import georeferencing_optional
 from landcover.predict.runtime import Runtime, open_runtime
 from landcover.progress import ProgressBar, progress_bar
 from landcover.train.data import read_chip
@@ -172,24 +173,25 @@ def _score_chips(rt: Runtime, images: Path, files: list[str], batch_size: int, w
             batch_files.clear()
 
     try:
-        for rel, chip in _read_ahead(images, files, workers, depth=2 * batch_size):
-            if isinstance(chip, str):
-                _skip(skipped, rel, chip, bar)
-                continue
-            if reference is None:
-                if chip.shape[0] < need:
-                    raise LandcoverError(f"the bundle reads {need} bands but the chips have {chip.shape[0]}",
-                                         images / rel)
-                reference = (chip.shape, chip.dtype)
-            elif (chip.shape, chip.dtype) != reference:
-                _skip(skipped, rel, f"other shape: {_describe(chip.shape, chip.dtype)}, the first chip is "
-                                    f"{_describe(*reference)}", bar)
-                continue
-            batch.append(chip)
-            batch_files.append(rel)
-            if len(batch) == batch_size:
-                flush()
-        flush()
+        with georeferencing_optional():  # once here: the reading threads' own filters could let it through
+            for rel, chip in _read_ahead(images, files, workers, depth=2 * batch_size):
+                if isinstance(chip, str):
+                    _skip(skipped, rel, chip, bar)
+                    continue
+                if reference is None:
+                    if chip.shape[0] < need:
+                        raise LandcoverError(f"the bundle reads {need} bands but the chips have {chip.shape[0]}",
+                                             images / rel)
+                    reference = (chip.shape, chip.dtype)
+                elif (chip.shape, chip.dtype) != reference:
+                    _skip(skipped, rel, f"other shape: {_describe(chip.shape, chip.dtype)}, the first chip is "
+                                        f"{_describe(*reference)}", bar)
+                    continue
+                batch.append(chip)
+                batch_files.append(rel)
+                if len(batch) == batch_size:
+                    flush()
+            flush()
     finally:
         bar.close()
     if len(skipped) > WARN_LIMIT:
