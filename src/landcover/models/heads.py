@@ -207,8 +207,8 @@ HEAD_TYPES: dict[str, type[Head]] = {"logreg": LogisticHead, "rf": ForestHead, "
 
 def fit_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0, **params) -> Head:
     """Fit a 'logreg', 'rf' or 'gbt' head on features X and label ids y (scikit-learn parameters as keywords).
-    'gbt' weighs classes inversely to their frequency unless told otherwise: the rare classes count as much in
-    the macro-F1 it is judged by (unweighted, it missed Zion's barren chips)."""
+    'gbt' weighs classes inversely to their frequency unless told otherwise: the rare classes count in training as
+    they do in the macro-F1 it is judged by."""
     X, y = _check_training(kind, X, y, n_classes)
     try:
         if kind == "logreg":
