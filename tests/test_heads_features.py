@@ -115,6 +115,10 @@ def test_loading_refuses_pickles_and_malformed_files(tmp_path, training):
 
 
 def test_fit_head_rejects_bad_input(training):
+    from landcover.models.heads import KINDS
+    from landcover.train.config import HEADS
+
+    assert HEADS == KINDS  # the CLI's list (kept free of torch) names exactly the heads there are
     X, y, _ = training
     with pytest.raises(LandcoverError, match="unknown head kind 'svm'"):
         fit_head("svm", X, y, N_CLASSES)

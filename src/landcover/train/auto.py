@@ -1,16 +1,15 @@
 """Mode auto: train the spectral, fused, spectral-gbt and finetune candidates on the same chips, keep the cheapest
 one that no costlier candidate clearly beats on the validation chips, and record the comparison.
 
-Each candidate is an ordinary run in ``<run>/candidates/<name>`` (spectral with a random forest, fused with
-logistic regression, spectral-gbt with gradient-boosted trees, finetune with the run's own settings), which writes
-its validation predictions. Going up in
-cost, a candidate replaces the one kept so far only when its validation macro-F1 is higher in at least
-`SURE` of the paired bootstrap resamples of the validation chips: a validation split of a hundred chips cannot
-tell a one-chip difference from a better model, and the fine-tune score is the best of its epochs, so already
-picked on those chips. The chosen candidate's bundle, metrics and curves are copied to the run folder, so that
-evaluate and predict take the auto run as they take any other; its summary.json names the winner and lists every
-candidate's scores, training time and share of resamples won. A candidate that finished is not trained again on
---resume; a fine-tune candidate that stopped continues from its last checkpoint.
+Each candidate is an ordinary run in ``<run>/candidates/<name>`` (spectral with a random forest, fused with logistic
+regression, spectral-gbt with gradient-boosted trees, finetune with the run's own settings), which writes its
+validation predictions. Going up in cost, a candidate replaces the one kept so far only when its validation macro-F1
+is higher in at least `SURE` of the paired bootstrap resamples of the validation chips: a validation split of a
+hundred chips cannot tell a one-chip difference from a better model, and the fine-tune score is the best of its
+epochs, so already picked on those chips. The chosen candidate's bundle, metrics and curves are copied to the run
+folder, so that evaluate and predict take the auto run as they take any other; its summary.json names the winner and
+lists every candidate's scores, training time and share of resamples won. A candidate that finished is not trained
+again on --resume; a fine-tune candidate that stopped continues from its last checkpoint.
 """
 
 from __future__ import annotations
