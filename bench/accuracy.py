@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -35,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from train import ROOT, Settings, class_names, landcover_cli, machine, say, scores, torchgeo_run
+from common import DATA, ROOT, landcover_cli, machine, say
+from train import Settings, class_names, scores, torchgeo_run
 
 from landcover.evaluate import read_report, share_better
 from landcover.train.data import ChipDataset
 
-DATA = Path(os.environ.get("LANDCOVER_DATA", ROOT.parent / "shared" / "data"))
 NC_BANDS = ("10", "20", "30", "40", "50", "70")
 """Landsat 7 ETM+ bands 1, 2, 3, 4, 5, 7 (GRASS names lsat7_2000_NN): blue, green, red, NIR, SWIR1, SWIR2."""
 ZION_BANDS = ("b2", "b3", "b4", "b5")
@@ -244,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "accuracy.json"
     began = time.perf_counter()
     results: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                               "machine": machine(), "quick": args.quick,
+                               "machine": machine("torch", "timm", "torchgeo", "scikit-learn"), "quick": args.quick,
                                "settings": {"seeds": args.seeds, "epochs": args.epochs, "input_size": args.input_size,
                                             "batch_size": args.batch_size, "lr": 1e-3, "weight_decay": 1e-4},
                                "datasets": {}}

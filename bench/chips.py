@@ -16,21 +16,21 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is first imported: 2 cores, benches run one at a time
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import rasterio
+from common import ROOT, machine, say
 from pyproj import Transformer
 from rasterio.windows import Window
 
@@ -42,7 +42,6 @@ from landcover.geo.grid import Grid, make_grid
 from landcover.geo.raster import Scene
 from landcover.schemes import INVALID, ClassScheme, load_scheme
 
-ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("b2", "b3", "b4", "b5")
 TILE = (480.0, "m")  # 16 px of 30 m
 SCHEME = "nlcd-grouped"
@@ -86,11 +85,6 @@ def find_inputs() -> Inputs:
                  f"It is read from ../shared/data relative to the repository root, or from $LANDCOVER_DATA "
                  f"(looked in {data}); see that folder's README. Nothing was measured.")
     return inputs
-
-
-def say(text: str) -> None:
-    """A progress line on stderr, so stdout keeps only the results."""
-    print(text, file=sys.stderr, flush=True)
 
 
 def per_second(n: int, seconds: float) -> float:
@@ -160,7 +154,7 @@ def bench_landcover(inputs: Inputs, run: tuple[str, str, str], workers: int, wor
 def shard_pixels_exact(inputs: Inputs, manifest: Any, work: Path, sample: int = 200) -> dict:
     """Read a sample of keep-all chips back from WebDataset shards and compare them with bare window reads of the
     band files: the shards must hold the imagery's pixels exactly."""
-    from landcover.train.data import read_row
+    from landcover.datasets.chips import read_row
 
     checked = {}
 
@@ -323,18 +317,6 @@ def agreement(reference: np.ndarray, found: np.ndarray) -> float:
     return float((reference[have] == found[have]).mean()) if have.any() else float("nan")
 
 
-def machine() -> dict:
-    """What the figures were taken on."""
-    versions = {}
-    for name in ("landcover", "rasterio", "pyproj", "numpy", "pillow", "torch", "torchgeo"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or None,
-            "python": platform.python_version(), "gdal": rasterio.__gdal_version__, "versions": versions}
-
-
 def table(results: dict) -> str:
     """The figures and ratios as a plain-text table."""
     lines = [f"{'approach':<44} {'tiles':>6} {'chips':>6} {'files':>6} {'seconds':>8} {'tiles/s':>9} {'chips/s':>9}"]
@@ -421,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     scheme = load_scheme(SCHEME)
     say(f"Zion: {len(cols)} tiles of {grid.tile} px ({ncols} x {nrows}), grid {grid.crs} {grid.res:g} m")
     results: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                               "machine": machine(), "data": {"bands": [str(p) for p in inputs.bands],
-                                                              "labels": str(inputs.labels)},
+                               "machine": machine("rasterio", "pyproj", "numpy", "pillow", "torch", "torchgeo"),
+                               "data": {"bands": [str(p) for p in inputs.bands], "labels": str(inputs.labels)},
                                "grid": grid.to_dict() | {"tiles": len(cols), "cols": ncols, "rows": nrows},
                                "quick": args.quick, "landcover": []}
     try:

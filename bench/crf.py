@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,9 +30,9 @@ import rasterio
 from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict import DATA, build_mosaic
+from common import DATA, fresh_process, machine, zion, zion_classifier, zion_images
+from predict import build_mosaic
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"seed": {}, "deeplab": {"sxy_gaussian": 3, "compat_gaussian": 3, "sxy_bilateral": 80, "srgb": 13,
                                     "compat_bilateral": 10, "iterations": 5}}
 CHILD = """
@@ -92,42 +89,19 @@ def run(which: str, work: Path, side: int, settings: dict) -> dict:
     from landcover.segment.crf import CrfSettings
 
     settings = CrfSettings(**{**CrfSettings(downscale=1.0).to_dict(), **settings}).to_dict()
-    labels = work / f"{which}-{side}.npy"
-    cmd = [sys.executable, "-c", CHILD, which, str(work / f"image-{side}.npy"), str(work / f"probs-{side}.npy"),
-           str(labels), json.dumps(settings)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
-    line = [x for x in done.stdout.splitlines() if x.startswith("BENCH ")]
-    if done.returncode or not line:
-        sys.exit(f"{which} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    result = json.loads(line[-1][6:])
+    result = fresh_process([which, str(work / f"image-{side}.npy"), str(work / f"probs-{side}.npy"),
+                            str(work / f"{which}-{side}.npy"), json.dumps(settings)], CHILD)
     result["seconds_per_megapixel"] = result["seconds"] / (side * side / 1e6)
     return result
 
 
 def hybrid(work: Path, quick: bool) -> dict:
-    """Zion: chips, a frozen-features classifier, then `predict --dense crf` timed in a fresh process."""
-    zion = DATA / "zion"
-    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    from landcover.cli import main
-
-    chips, runs = work / "chips", work / "runs"
-    assert main(["chips", "--quiet", "--image", *images, "--bands", "3", "2", "1", "--labels",
-                 str(zion / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule", "points:3",
-                 "--out", str(chips)]) == 0
-    assert main(["split", str(chips), "--blocks", "4", "--ratios", "80:10:10", "--no-plot"]) == 0
-    assert main(["train", "--quiet", "--manifest", str(chips), "--runs", str(runs), "--name", "b", "--mode",
-                 "features", "--head", "logreg", "--arch", "efficientnet-lite0", "--input-size", "32"]) == 0
+    """Zion: the shared classifier (bench/common.py), then `predict --dense crf` timed in a fresh process."""
+    bundle = zion_classifier(work)
     out = work / "dense.tif"
     extra = ["--decimate", "2"] if quick else []
-    child = ("import json, sys, time; from landcover.cli import main; t = time.perf_counter(); rc = main(sys.argv[1:]);"
-             " print('BENCH ' + json.dumps({'rc': rc, 'seconds': time.perf_counter() - t}))")
-    done = subprocess.run([sys.executable, "-c", child, "predict", str(runs / "b" / "bundle"), "--image", *images,
-                           "--out", str(out), "--dense", "crf", "--quiet", *extra], capture_output=True, text=True,
-                          check=False, cwd=ROOT)
-    line = [x for x in done.stdout.splitlines() if x.startswith("BENCH ")]
-    if done.returncode or not line or json.loads(line[-1][6:])["rc"]:
-        sys.exit(f"hybrid failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    seconds = json.loads(line[-1][6:])["seconds"]
+    seconds = fresh_process(["predict", str(bundle), "--image", *zion_images(zion()), "--out", str(out), "--dense",
+                             "crf", "--quiet", *extra])["seconds"]
     with rasterio.open(out) as src:
         km2 = src.width * src.height * abs(src.transform.a * src.transform.e) / 1e6
     return {"pixels": [src.height, src.width], "km2": km2, "seconds": seconds, "km2_per_hour": km2 / seconds * 3600,
@@ -169,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["pydensecrf2"] = "skipped: not installed (the bench extra)"
                 rows.append(row)
                 print(line(row), flush=True)
-        result = {"quick": args.quick, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "crf": rows,
+        result = {"quick": args.quick, "machine": machine("numba", "numpy"), "crf": rows,
                   "hybrid": hybrid(work, args.quick)}
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -13,33 +13,26 @@ repeat, 2 threads: it checks the bench works; its figures are not ones of record
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import io
 import json
-import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
+from common import ROOT, landcover_cli, load, machine, say, workspace
+from common import zion as zion_folder
 
 from landcover.compat import guard_torchvision
 
 guard_torchvision()  # before anything imports torchvision or timm
 
-from landcover import cli  # noqa: E402
 from landcover.onnx_graph import export_onnx  # noqa: E402
 from landcover.predict.runtime import load_runtime  # noqa: E402
 from landcover.train.data import ChipDataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("b2", "b3", "b4", "b5")
 ARCH = "efficientnet-lite0"
 TILE = "960m"
@@ -48,39 +41,6 @@ BUNDLES = {
     "finetune": ["--epochs", "1", "--train-from", "head"],
     "features": ["--mode", "features", "--head", "logreg"],
 }
-
-
-def say(text: str) -> None:
-    """A progress line on stderr, so stdout keeps only the results."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def load() -> float:
-    """The 1-minute load average (other jobs on the machine disturb the timings)."""
-    return round(os.getloadavg()[0], 2)
-
-
-def find_zion() -> Path:
-    """The Zion folder under $LANDCOVER_DATA or ../shared/data; exit with a clear message if absent."""
-    data = Path(os.environ.get("LANDCOVER_DATA", ROOT.parent / "shared" / "data"))
-    zion = data / "zion"
-    needed = [f"landsat_{b}.tif" for b in BANDS] + ["nlcd2011.tif"]
-    missing = [name for name in needed if not (zion / name).exists()]
-    if missing:
-        sys.exit(f"bench/onnx.py: the Zion data is not there: {zion} lacks {', '.join(missing)}; "
-                 f"see ../shared/data/README.md. Nothing was measured.")
-    return zion
-
-
-def landcover_cli(argv: list[str]) -> float:
-    """Run one `landcover` command in this process; return its seconds; raise if it fails."""
-    out = io.StringIO()
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        status = cli.main(argv)
-    if status != 0:
-        raise RuntimeError(f"landcover {' '.join(argv)} exited with {status}:\n{out.getvalue()}")
-    return time.perf_counter() - start
 
 
 def make_bundles(zion: Path, work: Path, input_size: int, quick: bool = False) -> tuple[Path, dict[str, Path]]:
@@ -129,18 +89,6 @@ def time_runtime(bundle_path: Path, runtime: str, threads: int, batches: list[to
             "ms_per_batch": 1000 * best / len(batches), "load": load()}
 
 
-def machine() -> dict:
-    """What the figures were taken on."""
-    versions = {}
-    for name in ("landcover", "torch", "timm", "onnx", "onnxruntime", "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or None,
-            "python": platform.python_version(), "versions": versions}
-
-
 def table(results: dict) -> str:
     """The figures as a markdown table, with onnxruntime's speed-up over torch at the same thread count."""
     lines = ["| bundle | runtime | threads | chips/s | ms / batch | onnx / torch |", "|---|---|---:|---:|---:|---:|"]
@@ -152,20 +100,6 @@ def table(results: dict) -> str:
         lines.append(f"| {r['bundle']} | {r['runtime']} | {r['threads']} | {r['chips_per_s']:.1f} | "
                      f"{r['ms_per_batch']:.0f} | {ratio} |")
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def workspace(out: Path, keep: bool) -> Iterator[Path]:
-    """A temporary work folder under `out`, removed afterwards unless kept."""
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="onnx-work-", dir=out))
-    try:
-        yield work
-    finally:
-        if keep:
-            say(f"kept the work folder {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.input_size, args.batch_size, args.batches, args.repeats, args.threads = 64, 16, 2, 1, [2]
-    zion = find_zion()
+    zion = zion_folder()
     began = time.perf_counter()
     results: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                               "machine": machine(), "settings": {**vars(args), "out": str(args.out),
-                                                                  "arch": ARCH}, "load_before": load(),
+                               "machine": machine("torch", "timm", "onnx", "onnxruntime", "numpy"),
+                               "settings": {**vars(args), "out": str(args.out), "arch": ARCH}, "load_before": load(),
                                "exports": {}, "timings": []}
-    with workspace(args.out, args.keep_work) as work:
+    with workspace(args.out, args.keep_work, "onnx-work-") as work:
         say("chips, split and bundles with the landcover command ...")
         chips, bundles = make_bundles(zion, work, args.input_size, args.quick)
         batches = real_batches(chips, args.batch_size, args.batches)

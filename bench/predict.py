@@ -27,10 +27,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +36,11 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LANDCOVER_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, ROOT, fresh_process, model_only
+
 TILE_PX = 224
 BATCH = 64
-CHILD = """
-import json, resource, sys, time
-from landcover.cli import main
-t = time.perf_counter()
-rc = main(sys.argv[1:])
-print("BENCH " + json.dumps({"rc": rc, "seconds": time.perf_counter() - t,
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def build_mosaic(out: Path, size: int) -> Path:
     """A size x size, 4-band uint8 NAIP mosaic at 1 m (tiled, deflate), from the North Dakota years."""
     if out.exists():
@@ -116,33 +105,12 @@ def timing_bundle(out: Path) -> Path:
     return out
 
 
-def model_only(bundle_path: Path, runtime: str = "torch") -> float:
-    """Tiles/s of the runtime on an in-memory batch of 64 raw windows (best of 3 after a warm-up)."""
-    from landcover.predict.runtime import open_runtime
-
-    rt = open_runtime(bundle_path, runtime)
-    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (BATCH, 4, TILE_PX, TILE_PX)).astype(
-        np.float32))
-    rt.predict_proba(batch)
-    best = 0.0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        rt.predict_proba(batch)
-        best = max(best, BATCH / (time.perf_counter() - t0))
-    return best
-
-
 def predict(bundle: Path, image: Path, out: Path, *extra: str) -> dict:
     """One `landcover predict` in a fresh process: its summary plus wall time and peak RSS."""
     for p in out.parent.glob(f"{out.stem}*"):
         p.unlink()
-    cmd = [sys.executable, "-c", CHILD, "predict", str(bundle), "--quiet", "--image", str(image), "--out", str(out),
-           "--batch-size", str(BATCH), *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    line = [x for x in done.stdout.splitlines() if x.startswith("BENCH ")]
-    if done.returncode or not line or json.loads(line[-1][6:])["rc"]:
-        sys.exit(f"predict failed: {' '.join(cmd)}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    run = json.loads(line[-1][6:])
+    run = fresh_process(["predict", str(bundle), "--quiet", "--image", str(image), "--out", str(out), "--batch-size",
+                         str(BATCH), *extra])
     summary = json.loads(out.with_suffix(".json").read_text())
     return {**run, "windows": summary["windows"], "tiles_per_second": summary["tiles_per_second"],
             "seconds_in_predict": summary["seconds"], "runtime": summary["runtime"]}
@@ -170,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
                      "quick": args.quick, "size": size, "small_px": small_px, "mid_px": mid_px, "batch": BATCH,
                      "tile_px": TILE_PX}
-    results["model_only_tiles_per_second"] = model_only(bundle)
+    results["model_only_tiles_per_second"] = model_only(bundle, (BATCH, 4, TILE_PX, TILE_PX))
     print(f"model only: {results['model_only_tiles_per_second']:.1f} tiles/s", flush=True)
     for name, image in (("small", small), ("large", big)):
         results[name] = predict(bundle, image, work / f"map_{name}.tif", "--runtime", "torch")
@@ -189,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from landcover.onnx_graph import export_onnx
 
     export_onnx(bundle)
-    results["onnx_model_only_tiles_per_second"] = model_only(bundle, "onnx")
+    results["onnx_model_only_tiles_per_second"] = model_only(bundle, (BATCH, 4, TILE_PX, TILE_PX), "onnx")
     results["engines"]["local, onnxruntime"] = predict(bundle, mid, work / "map_engine.tif", "--runtime", "onnx")
     results["large_onnx"] = (results["engines"]["local, onnxruntime"] if args.quick else  # the same raster
                              predict(bundle, big, work / "map_large_onnx.tif", "--runtime", "onnx"))

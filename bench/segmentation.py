@@ -35,7 +35,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,18 +45,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict import CHILD, build_mosaic, cut  # the NAIP mosaic of bench/predict.py
+from common import ROOT, fresh_process, landcover_cli, model_only, zion
+from predict import build_mosaic, cut  # the NAIP mosaic of bench/predict.py
 
 from landcover.compat import guard_torchvision
 
 guard_torchvision()  # before anything imports torchvision, timm or TorchGeo
 
-from landcover.cli import main as landcover  # noqa: E402
 from landcover.segment.data import PairDataset  # noqa: E402
 from landcover.segment.metrics import add_to_confusion, pixel_scores  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LANDCOVER_DATA", ROOT.parent / "shared" / "data"))
 BATCH = 16
 WINDOW = 512
 COMMON_PIXELS = 1000
@@ -67,17 +64,7 @@ and one method's luck on them moves the mean of eight IoUs by 0.03."""
 
 def run_cli(*argv: str) -> float:
     """A landcover command in this process; its seconds (a failure stops the bench)."""
-    start = time.perf_counter()
-    if landcover(list(argv)) != 0:
-        sys.exit(f"landcover {' '.join(argv)} failed")
-    return time.perf_counter() - start
-
-
-def zion() -> Path:
-    folder = DATA / "zion"
-    if not (folder / "nlcd2011.tif").exists():
-        sys.exit(f"real data not found: {folder} (see ../shared/data/README.md)")
-    return folder
+    return landcover_cli(list(argv))[0]
 
 
 def make_pairs(work: Path, quick: bool) -> Path:
@@ -211,8 +198,8 @@ def torchgeo_run(pairs: Path, work: Path, epochs: int) -> dict:
     except ImportError as exc:
         return {"skipped": f"TorchGeo/Lightning not importable ({exc}); pip install -e '.[bench]' -c constraints.txt"}
     from landcover.segment.data import IGNORE
-    from landcover.segment.trainer import SegmentationRun
     from landcover.train.config import TrainConfig
+    from landcover.train.segmentation import SegmentationRun
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -264,8 +251,8 @@ def torchgeo_run(pairs: Path, work: Path, epochs: int) -> dict:
 def bare_loop(pairs: Path, batches: int) -> dict:
     """Forward, ce+dice, backward and AdamW step on prepared pairs held in memory: the training ceiling."""
     from landcover.segment.losses import make_loss
-    from landcover.segment.trainer import SegmentationRun
     from landcover.train.config import TrainConfig
+    from landcover.train.segmentation import SegmentationRun
 
     config = TrainConfig(manifest=str(pairs), runs="unused", task="segmentation", architecture="unet",
                          rgb_bands=[3, 2, 1], batch_size=BATCH, seed=0, onnx=False)
@@ -312,34 +299,15 @@ def timing_bundle(out: Path) -> Path:
     return out
 
 
-def model_only(bundle: Path, batch: int) -> float:
-    """Windows/s of the network alone on in-memory 512 px windows (best of 3 after a warm-up)."""
-    from landcover.predict.runtime import open_runtime
-
-    rt = open_runtime(bundle, "torch")
-    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, 4, WINDOW, WINDOW)).astype(np.float32))
-    rt.predict_proba(x)
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        rt.predict_proba(x)
-        best = max(best, batch / (time.perf_counter() - start))
-    return best
-
-
 def predict_child(bundle: Path, image: Path, out: Path) -> dict:
     """One `landcover predict` in a fresh process: its summary, wall time and peak RSS."""
     for p in out.parent.glob(f"{out.stem}*"):
         p.unlink()
-    cmd = [sys.executable, "-c", CHILD, "predict", str(bundle), "--quiet", "--image", str(image), "--out", str(out),
-           "--runtime", "torch"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    line = [x for x in done.stdout.splitlines() if x.startswith("BENCH ")]
-    if done.returncode or not line or json.loads(line[-1][6:])["rc"]:
-        sys.exit(f"predict failed: {' '.join(cmd)}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    run = fresh_process(["predict", str(bundle), "--quiet", "--image", str(image), "--out", str(out), "--runtime",
+                         "torch"])
     summary = json.loads(out.with_suffix(".json").read_text())
-    return {**json.loads(line[-1][6:]), "windows": summary["windows"],
-            "windows_per_second": summary["windows_per_second"], "pixels": summary["pixels"]}
+    return {**run, "windows": summary["windows"], "windows_per_second": summary["windows_per_second"],
+            "pixels": summary["pixels"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,7 +367,8 @@ def measure(args: argparse.Namespace, epochs: int, out: Path, work: Path) -> int
     bundle = timing_bundle(work / "timing-bundle")
     from landcover.predict.pixels import BATCH_PIXELS
 
-    results["model_only_windows_per_second"] = model_only(bundle, max(1, BATCH_PIXELS // WINDOW ** 2))
+    batch = max(1, BATCH_PIXELS // WINDOW ** 2)
+    results["model_only_windows_per_second"] = model_only(bundle, (batch, 4, WINDOW, WINDOW))
     for name, image in (("small", small), ("large", big)):
         results[name] = predict_child(bundle, image, work / f"map_{name}.tif")
         print(f"{name}: {results[name]}", flush=True)

@@ -12,46 +12,41 @@ installed: it checks the bench works; its figures are not ones of record.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import datetime as dt
 import io
 import json
 import logging
-import os
-import platform
 import pstats
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-import rasterio
 import torch
+from common import ROOT, landcover_cli, load, machine, say, workspace
+from common import zion as zion_folder
 
 from landcover.compat import guard_torchvision
 
 guard_torchvision()  # before anything imports torchvision, timm or TorchGeo
 
-from landcover import cli  # noqa: E402
 from landcover.bundle import InputSpec  # noqa: E402
+from landcover.datasets.chips import read_chip  # noqa: E402
 from landcover.evaluate import Report, evaluate_predictions, read_report  # noqa: E402
 from landcover.models.heads import fit_head  # noqa: E402
 from landcover.models.spectral import spectral_features  # noqa: E402
 from landcover.train.config import TrainConfig  # noqa: E402
-from landcover.train.data import ChipDataset, read_chip  # noqa: E402
+from landcover.train.data import ChipDataset  # noqa: E402
 from landcover.train.run import Run  # noqa: E402
 from landcover.train.runs import read_metrics  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("b2", "b3", "b4", "b5")
 """Landsat 8 blue, green, red, NIR: the chip bands, in this order."""
 TILE = "480m"
@@ -84,50 +79,15 @@ class Settings:
     class_weights: str
 
 
-def say(text: str) -> None:
-    """A progress line on stderr, so stdout keeps only the results."""
-    print(text, file=sys.stderr, flush=True)
-
-
 def per_second(n: int, seconds: float) -> float:
     """A rate, guarded against a zero time."""
     return n / seconds if seconds > 0 else float("inf")
-
-
-def load() -> float:
-    """The 1-minute load average (other jobs on the machine disturb the timings)."""
-    return round(os.getloadavg()[0], 2)
 
 
 def disturbed(rates: list[float]) -> list[int]:
     """1-based epochs that ran at under half the median rate: another job had the cores (the median is kept)."""
     middle = statistics.median(rates) if rates else 0.0
     return [i + 1 for i, rate in enumerate(rates) if rate < middle / 2]
-
-
-def find_zion() -> Path:
-    """The Zion folder under $LANDCOVER_DATA or ../shared/data; exit with a clear message if absent."""
-    data = Path(os.environ.get("LANDCOVER_DATA", ROOT.parent / "shared" / "data"))
-    zion = data / "zion"
-    needed = [f"landsat_{b}.tif" for b in BANDS] + ["nlcd2011.tif"]
-    missing = [name for name in needed if not (zion / name).exists()]
-    if missing:
-        sys.exit(f"bench/train.py: the Zion data is not there: {zion} lacks {', '.join(missing)}.\n"
-                 f"It is read from ../shared/data relative to the repository root, or from $LANDCOVER_DATA "
-                 f"(looked in {data}); see that folder's README. Nothing was measured.")
-    return zion
-
-
-def landcover_cli(argv: list[str]) -> tuple[float, str]:
-    """Run one `landcover` command in this process: (seconds, what it printed); raise if it fails."""
-    out = io.StringIO()
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        status = cli.main(argv)
-    seconds = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"landcover {' '.join(argv)} exited with {status}:\n{out.getvalue()}")
-    return seconds, out.getvalue()
 
 
 def make_dataset(zion: Path, work: Path, quick: bool = False) -> tuple[Path, dict]:
@@ -440,7 +400,7 @@ def data_pipeline(run: Run) -> dict:
 PROFILE_PARTS: dict[str, tuple[str, str]] = {
     "epoch (landcover.train.finetune._train_epoch)": ("landcover/train/finetune.py", "_train_epoch"),
     "DataLoader __next__ (read, augment, collate)": ("torch/utils/data/dataloader.py", "__next__"),
-    "  read_chip (rasterio open + read)": ("landcover/train/data.py", "read_chip"),
+    "  read_chip (rasterio open + read)": ("landcover/datasets/chips.py", "read_chip"),
     "InputSpec.prepare (scale, resize, normalise)": ("landcover/bundle.py", "prepare"),
     "forward (timm EfficientNet.forward)": ("timm/models/efficientnet.py", "forward"),
     "backward (Tensor.backward)": ("torch/_tensor.py", "backward"),
@@ -473,19 +433,6 @@ def profile_epoch(manifest: Path, work: Path, s: Settings) -> dict:
                                                                                 15)
     return {"epoch_s": seconds, "images": seen, "images_per_s": per_second(seen, seconds), "parts_s": parts,
             "top": buffer.getvalue()}
-
-
-def machine() -> dict:
-    """What the figures were taken on."""
-    versions = {}
-    for name in ("landcover", "torch", "timm", "torchgeo", "lightning", "scikit-learn", "rasterio", "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "processor": platform.processor() or None, "python": platform.python_version(),
-            "gdal": rasterio.__gdal_version__, "versions": versions}
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -557,20 +504,6 @@ def stage(label: str, results: dict, key: str, fn: Callable[[], dict]) -> None:
     say(f"  done in {time.perf_counter() - start:.0f} s")
 
 
-@contextlib.contextmanager
-def workspace(out: Path, keep: bool) -> Iterator[Path]:
-    """A temporary work folder under `out`, removed afterwards unless kept."""
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="train-work-", dir=out))
-    try:
-        yield work
-    finally:
-        if keep:
-            say(f"kept the work folder {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Build the dataset, run every method in turn, print the table, write train.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -598,14 +531,15 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.input_size, args.bare_batches = 1, 32, min(args.bare_batches or 3, 3)
     settings = Settings(args.epochs, args.input_size, args.batch_size, args.lr, args.weight_decay, args.seed,
                         args.class_weights)
-    zion = find_zion()
+    zion = zion_folder()
     began = time.perf_counter()
     results: dict[str, Any] = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                               "machine": machine(), "settings": vars(settings) | {"arch": ARCH,
-                                                                                   "rgb_bands": RGB_BANDS,
-                                                                                   "torchgeo_model": TORCHGEO_MODEL},
+                               "machine": {**machine("torch", "timm", "torchgeo", "lightning", "scikit-learn", "numpy"),
+                                           "torch_threads": torch.get_num_threads()},
+                               "settings": vars(settings) | {"arch": ARCH, "rgb_bands": RGB_BANDS,
+                                                             "torchgeo_model": TORCHGEO_MODEL},
                                "quick": args.quick, "methods": {}}
-    with workspace(args.out, args.keep_work) as work:
+    with workspace(args.out, args.keep_work, "train-work-") as work:
         say("chips and split with the landcover command ...")
         manifest, results["dataset"] = make_dataset(zion, work, args.quick)
         names = class_names(manifest)

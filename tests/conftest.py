@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,23 @@ def need_data(*parts: str) -> Path:
     return path
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `build` fills once per test session, shared by every pytest-xdist worker (the first to come builds
+    it under a lock in the session's common temp folder, the others wait and reuse it)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def zion() -> Path:
     return need_data("zion")
@@ -36,6 +56,19 @@ def zion() -> Path:
 @pytest.fixture(scope="session")
 def zion_images(zion: Path) -> list[str]:
     return [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
+
+
+@pytest.fixture(scope="session")
+def zion_crop(zion_images, tmp_path_factory) -> list[str]:
+    """A 300 x 420 px corner of the four Zion bands (written as files): fast enough to predict many times."""
+    root = tmp_path_factory.mktemp("crop")
+    paths = []
+    for image in zion_images:
+        with rasterio.open(image) as src:
+            window = rasterio.windows.Window(400, 500, 420, 300)
+            data, transform = src.read(1, window=window), src.window_transform(window)
+            paths.append(str(write_raster(root / Path(image).name, data, src.crs, transform, src.nodata)))
+    return paths
 
 
 def write_raster(path: Path, data: np.ndarray, crs: str, transform, nodata=None) -> Path:
@@ -54,13 +87,15 @@ def park_chips(tmp_path_factory) -> Path:
     from landcover.cli import main
 
     zion = need_data("zion")
-    chips = tmp_path_factory.mktemp("park") / "chips"
-    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011.tif"), "--scheme",
-                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--format", "tif",
-                 "--aoi", str(zion / "zion.gpkg"), "--out", str(chips)]) == 0
-    assert main(["split", str(chips), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"]) == 0
-    return chips
+
+    def build(root: Path) -> None:
+        images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
+        assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011.tif"), "--scheme",
+                     "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--format", "tif",
+                     "--aoi", str(zion / "zion.gpkg"), "--out", str(root / "chips")]) == 0
+        assert main(["split", str(root / "chips"), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"]) == 0
+
+    return built_once(tmp_path_factory, "park", build) / "chips"
 
 
 @pytest.fixture(scope="session")
@@ -70,14 +105,18 @@ def zion_bundle(tmp_path_factory):
     from landcover.cli import main
 
     zion = need_data("zion")
-    root = tmp_path_factory.mktemp("predict")
     images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    assert main(["chips", "--quiet", "--image", *images, "--bands", "3", "2", "1", "--labels",
-                 str(zion / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule", "points:3",
-                 "--out", str(root / "chips")]) == 0
-    assert main(["split", str(root / "chips"), "--blocks", "4", "--ratios", "80:10:10", "--no-plot"]) == 0
-    assert main(["train", "--quiet", "--manifest", str(root / "chips"), "--runs", str(root / "runs"), "--name", "b",
-                 "--mode", "features", "--head", "logreg", "--arch", "efficientnet-lite0", "--input-size", "32"]) == 0
+
+    def build(root: Path) -> None:
+        assert main(["chips", "--quiet", "--image", *images, "--bands", "3", "2", "1", "--labels",
+                     str(zion / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule",
+                     "points:3", "--out", str(root / "chips")]) == 0
+        assert main(["split", str(root / "chips"), "--blocks", "4", "--ratios", "80:10:10", "--no-plot"]) == 0
+        assert main(["train", "--quiet", "--manifest", str(root / "chips"), "--runs", str(root / "runs"), "--name",
+                     "b", "--mode", "features", "--head", "logreg", "--arch", "efficientnet-lite0", "--input-size",
+                     "32"]) == 0
+
+    root = built_once(tmp_path_factory, "predict", build)
     return root / "runs" / "b" / "bundle", images, root
 
 
@@ -88,13 +127,15 @@ def zion_pairs(tmp_path_factory):
     from landcover.cli import main
 
     zion = need_data("zion")
-    out = tmp_path_factory.mktemp("pairs") / "pairs"
-    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011_albers.tif"), "--scheme",
-                 "nlcd-grouped", "--tile-size", "64px", "--layout", "pairs", "--aoi", str(zion / "zion.gpkg"),
-                 "--out", str(out)]) == 0
-    assert main(["split", str(out), "--blocks", "2", "--ratios", "70:15:15", "--no-plot"]) == 0
-    return out
+
+    def build(root: Path) -> None:
+        images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
+        assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011_albers.tif"),
+                     "--scheme", "nlcd-grouped", "--tile-size", "64px", "--layout", "pairs", "--aoi",
+                     str(zion / "zion.gpkg"), "--out", str(root / "pairs")]) == 0
+        assert main(["split", str(root / "pairs"), "--blocks", "2", "--ratios", "70:15:15", "--no-plot"]) == 0
+
+    return built_once(tmp_path_factory, "pairs", build) / "pairs"
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +143,9 @@ def zion_seg_run(zion_pairs, tmp_path_factory):
     """A U-Net (Lite0 encoder) trained 2 epochs on the Zion pairs: the run folder (read-only)."""
     from landcover.cli import main
 
-    runs = tmp_path_factory.mktemp("seg") / "runs"
-    assert main(["train", "--quiet", "--task", "segmentation", "--manifest", str(zion_pairs), "--runs", str(runs),
-                 "--name", "unet", "--batch-size", "8", "--rgb-bands", "3", "2", "1", "--seed", "3",
-                 "--epochs", "2"]) == 0
-    return runs / "unet"
+    def build(root: Path) -> None:
+        assert main(["train", "--quiet", "--task", "segmentation", "--manifest", str(zion_pairs), "--runs",
+                     str(root / "runs"), "--name", "unet", "--batch-size", "8", "--rgb-bands", "3", "2", "1",
+                     "--seed", "3", "--epochs", "2"]) == 0
+
+    return built_once(tmp_path_factory, "seg", build) / "runs" / "unet"

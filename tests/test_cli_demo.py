@@ -28,6 +28,7 @@ def test_schemes_lists_the_builtins(capsys):
     assert "nlcd-grouped" in out and "Developed" in out and "21, 22, 23, 24" in out
 
 
+@pytest.mark.slow
 def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     assert main(["demo", "--data", str(zion.parent), "--out", str(tmp_path / "demo"), "--quiet"]) == 0
     frame, info = read_manifest(tmp_path / "demo" / "chips" / "manifest.parquet")

@@ -134,6 +134,7 @@ def test_crf_on_a_segmentation_map_agrees_no_less_and_is_smoother(seg_dense, zio
     assert refined.tags["LANDCOVER_DENSE"] == "crf"
 
 
+@pytest.mark.slow
 def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_images, tmp_path, monkeypatch):
     import landcover.predict.dense as dense
     from landcover.predict.dense import refine_raster
@@ -141,7 +142,7 @@ def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_images, tmp
     probs = seg_dense.with_name("zion.pixels.probs.tif")
     settings = CrfSettings(sxy_gaussian=3, compat_gaussian=3, sxy_bilateral=10, srgb=13, compat_bilateral=10,
                            iterations=5, downscale=0.5)
-    whole = refine_raster(probs, zion_images, tmp_path / "whole.tif", settings=settings, block=4096, progress=False,
+    whole = refine_raster(probs, zion_images, tmp_path / "whole.tif", crf=settings, crf_block=4096, progress=False,
                           log=lambda m: None)
     real_rows = dense.run_rows
 
@@ -152,17 +153,17 @@ def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_images, tmp
 
     monkeypatch.setattr(dense, "run_rows", dies_on_row_2)
     with pytest.raises(KeyboardInterrupt):
-        refine_raster(probs, zion_images, tmp_path / "blocks.tif", settings=settings, block=96, progress=False,
+        refine_raster(probs, zion_images, tmp_path / "blocks.tif", crf=settings, crf_block=96, progress=False,
                       log=lambda m: None)
     assert not (tmp_path / "blocks.tif").exists()
     monkeypatch.setattr(dense, "run_rows", real_rows)
-    blocks = refine_raster(probs, zion_images, tmp_path / "blocks.tif", settings=settings, block=96, progress=False,
+    blocks = refine_raster(probs, zion_images, tmp_path / "blocks.tif", crf=settings, crf_block=96, progress=False,
                            log=lambda m: None)
     assert blocks.resumed == 2 and whole.resumed == 0
     a, b = read_class_map(whole.out).data, read_class_map(blocks.out).data
     assert (a == b).mean() >= 0.995
     # rows of blocks on a process pool (each worker given its share of the cores): the same map
-    pooled = refine_raster(probs, zion_images, tmp_path / "pooled.tif", settings=settings, block=96, progress=False,
+    pooled = refine_raster(probs, zion_images, tmp_path / "pooled.tif", crf=settings, crf_block=96, progress=False,
                            engine="process:2", log=lambda m: None)
     assert (read_class_map(pooled.out).data == b).all()
 

@@ -76,6 +76,7 @@ def test_every_request_is_checked(page):
     assert h > 100 and not session.out.exists()
 
 
+@pytest.mark.slow
 def test_draw_run_and_save_in_headless_chromium(page, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.action_chains import ActionChains

@@ -21,13 +21,14 @@ LEVELS = {
     "schemes": 1, "manifest": 1, "models": 1, "bundle": 1, "onnx_graph": 1, "plots": 1,
     "geo": 2,
     "chips": 3, "datasets": 3, "evaluate": 3, "acquire": 3,
-    "train": 4, "segment": 4,
-    "predict": 5, "maps": 5, "label": 5,
-    "cli": 6,
-    "__init__": 7, "__main__": 7,
+    "segment": 4,
+    "train": 5,
+    "predict": 6, "maps": 6, "label": 6,
+    "cli": 7,
+    "__init__": 8, "__main__": 8,
 }
-"""A module may import modules of its own level or below: cli -> predict/maps -> train -> chips/datasets ->
-geo -> contracts -> ground."""
+"""A module may import modules of its own level or below: cli -> predict/maps/label -> train -> segment (pairs,
+losses, pixel scores, the CRF) -> chips/datasets/evaluate/acquire -> geo -> contracts -> ground."""
 
 
 def modules() -> dict[str, Path]:
@@ -120,3 +121,30 @@ def test_every_folder_is_a_regular_package():
     """A folder without __init__.py imports in an editable install but is left out of a wheel."""
     folders = {p.parent for p in PACKAGE.rglob("*.py")}
     assert not sorted(str(f.relative_to(PACKAGE)) for f in folders if not (f / "__init__.py").exists())
+
+
+MAX_PARAMETERS = 10
+
+
+def test_predict_functions_take_a_request_not_a_list():
+    """A map's options live in one MapRequest (landcover.predict.request): no public function in predict/ grows a
+    long parameter list again (keyword options, **options, do not count)."""
+    long = []
+    for name, path in modules().items():
+        if not name.startswith("landcover.predict"):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + (a.vararg is not None)
+                if n > MAX_PARAMETERS:
+                    long.append(f"{name}.{node.name}: {n}")
+    assert not long
+
+
+def test_segmentation_training_sits_with_training():
+    """segment/ holds what pixels need below training (pairs, losses, scores, the CRF); training a segmentation
+    network is train/'s, so segment/ never imports train/."""
+    up = [f"{m} -> {d}" for m, deps in graph().items() if m.startswith("landcover.segment")
+          for d in deps if d.startswith("landcover.train")]
+    assert not up and level("landcover.train.trainer") > level("landcover.segment.crf")

@@ -104,7 +104,7 @@ def test_folder_predictions_and_evaluation_match_predict_dataset(zion, reference
 
 def test_corrupt_and_odd_sized_chips_are_skipped_and_named(zion, reference, tmp_path, caplog, monkeypatch):
     import landcover.predict.folder as pf
-    from landcover.train.data import read_chip
+    from landcover.datasets.chips import read_chip
 
     files, probs, _ = reference
     images = shutil.copytree(zion["images"], tmp_path / "images")

@@ -51,8 +51,8 @@ def test_map_cells_are_the_chip_predictions(zion_bundle, tmp_path):
     assert sum(summary["counts"].values()) == data.size and summary["windows"] == len(tiles)
 
 
-def test_overlapping_windows_average_their_probabilities(zion_bundle, tmp_path):
-    bundle, images, _ = zion_bundle
+def test_overlapping_windows_average_their_probabilities(zion_bundle, zion_crop, tmp_path):
+    bundle, images = zion_bundle[0], zion_crop
     predict_raster(bundle, images, tmp_path / "m.tif", stride="240m", probabilities=True, progress=False,
                    log=lambda _: None)
     tiles = gpd.read_parquet(tmp_path / "m.tiles.parquet")
@@ -142,11 +142,11 @@ def test_warped_imagery_gives_the_same_map(zion_bundle, tmp_path):
     assert agreement > 0.7  # 480 m cells on two grids turned ~2 degrees apart
 
 
-def test_killed_run_resumes_to_the_same_outputs(zion_bundle, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_outputs(zion_bundle, zion_crop, tmp_path, monkeypatch):
     import landcover.predict.blocks as pb
 
-    bundle, images, _ = zion_bundle
-    whole = predict_raster(bundle, images, tmp_path / "whole.tif", block_windows=400, progress=False,
+    bundle, images = zion_bundle[0], zion_crop
+    whole = predict_raster(bundle, images, tmp_path / "whole.tif", block_windows=40, progress=False,
                            log=lambda _: None)
     real, calls = pb.infer_block, []
 
@@ -158,14 +158,14 @@ def test_killed_run_resumes_to_the_same_outputs(zion_bundle, tmp_path, monkeypat
 
     monkeypatch.setattr(pb, "infer_block", dying)
     with pytest.raises(KeyboardInterrupt):
-        predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=400, progress=False, log=lambda _: None)
+        predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=40, progress=False, log=lambda _: None)
     records = list((tmp_path / ".cut.tif.landcover-state").glob("*.npz"))
     assert not (tmp_path / "cut.tif").exists() and len(records) == 4
     done = sum(len(np.load(r)["rows"]) for r in records)
     monkeypatch.setattr(pb, "infer_block", real)
     with pytest.raises(LandcoverError, match="other settings"):
-        predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=100, progress=False, log=lambda _: None)
-    resumed = predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=400, progress=False,
+        predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=10, progress=False, log=lambda _: None)
+    resumed = predict_raster(bundle, images, tmp_path / "cut.tif", block_windows=40, progress=False,
                              log=lambda _: None)
     assert resumed.resumed == 4 and resumed.windows == whole.windows - done > 0
     with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(tmp_path / "cut.tif") as b:

@@ -79,10 +79,9 @@ def test_a_failed_predict_leaves_nothing_in_the_way(zion_bundle, tmp_path, capsy
     assert out.exists() and not list(tmp_path.rglob("*landcover-state*"))
 
 
-def test_a_failed_train_leaves_no_run_folder(zion_bundle, tmp_path, capsys):
-    _, _, root = zion_bundle
+def test_a_failed_train_leaves_no_run_folder(park_chips, tmp_path, capsys):
     chips = tmp_path / "chips"
-    shutil.copytree(root / "chips", chips)
+    shutil.copytree(park_chips, chips)
     frame, info = read_manifest(chips / "manifest.parquet")
     write_manifest(frame[frame["label"] == "Forest"], chips / "manifest.parquet", info)
     runs = tmp_path / "runs"

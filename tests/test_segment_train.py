@@ -63,7 +63,7 @@ def _metrics(run) -> list[dict]:
 
 
 def test_resume_continues_exactly(trained, zion_pairs, tmp_path, monkeypatch):
-    import landcover.segment.trainer as trainer
+    import landcover.train.segmentation as trainer
 
     real = trainer._train_epoch
 

@@ -14,11 +14,12 @@ import pytest
 
 from landcover.chips.folder import STATE_DIR
 from landcover.cli import main
+from landcover.datasets.chips import read_chip
 from landcover.datasets.formats import read_tfrecord, read_webdataset
 from landcover.datasets.splits import split_manifest
 from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest
-from landcover.train.data import ChipDataset, read_chip
+from landcover.train.data import ChipDataset
 
 
 def chips_args(zion, zion_images, out, *extra) -> list[str]:

@@ -19,16 +19,19 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
-def chips(tmp_path_factory):
-    """Zion GeoTIFF chips (4 bands, uint16, 32 px), split by spatial blocks."""
-    zion = need_data("zion")
-    out = tmp_path_factory.mktemp("train") / "chips"
-    images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
-    assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011.tif"), "--scheme",
-                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--format", "tif",
-                 "--out", str(out)]) == 0
-    assert main(["split", str(out), "--blocks", "3", "--ratios", "70:15:15", "--no-plot"]) == 0
-    return out
+def chips(park_chips):
+    """Zion GeoTIFF chips inside the park (4 bands, uint16, 32 px), split by spatial blocks (shared, read-only)."""
+    return park_chips
+
+
+@pytest.fixture(scope="module")
+def head_run(chips, tmp_path_factory):
+    """One epoch of the head alone, batch norm frozen (ONNX left out): what the tests of bundles and evaluation
+    read (read-only: copy before changing anything)."""
+    runs = tmp_path_factory.mktemp("head") / "runs"
+    assert main(train_args(chips, runs, "head", "--epochs", "1", "--train-from", "head", "--freeze-bn",
+                           "--no-onnx")) == 0
+    return runs / "head"
 
 
 def train_args(chips, runs, name, *extra) -> list[str]:
@@ -37,6 +40,7 @@ def train_args(chips, runs, name, *extra) -> list[str]:
             "1", *map(str, extra)]
 
 
+@pytest.mark.slow
 def test_fine_tune_writes_a_complete_run_and_resumes_exactly(chips, tmp_path):
     runs = tmp_path / "runs"
     assert main(train_args(chips, runs, "straight", "--epochs", "2", "--train-from", "last-block")) == 0
@@ -71,13 +75,11 @@ def test_fine_tune_writes_a_complete_run_and_resumes_exactly(chips, tmp_path):
     assert (runs / "compare.png").exists()
 
 
-def test_head_only_leaves_the_backbone_untouched(chips, tmp_path):
+def test_head_only_leaves_the_backbone_untouched(head_run):
     from landcover.bundle import load_bundle
     from landcover.models import build_model
 
-    runs = tmp_path / "runs"
-    assert main(train_args(chips, runs, "head", "--epochs", "1", "--train-from", "head", "--freeze-bn")) == 0
-    trained = load_bundle(runs / "head" / "bundle").model.state_dict()
+    trained = load_bundle(head_run / "bundle").model.state_dict()
     start, _ = build_model("efficientnet-lite0", 8, 4, "imagenet", (2, 1, 0))
     changed = [k for k, v in start.state_dict().items() if not torch.equal(v, trained[k])]
     assert changed and all(k.startswith("classifier") for k in changed)
@@ -99,22 +101,22 @@ def test_frozen_features_with_a_classical_head(chips, tmp_path, head):
     assert 0 <= report["accuracy"] <= 1 and (runs / head / "eval-test" / "confusion.png").exists()
 
 
-def test_evaluate_reports_what_the_bundle_predicts(chips, tmp_path):
+def test_evaluate_reports_what_the_bundle_predicts(head_run, chips, tmp_path):
     from landcover.bundle import load_bundle
     from landcover.predict.chips import predict_dataset
     from landcover.train.data import ChipDataset
 
-    runs = tmp_path / "runs"
-    assert main(train_args(chips, runs, "e", "--epochs", "1", "--train-from", "head")) == 0
-    assert main(["evaluate", str(runs / "e" / "bundle"), "--manifest", str(chips), "--split", "test",
+    assert main(["evaluate", str(head_run / "bundle"), "--manifest", str(chips), "--split", "test",
                  "--quiet", "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    probs, labels = predict_dataset(load_bundle(runs / "e" / "bundle"), ChipDataset(chips, "test"), progress=False)
+    probs, labels = predict_dataset(load_bundle(head_run / "bundle"), ChipDataset(chips, "test"), progress=False)
     assert report["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
-def test_bad_input(chips, tmp_path, capsys):
+def test_bad_input(chips, head_run, tmp_path, capsys):
+    import shutil
+
     runs = tmp_path / "runs"
 
     def fails(argv, message):
@@ -125,7 +127,7 @@ def test_bad_input(chips, tmp_path, capsys):
     fails(train_args(chips, runs, "x", "--val-split", "nowhere"), "split 'nowhere' has no chips")
     fails(train_args(chips, runs, "x", "--bands", "1", "7"), "bands [1, 7] are out of range")
     fails(["evaluate", str(tmp_path), "--manifest", str(chips)], "model.json is missing")
-    assert main(train_args(chips, runs, "b", "--epochs", "1", "--train-from", "head")) == 0
+    shutil.copytree(head_run, runs / "b")
     bundle = runs / "b" / "bundle"
     (bundle / "weights.safetensors").rename(bundle / "w.bak")
     fails(["evaluate", str(bundle), "--manifest", str(chips)], "weights file weights.safetensors is missing")
@@ -145,7 +147,8 @@ def test_bad_input(chips, tmp_path, capsys):
     png = tmp_path / "png"
     images = [str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4)]
     assert main(["chips", "--quiet", "--image", *images, "--labels", str(zion / "nlcd2011.tif"), "--scheme",
-                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--out", str(png)]) == 0
+                 "nlcd-grouped", "--tile-size", "960m", "--rule", "purity:0.6", "--aoi", str(zion / "zion.gpkg"),
+                 "--out", str(png)]) == 0
     assert main(["split", str(png), "--random", "--ratios", "80:20", "--no-plot"]) == 0
     fails(["evaluate", str(bundle), "--manifest", str(png), "--split", "valid"],
           "the bundle reads 4 bands but the chips have 3")

@@ -43,6 +43,7 @@ _API = {
     "predict_folder": "landcover.predict.folder",
     "predict_dense": "landcover.predict.dense",
     "refine_raster": "landcover.predict.dense",
+    "MapRequest": "landcover.predict.request",
     "export_onnx": "landcover.onnx_graph",
     # maps
     "render_map": "landcover.maps.figures",

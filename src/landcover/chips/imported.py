@@ -16,14 +16,13 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from landcover.atomic import check_output
-from landcover.chips.labels import palette
 from landcover.errors import LandcoverError
 from landcover.geo.grid import footprint
 from landcover.geo.raster import open_image
 from landcover.locks import output_lock
 from landcover.manifest import COLUMNS, write_manifest
 from landcover.progress import progress_bar
-from landcover.schemes import ClassScheme, LandClass, load_scheme
+from landcover.schemes import ClassScheme, LandClass, load_scheme, palette
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 SPLIT_FOLDERS = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",

@@ -27,7 +27,7 @@ from landcover.geo.raster import (
     source_pixels,
     transformer,
 )
-from landcover.schemes import INVALID, ClassScheme, parse_scheme
+from landcover.schemes import INVALID, ClassScheme, palette, parse_scheme
 
 
 @dataclass(frozen=True)
@@ -288,14 +288,6 @@ def _classes_for(values: pd.Series, scheme: ClassScheme, source: str) -> np.ndar
         shown = sorted(map(str, unknown))[:10]
         raise LandcoverError(f"label values {shown} are not in scheme {scheme.name!r}", source)
     return out
-
-
-def palette(n: int) -> list[str]:
-    """n distinct colours (evenly spaced hues)."""
-    import colorsys
-
-    colors = [colorsys.hsv_to_rgb(i / max(n, 1), 0.65, 0.85) for i in range(n)]
-    return ["#" + "".join(f"{round(c * 255):02x}" for c in rgb) for rgb in colors]
 
 
 def summarise_codes(codes: list, shown: int = 20) -> str:

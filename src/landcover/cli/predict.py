@@ -90,7 +90,6 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                                     batch_size=args.batch_size or 64, overwrite=args.overwrite, progress=not args.quiet)
             print(result.summary())
             return
-        engine = Engine.choose(args.engine, args.workers, args.ray_address)
         dense = args.dense or args.crf
         crf_given = [k for k in CRF_OPTIONS if getattr(args, k) is not None]
         if not dense and (args.decimate or args.threshold is not None or crf_given):
@@ -98,28 +97,19 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         if dense and (args.smooth or args.truth):
             raise LandcoverError("--smooth and --truth are for tile and per-pixel maps: score a dense map with "
                                  "`landcover evaluate MAP --truth ...`")
+        request = map_request(args, bands=args.bands, stride=args.stride, aoi=args.aoi, smooth=args.smooth,
+                              truth=args.truth, truth_scheme=args.scheme, max_nodata=args.max_nodata,
+                              batch_size=args.batch_size, runtime=args.runtime, resampling=args.resampling,
+                              allow_empty=args.allow_empty, window=args.window, overlap=args.overlap,
+                              decimate=args.decimate or 1, threshold=0.5 if args.threshold is None else args.threshold)
         if dense:
             from landcover.predict.dense import predict_dense
 
-            result = predict_dense(args.bundle, args.image, args.out, decimate=args.decimate or 1,
-                                   threshold=0.5 if args.threshold is None else args.threshold, bands=args.bands,
-                                   settings=crf_settings(args),
-                                   write_probabilities=args.probabilities, engine=engine, runtime=args.runtime,
-                                   overwrite=args.overwrite, progress=not args.quiet,
-                                   **{k: getattr(args, k) for k in ("aoi", "window", "overlap", "stride")
-                                      if getattr(args, k)})
-            print(result.summary())
+            print(predict_dense(args.bundle, args.image, args.out, request).summary())
             return
         from landcover.predict.raster import predict_raster
 
-        result = predict_raster(args.bundle, args.image, args.out, bands=args.bands, stride=args.stride,
-                                aoi=args.aoi, smooth=args.smooth, probabilities=args.probabilities,
-                                truth=args.truth, truth_scheme=args.scheme, max_nodata=args.max_nodata,
-                                batch_size=args.batch_size, runtime=args.runtime, engine=engine,
-                                resampling=args.resampling, overwrite=args.overwrite,
-                                allow_empty=args.allow_empty, window=args.window, overlap=args.overlap,
-                                progress=not args.quiet)
-        print(result.summary())
+        print(predict_raster(args.bundle, args.image, args.out, request).summary())
 
     p.set_defaults(run=run)
 
@@ -162,9 +152,22 @@ CRF_OPTIONS = ("downscale", "sxy_gaussian", "compat_gaussian", "sxy_bilateral", 
 
 def crf_settings(args: argparse.Namespace):
     """The CrfSettings the options give (defaults where not given)."""
-    from landcover.predict.dense import crf_settings_from
+    from dataclasses import replace
 
-    return crf_settings_from({k: getattr(args, k) for k in CRF_OPTIONS})
+    from landcover.segment.crf import CrfSettings
+
+    return replace(CrfSettings(), **{k: getattr(args, k) for k in CRF_OPTIONS if getattr(args, k) is not None})
+
+
+def map_request(args: argparse.Namespace, **fields: object):
+    """The MapRequest the options give: the CRF settings, the engine, --probabilities, --overwrite and --quiet, and
+    `fields` over them."""
+    from landcover.predict.request import MapRequest
+
+    engine = Engine.choose(args.engine, args.workers, args.ray_address)
+    return MapRequest.of(None, {"crf": crf_settings(args), "engine": engine,
+                                "probabilities": args.probabilities, "overwrite": args.overwrite,
+                                "progress": not args.quiet, **fields})
 
 
 def _crf_parser(sub: argparse._SubParsersAction) -> None:
@@ -186,11 +189,7 @@ def _crf_parser(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         from landcover.predict.dense import refine_raster
 
-        result = refine_raster(args.probabilities, args.image, args.out, bands=args.bands,
-                               settings=crf_settings(args), write_probabilities=args.probabilities,
-                               engine=Engine.choose(args.engine, args.workers, args.ray_address),
-                               overwrite=args.overwrite, progress=not args.quiet)
-        print(result.summary())
+        print(refine_raster(args.probabilities, args.image, args.out, map_request(args, bands=args.bands)).summary())
 
     p.set_defaults(run=run)
 

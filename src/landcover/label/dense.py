@@ -22,8 +22,9 @@ from landcover.geo.stretch import scene_stretch
 from landcover.label.scribbles import CONFIDENCE, read_scribbles, write_evidence
 from landcover.maps.classmap import NODATA, hex_rgb
 from landcover.plots import new_figure
-from landcover.predict.crf import BLOCK_PX, CrfJob
-from landcover.predict.dense import check_settings, run_crf
+from landcover.predict.crf import CrfJob
+from landcover.predict.dense import run_crf
+from landcover.predict.request import CRF_BLOCK_PX, MapRequest, check_crf
 from landcover.schemes import ClassScheme
 from landcover.segment.crf import CrfSettings
 
@@ -56,7 +57,7 @@ class LabelResult:
 
 def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Path, class_field: str | None = None,
                  scheme: str | ClassScheme | None = None, bands: list[int] | None = None,
-                 settings: CrfSettings | None = None, median: int = 0, block: int = BLOCK_PX,
+                 settings: CrfSettings | None = None, median: int = 0, block: int = CRF_BLOCK_PX,
                  engine: Engine | str | None = None, overwrite: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print) -> LabelResult:
     """Dense labels for every pixel of an image from scribbles (a vector layer whose `class_field` names each
@@ -66,7 +67,7 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     compares (default the first three); `median` > 1 median-filters the refined probabilities."""
     started = time.perf_counter()
     settings = settings or CrfSettings()
-    check_settings(settings)
+    check_crf(settings)
     if median < 0 or (median and median % 2 == 0):
         raise LandcoverError(f"--median {median} must be an odd window size (or 0)")
     out = Path(out)
@@ -92,7 +93,8 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     log(f"scribbles: {sum(counts):,} px over {len(marks.classes)} classes from {Path(str(scribbles)).name}")
     tags = {"LANDCOVER_SCRIBBLES": str(Path(str(scribbles)).resolve()), "LANDCOVER_DENSE": "scribbles",
             "LANDCOVER_DISPLAY_BANDS": json.dumps(picks)}
-    result = run_crf(job, marks.classes, images, picks, out, tags, engine, overwrite, progress, log)
+    result = run_crf(job, marks.classes, images, picks, out, tags,
+                     MapRequest(engine=engine, overwrite=overwrite, progress=progress, log=log))
     names = [c["name"] for c in marks.classes]
     scribbled = dict(zip(names, (int(k) for k in counts), strict=True))
     summary = json.loads(result.files["summary"].read_text())

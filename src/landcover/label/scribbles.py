@@ -105,7 +105,7 @@ def _raster_scribbles(path: str, scheme: str | ClassScheme | None) -> Scribbles:
         for c in codes:
             code_to_id[c] = used.index(int(lookup[c]))
     else:
-        from landcover.chips.labels import palette
+        from landcover.schemes import palette
 
         classes = [{"id": i, "name": str(int(c)), "color": color}
                    for i, (c, color) in enumerate(zip(codes, palette(len(codes)), strict=True))]

@@ -162,7 +162,7 @@ def session_classes(scheme: str | None, names: list[str] | None) -> list[dict]:
         return [{"id": c.id, "name": c.name, "color": c.color} for c in load_scheme(scheme).classes]
     if not names or len(set(names)) < 2:
         raise LandcoverError("--serve needs the classes to offer: --scheme S or --classes NAME NAME ...")
-    from landcover.chips.labels import palette
+    from landcover.schemes import palette
 
     return [{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(names, palette(len(names)),
                                                                             strict=True))]

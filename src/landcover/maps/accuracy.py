@@ -15,7 +15,6 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree
 
 import numpy as np
 import rasterio
@@ -28,7 +27,7 @@ from landcover.atomic import replacing, write_text
 from landcover.errors import LandcoverError
 from landcover.evaluate import Report, report_from_confusion, write_report
 from landcover.geo.raster import open_raster, require_crs
-from landcover.maps.classmap import CLASSES_TAG, NODATA
+from landcover.maps.classmap import NODATA, raster_classes
 from landcover.plots import new_figure
 from landcover.schemes import load_scheme
 
@@ -73,7 +72,7 @@ def assess_map(map_path: str | Path, truth: str | Path, out_dir: str | Path, tru
     accuracy.json (area-adjusted estimates) and areas.png into `out_dir`. Reference codes become classes through
     `scheme`, or by class name (the reference's own names, or the text of `truth_field`)."""
     map_path, truth = str(map_path), str(truth)
-    classes = map_classes(map_path)
+    classes = raster_classes(map_path)[0]
     vector = Path(truth).suffix.lower() in VECTOR_SUFFIXES
     if vector and not truth_field:
         raise LandcoverError("vector reference data need --truth-field (the attribute holding each feature's class)",
@@ -154,34 +153,6 @@ def area_adjusted(counts: np.ndarray, mapped: np.ndarray, pixel_ha: float, names
             "method": "Olofsson et al. 2014: stratified estimators, strata = map classes, 95% CI = 1.96 SE"}
 
 
-def map_classes(path: str) -> list[dict]:
-    """The classes of a categorical map: landcover's LANDCOVER_CLASSES tag, else the category names GDAL keeps in
-    the .aux.xml sidecar (empty names skipped), else a clear error."""
-    with open_raster(path) as src:
-        tags = src.tags()
-        if CLASSES_TAG in tags:
-            return json.loads(tags[CLASSES_TAG])
-        if src.count != 1 or np.dtype(src.dtypes[0]).kind not in "iu":
-            raise LandcoverError("is not a categorical map (one band of integer class ids)", path)
-    names = _category_names(Path(f"{path}.aux.xml"))
-    if not any(names):
-        raise LandcoverError("has no class names (no LANDCOVER_CLASSES tag, no category names in its .aux.xml): "
-                             "make it with `landcover predict`, or name its categories (e.g. in QGIS)", path)
-    return [{"id": i, "name": n, "color": "#808080"} for i, n in enumerate(names) if n and i != NODATA]
-
-
-def _category_names(aux: Path) -> list[str]:
-    if not aux.exists():
-        return []
-    try:
-        root = ElementTree.parse(aux).getroot()
-    except ElementTree.ParseError:
-        return []
-    band = root.find("PAMRasterBand[@band='1']")
-    found = band.find("CategoryNames") if band is not None else None
-    return [item.text or "" for item in found] if found is not None else []
-
-
 def _strips(src: rasterio.DatasetReader):
     for row in range(0, src.height, STRIP_ROWS):
         yield Window(0, row, src.width, min(STRIP_ROWS, src.height - row))
@@ -222,7 +193,7 @@ def _raster_pairs(src: rasterio.DatasetReader, crs, truth: str, scheme: str | No
         code_to_id = np.where(lookup < len(sch.classes), ids[np.minimum(lookup, len(ids) - 1)], -1)
     else:
         try:
-            own = map_classes(truth)
+            own = raster_classes(truth)[0]
         except LandcoverError:
             raise LandcoverError("the reference raster's codes need --scheme (e.g. nlcd-grouped), or class names of "
                                  "its own", truth) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import rasterio
@@ -15,6 +16,7 @@ from rasterio.windows import Window
 from landcover.errors import LandcoverError
 from landcover.geo.cog import CACHE_MB, copy_to_cog, describe, write_cog
 from landcover.geo.raster import open_raster
+from landcover.schemes import palette
 
 NODATA = 255
 """Class maps are uint8 class ids; 255 marks nodata (no imagery, outside the AOI, not predicted)."""
@@ -106,38 +108,54 @@ def finish_draft(draft: str | Path, path: str | Path, classes: list[dict], proba
         return copy_to_cog(src, Path(path), "AVERAGE" if probabilities else "MODE", names)
 
 
-def read_class_map(path: str | Path) -> ClassMap:
-    """A class map written by write_class_map (classes from its tags), or a clear error."""
-    with open_raster(path) as src:
-        tags = src.tags()
-        if CLASSES_TAG not in tags:
-            raise LandcoverError("not a landcover class map (no LANDCOVER_CLASSES tag; make it with "
-                                 "`landcover predict`)", path)
-        if src.crs is None:
-            raise LandcoverError("has no CRS", path)
-        data = src.read(1)
-        classes = json.loads(tags.pop(CLASSES_TAG))
-        return ClassMap(data, src.transform, src.crs, classes, tags)
-
-
-def probability_classes(path: str | Path) -> tuple[list[dict], dict[str, str]]:
-    """The classes of a probability raster (one band per class) and its tags: from landcover's LANDCOVER_CLASSES
-    tag, else the band descriptions (with colours from a fixed palette), else a clear error."""
+def raster_classes(path: str | Path, probabilities: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """The classes of a raster read as classes ([{'id', 'name', 'color'}]) and its other tags: landcover's
+    LANDCOVER_CLASSES tag, else for a probability raster (one band per class) the band descriptions, for a class
+    map (one band of integer ids) the category names GDAL keeps in its .aux.xml sidecar (empty names skipped), with
+    colours from the palette; else a clear error."""
     with open_raster(path) as src:
         tags = src.tags()
         if CLASSES_TAG in tags:
             return json.loads(tags.pop(CLASSES_TAG)), tags
-        names = list(src.descriptions)
-    if not all(names):
-        raise LandcoverError("has no class names (no LANDCOVER_CLASSES tag and unnamed bands): name each band after "
-                             "its class", path)
-    if len(names) > NODATA:
-        raise LandcoverError(f"has {len(names)} bands: at most {NODATA} classes fit a class map", path)
-    from matplotlib import colormaps
+        count, dtype, descriptions = src.count, np.dtype(src.dtypes[0]), list(src.descriptions)
+    if probabilities:
+        if not all(descriptions):
+            raise LandcoverError("has no class names (no LANDCOVER_CLASSES tag and unnamed bands): name each band "
+                                 "after its class", path)
+        if len(descriptions) > NODATA:
+            raise LandcoverError(f"has {len(descriptions)} bands: at most {NODATA} classes fit a class map", path)
+        named = list(enumerate(descriptions))
+    else:
+        if count != 1 or dtype.kind not in "iu":
+            raise LandcoverError("is not a categorical map (one band of integer class ids)", path)
+        named = [(i, n) for i, n in enumerate(_category_names(Path(f"{path}.aux.xml"))) if n and i != NODATA]
+        if not named:
+            raise LandcoverError("has no class names: not a landcover class map (no LANDCOVER_CLASSES tag) and no "
+                                 "category names in its .aux.xml; make it with `landcover predict`, or name its "
+                                 "categories (e.g. in QGIS)", path)
+    colors = palette(max(i for i, _ in named) + 1)
+    return [{"id": i, "name": n, "color": colors[i]} for i, n in named], tags
 
-    palette = colormaps["tab20"].colors
-    return [{"id": i, "name": n, "color": "#{:02x}{:02x}{:02x}".format(*(round(255 * v) for v in palette[i % 20]))}
-            for i, n in enumerate(names)], tags
+
+def read_class_map(path: str | Path) -> ClassMap:
+    """A class map (`raster_classes` names its classes) with its data, or a clear error."""
+    classes, tags = raster_classes(path)
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise LandcoverError("has no CRS", path)
+        return ClassMap(src.read(1), src.transform, src.crs, classes, tags)
+
+
+def _category_names(aux: Path) -> list[str]:
+    if not aux.exists():
+        return []
+    try:
+        root = ElementTree.parse(aux).getroot()
+    except ElementTree.ParseError:
+        return []
+    band = root.find("PAMRasterBand[@band='1']")
+    found = band.find("CategoryNames") if band is not None else None
+    return [item.text or "" for item in found] if found is not None else []
 
 
 def scale_probabilities(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -33,6 +33,9 @@ from landcover.models.weights import (
 DECODERS: Final[dict[str, str]] = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus"}
 """landcover's decoder names -> smp's model classes."""
 
+STRIDE = 32
+"""The encoders' total downsampling: segmentation tiles and prediction windows must be a multiple of it."""
+
 
 def import_smp() -> ModuleType:
     """segmentation_models_pytorch behind the torchvision guard, or a LandcoverError saying how to install it."""

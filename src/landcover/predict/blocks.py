@@ -24,9 +24,6 @@ from landcover.geo.raster import Scene
 from landcover.geo.stretch import Stretch
 from landcover.predict.runtime import Runtime, load_runtime, open_runtime
 
-BLOCK_WINDOWS = 64
-"""Windows per block (one read, one engine task, one resume record): bounds memory whatever the raster's size."""
-
 
 @dataclass(frozen=True)
 class Block:

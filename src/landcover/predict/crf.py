@@ -2,7 +2,7 @@
 predict, or a hybrid's tile evidence) and the imagery into a refined class-map COG, block by block.
 
 The CRF runs on a grid `downscale` times the map's resolution (the seeds' 0.25 by default; image averaged onto it,
-probabilities averaged or, for tile evidence, taken nearest). That grid is cut into square blocks of `BLOCK_PX`
+probabilities averaged or, for tile evidence, taken nearest). That grid is cut into square blocks of `CRF_BLOCK_PX`
 cells, each run with a margin of `settings.reach` cells of context on every side and only its core kept, so memory
 is bounded and blocks do not show: a cell's result depends on its surroundings only within the kernels' reach. The
 refined probabilities are upscaled back to the map's pixels (bilinear) and the class is their argmax. A row of blocks
@@ -31,10 +31,8 @@ from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene, open_raster, same_crs
 from landcover.geo.stretch import Stretch
 from landcover.maps.classmap import NODATA, PROB_SCALE, scale_probabilities
+from landcover.predict.request import CRF_BLOCK_PX
 from landcover.segment.crf import CrfSettings, dense_crf
-
-BLOCK_PX = 512
-"""Core side of a CRF block, in cells of the CRF's grid (each also reads `reach` cells of margin)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class CrfJob:
     width: int
     n_classes: int
     probabilities_out: bool
-    block: int = BLOCK_PX
+    block: int = CRF_BLOCK_PX
     aoi: shapely.Geometry | None = None
     """Pixels outside it are nodata."""
     evidence_resampling: str = "nearest"

@@ -9,81 +9,73 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from landcover.atomic import replacing, write_text
 from landcover.bundle import load_bundle
-from landcover.engine import Engine, in_order
+from landcover.engine import in_order
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
-from landcover.maps.classmap import NODATA, finish_draft, probability_classes, start_draft, write_rows
+from landcover.maps.classmap import NODATA, finish_draft, raster_classes, start_draft, write_rows
 from landcover.predict.bands import pixel_grid, window_threads
-from landcover.predict.crf import BLOCK_PX, CrfJob, check_same_grid, run_rows
+from landcover.predict.crf import CrfJob, check_same_grid, run_rows
 from landcover.predict.outputs import (
     RasterResult,
+    fingerprint,
     kept_only_when_started,
     open_scene,
     output_files,
     prepare_outputs,
 )
+from landcover.predict.request import MapRequest
 from landcover.progress import progress_bar
-from landcover.segment.crf import CrfSettings
 
 
 def refine_raster(probabilities: str | Path, images: list[str | Path], out: str | Path,
-                  bands: list[int] | None = None, settings: CrfSettings | None = None, block: int = BLOCK_PX,
-                  write_probabilities: bool = False, engine: Engine | str | None = None, overwrite: bool = False,
-                  progress: bool = True, log: Callable[[str], None] = print) -> RasterResult:
+                  request: MapRequest | None = None, **options: Any) -> RasterResult:
     """Refine a probability raster (one band per class, e.g. predict's <map>.probs.tif) with the dense CRF against
-    the imagery it was predicted from (the same grid), into a class-map COG at `out`. `bands` pick the image bands
-    the appearance kernel compares (default: the map's display bands, else the first three)."""
-    settings = settings or CrfSettings()
-    check_settings(settings)
+    the imagery it was predicted from (the same grid), into a class-map COG at `out`. The request's (or keyword)
+    `crf` settings, `crf_block`, `probabilities` (also write the refined ones) and `bands` (the image bands the
+    appearance kernel compares; default: the map's display bands, else the first three) apply."""
+    r = MapRequest.of(request, options)
     probabilities, out = str(probabilities), Path(out)
     images = [str(p) for p in images]
-    classes, tags = probability_classes(probabilities)
+    classes, tags = raster_classes(probabilities, probabilities=True)
     scene = Scene.open(images)
-    picks = bands or _display_bands(tags, scene.count)
+    picks = list(r.bands) if r.bands else _display_bands(tags, scene.count)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
     crs, transform, height, width = check_same_grid(probabilities, scene)
-    job = CrfJob(probabilities, None, scene, scene_stretch(scene), settings, crs, transform, height, width,
-                 len(classes), write_probabilities, block)
+    job = CrfJob(probabilities, None, scene, scene_stretch(scene), r.crf, crs, transform, height, width,
+                 len(classes), r.probabilities, r.crf_block)
     tags = {**{k: v for k, v in tags.items() if k.startswith("LANDCOVER_")}, "LANDCOVER_REFINED_FROM":
             str(Path(probabilities).resolve())}
-    return run_crf(job, classes, images, picks, out, tags, engine, overwrite, progress, log)
+    return run_crf(job, classes, images, picks, out, tags, r)
 
 
-def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | Path, decimate: int = 1,
-                  threshold: float = 0.5, bands: list[int] | None = None, settings: CrfSettings | None = None,
-                  block: int = BLOCK_PX, write_probabilities: bool = False, engine: Engine | str | None = None,
-                  runtime: str = "auto", overwrite: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print, **predict_options) -> RasterResult:
-    """A dense map through the CRF, kept beside `out` with what it was made from.
+def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | Path,
+                  request: MapRequest | None = None, **options: Any) -> RasterResult:
+    """A dense map through the CRF, kept beside `out` with what it was made from (the map's options: a
+    `MapRequest`, or its fields as keywords).
 
     A tile classifier gives the hybrid: every `decimate`-th tile in each direction is classified; tiles whose top
     probability is >= `threshold` become evidence (their class, with that confidence) over their footprint, the
     rest unknown; the CRF gives every pixel of the imagery a class (<stem>.tiles.tif and .tiles.probs.tif kept).
     A segmentation bundle's per-pixel probabilities are refined against the imagery (<stem>.pixels.tif and
-    .pixels.probs.tif kept). `predict_options` go to `predict_raster` (e.g. window, overlap, aoi)."""
+    .pixels.probs.tif kept). The first step is `predict_raster` with the same request (e.g. window, overlap, aoi)."""
     from landcover.predict.raster import predict_raster
 
-    settings = settings or CrfSettings()
-    check_settings(settings)
-    if decimate < 1:
-        raise LandcoverError(f"--decimate {decimate} must be a whole number >= 1 (1: every tile)")
-    if not 0 <= threshold <= 1:
-        raise LandcoverError(f"--threshold {threshold} must be a probability between 0 and 1")
+    r = MapRequest.of(request, options)
     out = Path(out)
-    engine = Engine.of(engine)
+    r = replace(r, engine=r.runner)
     bundle = load_bundle(bundle_path)
     segmentation = bundle.task == "segmentation"
-    if segmentation and decimate != 1:
+    if segmentation and r.decimate != 1:
         raise LandcoverError("--decimate is for tile classifiers: a segmentation bundle maps every pixel")
     images = [str(p) for p in images]
     first = out.with_name(f"{out.with_suffix('').name}.{'pixels' if segmentation else 'tiles'}.tif")
@@ -94,52 +86,40 @@ def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | 
     if state.exists() and all(p.exists() for p in first_files.values()):  # a killed dense run: its first step is done
         first_result = None
     else:
-        first_result = predict_raster(bundle_path, images, first, bands=bands, probabilities=True, engine=engine,
-                                      runtime=runtime, overwrite=overwrite, every=decimate, progress=progress,
-                                      log=log, **predict_options)
-    picks, scene = open_scene(bundle, images, bands)
+        first_result = predict_raster(bundle_path, images, first, replace(r, probabilities=True))
+    picks, scene = open_scene(bundle, images, r.bands)
     crs, transform, height, width, _ = pixel_grid(scene, float(bundle.chip["res"]))
     rgb = bundle.chip.get("rgb_bands")
     look = [picks[bundle.input.bands[i]] for i in rgb] if rgb and len(rgb) == 3 else picks[:3]
     appearance = Scene.open(images, bands=look, name=Path(images[0]).stem)
-    aoi = predict_options.get("aoi")
-    if aoi is not None:
+    aoi = None
+    if r.aoi is not None:
         from landcover.chips.cut import read_aoi
 
-        aoi = read_aoi(aoi, crs)
-    job = CrfJob(str(first_files["probabilities"]), None if segmentation else threshold, appearance,
-                 scene_stretch(appearance), settings, crs, transform, height, width, bundle.n_classes,
-                 write_probabilities, block, aoi)
+        aoi = read_aoi(r.aoi, crs)
+    job = CrfJob(str(first_files["probabilities"]), None if segmentation else r.threshold, appearance,
+                 scene_stretch(appearance), r.crf, crs, transform, height, width, bundle.n_classes,
+                 r.probabilities, r.crf_block, aoi)
     tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()), "LANDCOVER_DENSE": "crf",
             "LANDCOVER_REFINED_FROM": first.name, "LANDCOVER_DISPLAY_BANDS": json.dumps(look)}
     if segmentation:
-        log(f"per-pixel probabilities refined by the CRF over {height} x {width} px")
+        r.log(f"per-pixel probabilities refined by the CRF over {height} x {width} px")
     else:
-        tags.update(LANDCOVER_DECIMATE=str(decimate), LANDCOVER_THRESHOLD=f"{threshold:g}")
-        log(f"hybrid: tiles classified every {decimate} in each direction, confident ones (p >= {threshold:g}) the "
-            f"evidence; CRF over {height} x {width} px")
-    result = run_crf(job, bundle.classes, images, look, out, tags, engine, overwrite, progress, log)
+        tags.update(LANDCOVER_DECIMATE=str(r.decimate), LANDCOVER_THRESHOLD=f"{r.threshold:g}")
+        r.log(f"hybrid: tiles classified every {r.decimate} in each direction, confident ones (p >= "
+              f"{r.threshold:g}) the evidence; CRF over {height} x {width} px")
+    result = run_crf(job, bundle.classes, images, look, out, tags, r)
     if first_result is not None:
         result.seconds += first_result.seconds
     return result
 
 
-def check_settings(settings: CrfSettings) -> None:
-    """Refuse settings the CRF cannot use, with the option's name."""
-    if not 0 < settings.downscale <= 1:
-        raise LandcoverError(f"--downscale {settings.downscale:g} must be in (0, 1] (1: full resolution)")
-    for name in ("sxy_gaussian", "sxy_bilateral", "srgb"):
-        if getattr(settings, name) <= 0:
-            raise LandcoverError(f"--{name.replace('_', '-')} must be > 0")
-    if settings.iterations < 0:
-        raise LandcoverError(f"--iterations {settings.iterations} must be >= 0")
-
-
 def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int], out: Path, tags: dict,
-            engine: Engine | str | None, overwrite: bool, progress: bool, log: Callable[[str], None]) -> RasterResult:
-    """Rows of blocks through the CRF (on an engine, resumable) into a class-map COG at `out` and <out>.json."""
+            request: MapRequest) -> RasterResult:
+    """Rows of blocks through the CRF (on an engine, resumable) into a class-map COG at `out` and <out>.json; the
+    request gives the engine, overwrite, progress and log."""
     started = time.perf_counter()
-    engine = Engine.of(engine)
+    engine, log = request.runner, request.log
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
     job = replace(job, threads=window_threads(engine.name, engine.workers))
@@ -153,9 +133,12 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
     tags = {**tags, "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
             "LANDCOVER_CRF": json.dumps(s.to_dict()), "LANDCOVER_TASK": "dense"}
     drafts = {"map": state / "map.tif", "probabilities": state / "probs.tif"}
-    fingerprint = _fingerprint(job, images, picks)
+    stamp = fingerprint([job.probabilities], images, {
+        "bands": picks, "crs": job.crs.to_wkt(), "transform": list(job.transform)[:6], "size": [job.height, job.width],
+        "block": job.block, "settings": job.settings.to_dict(), "threshold": job.threshold,
+        "probs": job.probabilities_out, "aoi": None if job.aoi is None else hashlib.sha256(job.aoi.wkb).hexdigest()})
     with output_lock(out), kept_only_when_started(state):
-        prepare_outputs(out, files, state, fingerprint, overwrite)
+        prepare_outputs(out, files, state, stamp, request.overwrite)
         record = state / "progress.npz"
         if record.exists():
             with np.load(record) as data:
@@ -169,7 +152,7 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
         resumed = done
         seconds_crf = 0.0
         with progress_bar(total=job.block_rows * job.block_cols, initial=done * job.block_cols, unit="block",
-                          desc="crf", enabled=progress, leave=False) as bar:
+                          desc="crf", enabled=request.progress, leave=False) as bar:
             todo = list(range(done, job.block_rows))
             for ready in in_order(engine.map(run_rows, job, todo, spawn=True), done):
                 write_rows(drafts["map"], ready.row, ready.classes)
@@ -208,25 +191,9 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
         return result
 
 
-def crf_settings_from(values: dict) -> CrfSettings:
-    """Settings from keyword values, None meaning the default (the CLI's options)."""
-    return replace(CrfSettings(), **{k: v for k, v in values.items() if v is not None})
-
-
 def _display_bands(tags: dict[str, str], count: int) -> list[int]:
     if "LANDCOVER_DISPLAY_BANDS" in tags:
         picks = json.loads(tags["LANDCOVER_DISPLAY_BANDS"])
         if all(1 <= b <= count for b in picks):
             return picks
     return list(range(1, min(count, 3) + 1))
-
-
-def _fingerprint(job: CrfJob, images: list[str], picks: list[int]) -> str:
-    """What a resumed run must match: inputs (with sizes and times), grid, blocks and settings."""
-    source = Path(job.probabilities)
-    data = {"probabilities": [str(source.resolve()), source.stat().st_size, source.stat().st_mtime_ns],
-            "images": [str(Path(p).resolve()) for p in images], "bands": picks, "crs": job.crs.to_wkt(),
-            "transform": list(job.transform)[:6], "size": [job.height, job.width], "block": job.block,
-            "settings": job.settings.to_dict(), "threshold": job.threshold, "probs": job.probabilities_out,
-            "aoi": None if job.aoi is None else hashlib.sha256(job.aoi.wkb).hexdigest()}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -25,12 +25,12 @@ import pandas as pd
 import torch
 
 from landcover.atomic import replacing, temp_path
+from landcover.datasets.chips import read_chip
 from landcover.errors import LandcoverError
 from landcover.evaluate import Report, evaluate_predictions, write_report
 from landcover.geo.raster import georeferencing_optional
 from landcover.predict.runtime import Runtime, open_runtime
 from landcover.progress import ProgressBar, progress_bar
-from landcover.train.data import read_chip
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,8 @@ matching unfinished run) and the result it reports."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,6 +106,18 @@ def output_files(out: Path, smooth: int, probabilities: bool) -> dict[str, Path]
     if probabilities:
         files["probabilities"] = Path(f"{stem}.probs.tif")
     return files
+
+
+def fingerprint(sources: list[str | Path], images: list[str], settings: dict) -> str:
+    """What a resumed run must match: its sources (a bundle folder's files, or a file, by name, size and time; a
+    bundle's ONNX graph left out, as predict may rewrite it), the imagery and the settings that change results."""
+    found = []
+    for source in map(Path, sources):
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix != ".onnx"
+                       and p.name != "onnx.json") if source.is_dir() else [source]
+        found += [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    data = {"sources": found, "images": [str(Path(p).resolve()) for p in images], **settings}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prepare_outputs(out: Path, files: dict[str, Path], state: Path, fingerprint: str, overwrite: bool) -> None:

@@ -3,11 +3,9 @@ how windows are blended and banded). `predict_raster` calls it for segmentation 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from landcover.geo.raster import Scene
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, start_draft, write_rows
+from landcover.models.segmenters import STRIDE
 from landcover.predict.bands import (
     WINDOW_PX,
     BandResult,
@@ -35,41 +34,41 @@ from landcover.predict.bands import (
 )
 from landcover.predict.outputs import (
     RasterResult,
+    fingerprint,
     kept_only_when_started,
     open_scene,
     output_files,
     prepare_outputs,
 )
+from landcover.predict.request import MapRequest
 from landcover.progress import progress_bar
-from landcover.segment.trainer import STRIDE
 
 BATCH_PIXELS = 8 * 256 * 256
 """Default pixels per batch: 2 windows of 512 px (about as many pixels as 500 classification tiles of 32)."""
 
 
-def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int] | None = None,
-                   aoi: str | Path | None = None, probabilities: bool = False, truth: str | Path | None = None,
-                   truth_scheme: str | None = None, window: str | None = None, overlap: str | None = None,
-                   batch_size: int | None = None, runtime: str = "torch", engine: Engine | None = None,
-                   resampling: str = "bilinear", overwrite: bool = False, allow_empty: bool = False,
-                   progress: bool = True, log: Callable[[str], None] = print, why: str = "") -> RasterResult:
-    """A class for every pixel of a raster from a loaded segmentation bundle (`predict_raster` checks the common
-    arguments, loads the bundle and picks the runtime, then calls this). Outputs: `out` (class-map COG at the
-    imagery's grid, or the bundle's resolution warped), <out>.json, with `probabilities` <out>.probs.tif.
-    `window` (default 512 px) and `overlap` (default a quarter window) in px or m; `batch_size` in windows (default
-    as many as hold 8 x 256² pixels)."""
+def predict_pixels(bundle: Bundle, images: list[str], out: Path, request: MapRequest, why: str = "") -> RasterResult:
+    """A class for every pixel of a raster from a loaded segmentation bundle (`predict_raster` checks the request,
+    loads the bundle and picks the runtime, then calls this). Outputs: `out` (class-map COG at the imagery's grid,
+    or the bundle's resolution warped), <out>.json, with `probabilities` <out>.probs.tif. The request's `window`
+    (default 512 px) and `overlap` (default a quarter window) in px or m; `batch_size` in windows (default as many
+    as hold 8 x 256² pixels)."""
     started = time.perf_counter()
-    engine = engine or Engine()
-    picks, scene = open_scene(bundle, images, bands)
-    job = _job(bundle, scene, runtime, window, overlap, batch_size, engine, resampling, probabilities, aoi)
+    r = request
+    engine, log = r.runner, r.log
+    picks, scene = open_scene(bundle, images, r.bands)
+    job = _job(bundle, scene, r, engine)
     plan = plan_bands(job)
     log(f"{reading(job)}; {job.height} x {job.width} px map, {job.window_rows * job.window_cols} windows of "
         f"{job.window} px overlapping by {job.overlap} px, in {len(plan)} bands")
-    log(f"runtime: {runtime} ({why})")
-    files = output_files(out, 0, probabilities)
+    log(f"runtime: {r.runtime} ({why})")
+    files = output_files(out, 0, r.probabilities)
     del files["tiles"]
     state = out.with_name(f".{out.name}.landcover-state")
-    fingerprint = _fingerprint(job, images, picks, aoi)
+    stamp = fingerprint([job.bundle], images, {
+        "bands": picks, "crs": job.crs.to_wkt(), "transform": list(job.transform)[:6], "size": [job.height, job.width],
+        "window": job.window, "overlap": job.overlap, "aoi": str(r.aoi), "runtime": job.runtime,
+        "resampling": job.resampling, "probabilities": job.probabilities})
     drafts = {"map": state / "map.tif", "probabilities": state / "probs.tif"}
     res = job.transform.a
     tags = {"LANDCOVER_BUNDLE": str(Path(bundle.path).resolve()),
@@ -79,15 +78,15 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
     rgb = bundle.chip.get("rgb_bands")
     if rgb and len(rgb) == 3:  # what `landcover map` draws underneath: the bands the encoder took as RGB
         tags["LANDCOVER_DISPLAY_BANDS"] = json.dumps([picks[bundle.input.bands[i]] for i in rgb])
-    if probabilities:
+    if r.probabilities:
         tags["LANDCOVER_PROBABILITIES"] = files["probabilities"].name
     with output_lock(out), kept_only_when_started(state):
-        prepare_outputs(out, files, state, fingerprint, overwrite)
+        prepare_outputs(out, files, state, stamp, r.overwrite)
         record = state / "progress.npz"
         done = _load_progress(record) if record.exists() else None
         if done is None:
             start_draft(drafts["map"], job.height, job.width, job.transform, job.crs, bundle.classes, tags)
-            if probabilities:
+            if r.probabilities:
                 start_draft(drafts["probabilities"], job.height, job.width, job.transform, job.crs, bundle.classes,
                             tags, probabilities=True)
             done = {"bands": 0, "pending": None, "pending_valid": None, "counts": np.zeros(256, np.int64),
@@ -98,7 +97,7 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
         per_band = {b.index: (b.j1 - b.j0) * job.window_cols for b in plan}
         initial = sum(per_band[b.index] for b in plan[:resumed])
         with progress_bar(total=job.window_rows * job.window_cols, initial=initial, unit="window", desc="predict",
-                          enabled=progress, leave=False) as bar:
+                          enabled=r.progress, leave=False) as bar:
             for ready in in_order(engine.map(run_band, job, todo, spawn=True), resumed):
                 _write_band(job, ready, done, drafts)
                 _save_progress(record, done)
@@ -108,30 +107,30 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
                 bar.update(per_band[ready.index])
                 ready = None  # a band's arrays go before the next band's are made (memory: 2 bands, not 3)
         counts_all = done["counts"]
-        if not counts_all[:bundle.n_classes].any() and not allow_empty:
+        if not counts_all[:bundle.n_classes].any() and not r.allow_empty:
             shutil.rmtree(state)
             raise LandcoverError("no pixel could be predicted: the imagery is all nodata (or outside the AOI); "
                                  "--allow-empty writes the empty map instead", images[0])
         finish_draft(drafts["map"], files["map"], bundle.classes)
-        if probabilities:
+        if r.probabilities:
             finish_draft(drafts["probabilities"], files["probabilities"], bundle.classes, probabilities=True)
         scores = {}
-        if truth:
+        if r.truth:
             from landcover.maps.figures import compare_to_truth
 
-            scores["map"] = compare_to_truth(files["map"], truth, truth_scheme)
+            scores["map"] = compare_to_truth(files["map"], r.truth, r.truth_scheme)
         counts = {c["name"]: int(counts_all[int(c["id"])]) for c in bundle.classes}
         counts["nodata"] = int(counts_all[NODATA])
         seconds = time.perf_counter() - started
         result = RasterResult(out, files, counts, {n: v * res * res / 1e4 for n, v in counts.items() if n != "nodata"},
                               windows=totals["windows"], skipped=done["skipped"], resumed=resumed, seconds=seconds,
                               seconds_read=totals["read"], seconds_infer=totals["infer"], reading=reading(job),
-                              scores=scores, runtime=runtime)
+                              scores=scores, runtime=r.runtime)
         summary = {"task": "segmentation", "bundle": tags["LANDCOVER_BUNDLE"], "images": [str(Path(p).resolve())
                                                                                            for p in images],
                    "bands": picks, "crs": job.crs.to_wkt(), "transform": list(job.transform)[:6],
                    "pixels": [job.height, job.width], "res_m": res, "reading": reading(job), "window_px": job.window,
-                   "overlap_px": job.overlap, "aoi": str(aoi) if aoi else None, "runtime": runtime,
+                   "overlap_px": job.overlap, "aoi": str(r.aoi) if r.aoi else None, "runtime": r.runtime,
                    "engine": engine.name, "workers": engine.workers, "counts": counts, "hectares": result.hectares,
                    "windows": done["windows"], "skipped": done["skipped"], "resumed_bands": resumed,
                    "seconds": round(seconds, 3), "windows_per_second": round(result.tiles_per_second, 2),
@@ -141,19 +140,18 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, bands: list[int
         return result
 
 
-def check_pixel_options(stride: str | None, smooth: int) -> None:
+def check_pixel_options(request: MapRequest) -> None:
     """Refuse tile-map options with a segmentation bundle (its map already has a class per pixel)."""
-    if stride:
+    if request.stride:
         raise LandcoverError("--stride sets the cell of tile maps: a segmentation bundle maps every pixel (use "
                              "--overlap to set how far its windows overlap)")
-    if smooth:
+    if request.smooth:
         raise LandcoverError("--smooth is for tile maps in this version: a segmentation map is per pixel already")
 
 
-def _job(bundle: Bundle, scene: Scene, runtime: str, window: str | None, overlap: str | None,
-         batch_size: int | None, engine: Engine, resampling: str, probabilities: bool,
-         aoi: str | Path | None) -> PixelJob:
+def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJob:
     res = float(bundle.chip["res"])
+    window, overlap, aoi = r.window, r.overlap, r.aoi
     crs, transform, height, width, direct = pixel_grid(scene, res)
     size = to_pixels(parse_length(window, "window"), res, "window") if window else WINDOW_PX
     if size < STRIDE or size % STRIDE:
@@ -162,7 +160,7 @@ def _job(bundle: Bundle, scene: Scene, runtime: str, window: str | None, overlap
     margin = to_pixels(parse_length(overlap, "overlap"), res, "overlap") if overlap else size // 4
     if not 0 <= margin <= size // 2:
         raise LandcoverError(f"--overlap {overlap} must be between 0 and half the window ({size // 2} px)")
-    batch_size = batch_size or max(1, BATCH_PIXELS // size ** 2)
+    batch_size = r.batch_size or max(1, BATCH_PIXELS // size ** 2)
     stretch = None
     png = bundle_reads_png(bundle)
     if png and np.dtype(scene.dtype) != np.uint8:
@@ -174,9 +172,9 @@ def _job(bundle: Bundle, scene: Scene, runtime: str, window: str | None, overlap
         geom = read_aoi(aoi, crs)
         if not geom.intersects(scene_footprint(scene, crs)):
             raise LandcoverError(f"the imagery ({scene.paths[0]}) does not overlap the AOI", aoi)
-    return PixelJob(str(Path(bundle.path).resolve()), runtime, scene, png, stretch, crs, transform, height, width,
-                    direct, resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
-                    bundle.n_classes, probabilities, geom)
+    return PixelJob(str(Path(bundle.path).resolve()), r.runtime, scene, png, stretch, crs, transform, height, width,
+                    direct, r.resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
+                    bundle.n_classes, r.probabilities, geom)
 
 
 def _write_band(job: PixelJob, result: BandResult, done: dict, drafts: dict[str, Path]) -> None:
@@ -212,15 +210,3 @@ def _load_progress(path: Path) -> dict:
         return {"bands": int(data["bands"]), "counts": data["counts"], "windows": int(data["windows"]),
                 "skipped": int(data["skipped"]), "pending": data.get("pending"),
                 "pending_valid": data.get("pending_valid")}
-
-
-def _fingerprint(job: PixelJob, images: list[str], picks: list[int], aoi) -> str:
-    """What a resumed run must match: bundle, imagery, bands, grid, windows and the settings that change results."""
-    bundle = Path(job.bundle)
-    weights = sorted(p for p in bundle.rglob("*") if p.is_file() and p.suffix != ".onnx" and p.name != "onnx.json")
-    data = {"bundle": [(str(p.relative_to(bundle)), p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
-            "images": [str(Path(p).resolve()) for p in images], "bands": picks, "crs": job.crs.to_wkt(),
-            "transform": list(job.transform)[:6], "size": [job.height, job.width], "window": job.window,
-            "overlap": job.overlap, "aoi": str(aoi), "runtime": job.runtime, "resampling": job.resampling,
-            "probabilities": job.probabilities}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
 from affine import Affine
 
 from landcover.atomic import check_output, replacing, write_text
-from landcover.bounds import COUNT
 from landcover.bundle import Bundle, load_bundle
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
@@ -26,7 +25,6 @@ from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_probabilities
 from landcover.predict.bands import bundle_reads_png, window_threads
 from landcover.predict.blocks import (
-    BLOCK_WINDOWS,
     Block,
     BlockResult,
     RasterJob,
@@ -38,12 +36,14 @@ from landcover.predict.blocks import (
 from landcover.predict.outputs import (
     RasterResult,
     check_truth,
+    fingerprint,
     kept_only_when_started,
     open_scene,
     output_files,
     prepare_outputs,
 )
 from landcover.predict.pixels import check_pixel_options, predict_pixels
+from landcover.predict.request import MapRequest
 from landcover.predict.runtime import choose_runtime
 from landcover.progress import progress_bar
 
@@ -77,18 +77,13 @@ def plurality_filter(classes: np.ndarray, n_classes: int, size: int = 3) -> np.n
 
 
 def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str | Path,
-                   bands: list[int] | None = None, stride: str | None = None, aoi: str | Path | None = None,
-                   smooth: int = 0, probabilities: bool = False, truth: str | Path | None = None,
-                   truth_scheme: str | None = None, max_nodata: float = 0.25, batch_size: int | None = None,
-                   runtime: str = "auto", engine: Engine | str | None = None, resampling: str = "bilinear",
-                   overwrite: bool = False, allow_empty: bool = False, block_windows: int = BLOCK_WINDOWS,
-                   window: str | None = None, overlap: str | None = None, every: int = 1, progress: bool = True,
-                   log: Callable[[str], None] = print) -> RasterResult:
-    """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif): a classifier's map has one
+                   request: MapRequest | None = None, **options: Any) -> RasterResult:
+    """Predict a whole raster with a model bundle into a class-map COG at `out` (.tif). The map's options are a
+    `MapRequest` (`landcover.predict.request`: its fields are also accepted as keywords). A classifier's map has one
     cell per `stride`; a segmentation bundle's has a class per pixel (`landcover.predict.pixels`: windows of
     `window` px, default 512, overlapping by `overlap`, default a quarter window, blended; `stride`, `smooth` and
-    `max_nodata` are for tile maps). `every=N` classifies only every N-th tile in each direction (the rest nodata),
-    as the hybrid dense map (`landcover.predict.dense`) asks.
+    `max_nodata` are for tile maps). `decimate=N` classifies only every N-th tile in each direction (the rest
+    nodata), as the hybrid dense map (`landcover.predict.dense`) asks.
 
     `images` are the scene's rasters, stacked as bands (the bands the chips were cut from are picked, `bands`
     overrides). Beside the map: <out>.tiles.parquet (one row per window), <out>.json (settings, class areas,
@@ -102,47 +97,44 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
                                 stride="240m", smooth=3)
     """
     started = time.perf_counter()
-    engine = Engine.of(engine)
+    r = MapRequest.of(request, options)
+    engine = r.runner
     out = Path(out)
     images = [str(p) for p in images]
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
     check_output(out, "file")
-    if not 0 <= max_nodata <= 1:
-        raise LandcoverError(f"--max-nodata {max_nodata} must be a fraction between 0 and 1")
-    if batch_size is not None:
-        COUNT.check(batch_size, "--batch-size")
-    if smooth and (smooth < 3 or smooth % 2 == 0):
-        raise LandcoverError(f"--smooth {smooth} must be an odd window size >= 3")
-    check_truth(truth, truth_scheme, resampling)
+    check_truth(r.truth, r.truth_scheme, r.resampling)
     bundle = load_bundle(bundle_path)
-    runtime, why = choose_runtime(bundle, runtime)
+    runtime, why = choose_runtime(bundle, r.runtime)
     if bundle.task == "segmentation":
-        check_pixel_options(stride, smooth)
-        return predict_pixels(bundle, images, out, bands, aoi, probabilities, truth, truth_scheme, window, overlap,
-                              batch_size, runtime, engine, resampling, overwrite, allow_empty, progress, log, why)
+        check_pixel_options(r)
+        return predict_pixels(bundle, images, out, replace(r, runtime=runtime, engine=engine), why)
     bundle.require_classifier("prediction")
-    if window or overlap:
+    if r.window or r.overlap:
         raise LandcoverError("--window and --overlap are for segmentation bundles: a tile classifier's windows are "
                              "its tiles (--stride overlaps them)")
-    batch_size = batch_size or BATCH_TILES
-    picks, scene = open_scene(bundle, images, bands)
-    grid = _grid(bundle, scene, stride)
-    job = _job(bundle, scene, grid, runtime, resampling, batch_size, max_nodata, engine)
+    log, every = r.log, r.decimate
+    picks, scene = open_scene(bundle, images, r.bands)
+    grid = _grid(bundle, scene, r.stride)
+    job = _job(bundle, scene, grid, runtime, r.resampling, r.batch_size or BATCH_TILES, r.max_nodata, engine)
     reading = _reading(job)
-    cell_in_aoi = _aoi_cells(job, aoi)
+    cell_in_aoi = _aoi_cells(job, r.aoi)
     if every > 1:
         rr, cc = np.mgrid[0:job.rows, 0:job.cols]
         cell_in_aoi &= (rr % every == 0) & (cc % every == 0)
-    blocks = plan_blocks(job, cell_in_aoi, block_windows)
+    blocks = plan_blocks(job, cell_in_aoi, r.block_windows)
     log(f"{reading}; {job.rows} x {job.cols} cells of {grid.step:g} m, {sum(int(b.keep.sum()) for b in blocks)} "
         f"windows of {grid.tile} px in {len(blocks)} blocks")
     log(f"runtime: {runtime} ({why})")
-    files = output_files(out, smooth, probabilities)
-    fingerprint = _fingerprint(job, images, picks, aoi, block_windows, every)
+    files = output_files(out, r.smooth, r.probabilities)
+    stamp = fingerprint([job.bundle], images, {
+        "bands": picks, "grid": job.grid.to_dict(), "aoi": str(r.aoi), "max_nodata": job.max_nodata,
+        "runtime": job.runtime, "resampling": job.resampling, "block_windows": r.block_windows,
+        **({"every": every} if every > 1 else {})})
     state = out.with_name(f".{out.name}.landcover-state")
     with output_lock(out), kept_only_when_started(state):
-        prepare_outputs(out, files, state, fingerprint, overwrite)
+        prepare_outputs(out, files, state, stamp, r.overwrite)
         results: dict[str, BlockResult] = {}
         for block in blocks:
             record = state / f"{block.id}.npz"
@@ -152,39 +144,40 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
         todo = [b for b in blocks if b.id not in results]
         total = sum(int(b.keep.sum()) for b in blocks)
         with progress_bar(total=total, initial=total - sum(int(b.keep.sum()) for b in todo), unit="tile",
-                          desc="predict", enabled=progress, leave=False) as bar:
+                          desc="predict", enabled=r.progress, leave=False) as bar:
             for result in run_blocks(job, bundle, todo, engine):
                 save_result(state / f"{result.id}.npz", result)
                 results[result.id] = result
                 bar.update(len(result.rows))
         classes, probs, valid = _assemble(job, blocks, results, cell_in_aoi, bundle.n_classes)
-        if not valid.any() and not allow_empty:
+        if not valid.any() and not r.allow_empty:
             shutil.rmtree(state)
             raise LandcoverError(f"no map cell could be predicted: all {total} windows were skipped (more than "
-                                 f"{max_nodata:g} of their pixels nodata, --max-nodata); --allow-empty writes the "
+                                 f"{r.max_nodata:g} of their pixels nodata, --max-nodata); --allow-empty writes the "
                                  "empty map instead", images[0])
         tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()),
                 "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
                 "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_STRIDE_M": f"{grid.step:g}",
                 "LANDCOVER_TILE_M": f"{grid.tile * grid.res:g}"}
-        if probabilities:
+        if r.probabilities:
             tags["LANDCOVER_PROBABILITIES"] = files["probabilities"].name
         transform = Affine(grid.step, 0, grid.x0, 0, -grid.step, grid.y0)
         write_class_map(ClassMap(classes, transform, grid.crs, bundle.classes, tags), files["map"])
-        if smooth:
-            smoothed = plurality_filter(classes, bundle.n_classes, smooth)
+        if r.smooth:
+            smoothed = plurality_filter(classes, bundle.n_classes, r.smooth)
             write_class_map(ClassMap(smoothed, transform, grid.crs, bundle.classes,
-                                     {**tags, "LANDCOVER_SMOOTH": str(smooth)}), files["smoothed"])
-        if probabilities:
+                                     {**tags, "LANDCOVER_SMOOTH": str(r.smooth)}), files["smoothed"])
+        if r.probabilities:
             write_probabilities(files["probabilities"], probs, valid, transform, grid.crs, bundle.classes, tags)
         _write_tiles(files["tiles"], job, blocks, results, bundle)
         scores = {}
-        if truth:
+        if r.truth:
             from landcover.maps.figures import compare_to_truth
 
-            scores["map"] = compare_to_truth(files["map"], truth, truth_scheme)
-            if smooth:
-                scores[f"smoothed {smooth}x{smooth}"] = compare_to_truth(files["smoothed"], truth, truth_scheme)
+            scores["map"] = compare_to_truth(files["map"], r.truth, r.truth_scheme)
+            if r.smooth:
+                scores[f"smoothed {r.smooth}x{r.smooth}"] = compare_to_truth(files["smoothed"], r.truth,
+                                                                             r.truth_scheme)
         cell_ha = grid.step ** 2 / 1e4
         counts = {c["name"]: int((classes == c["id"]).sum()) for c in bundle.classes}
         counts["nodata"] = int((classes == NODATA).sum())
@@ -198,7 +191,8 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
             runtime=runtime)
         summary = {"bundle": tags["LANDCOVER_BUNDLE"], "images": json.loads(tags["LANDCOVER_IMAGES"]), "bands": picks,
                    "grid": grid.to_dict(), "reading": reading, "cells": [job.rows, job.cols], "stride_m": grid.step,
-                   "max_nodata": max_nodata, "aoi": str(aoi) if aoi else None, "smooth": smooth, "runtime": runtime,
+                   "max_nodata": r.max_nodata, "aoi": str(r.aoi) if r.aoi else None, "smooth": r.smooth,
+                   "runtime": runtime,
                    "engine": engine.name, "workers": engine.workers, "counts": counts, "hectares": result.hectares,
                    "windows": result.windows, "skipped": result.skipped, "resumed_blocks": resumed,
                    "seconds": round(result.seconds, 3), "tiles_per_second": round(result.tiles_per_second, 2),
@@ -263,17 +257,6 @@ def _aoi_cells(job: RasterJob, aoi: str | Path | None) -> np.ndarray:
     if not inside.any():
         raise LandcoverError("no map cell centre lies inside the AOI", aoi)
     return inside
-
-
-def _fingerprint(job: RasterJob, images: list[str], picks: list[int], aoi, block_windows: int, every: int) -> str:
-    """What a resumed run must match: bundle, imagery, bands, grid, and the settings that change results."""
-    bundle = Path(job.bundle)
-    weights = sorted(p for p in bundle.rglob("*") if p.is_file() and p.suffix != ".onnx" and p.name != "onnx.json")
-    data = {"bundle": [(str(p.relative_to(bundle)), p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
-            "images": [str(Path(p).resolve()) for p in images], "bands": picks, "grid": job.grid.to_dict(),
-            "aoi": str(aoi), "max_nodata": job.max_nodata, "runtime": job.runtime, "resampling": job.resampling,
-            "block_windows": block_windows, **({"every": every} if every > 1 else {})}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _assemble(job: RasterJob, blocks: list[Block], results: dict[str, BlockResult], cell_in_aoi: np.ndarray,

@@ -16,6 +16,14 @@ INVALID = 255
 """Class id used for pixels that carry no class (ignored codes, nodata, outside the labels)."""
 
 
+def palette(n: int) -> list[str]:
+    """n distinct colours ('#rrggbb', evenly spaced hues) for classes that come without their own."""
+    import colorsys
+
+    colors = [colorsys.hsv_to_rgb(i / max(n, 1), 0.65, 0.85) for i in range(n)]
+    return ["#" + "".join(f"{round(c * 255):02x}" for c in rgb) for rgb in colors]
+
+
 @dataclass(frozen=True)
 class LandClass:
     """One output class: its id, name, display colour and the label codes it gathers."""

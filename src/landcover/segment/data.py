@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from landcover.datasets.chips import PRELOAD_BYTES, read_chip
 from landcover.errors import LandcoverError
 from landcover.manifest import read_manifest
-from landcover.train.data import PRELOAD_BYTES, read_chip
 
 IGNORE = -1
 """The target of an unlabelled pixel (mask value 0)."""

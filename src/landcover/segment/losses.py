@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from landcover.errors import LandcoverError
+from landcover.segment import LOSSES
 from landcover.segment.data import IGNORE
-from landcover.train.config import LOSSES
 
 DICE_SMOOTH = 1.0
 """Added to the Dice numerator and denominator, so a class absent from the batch and never predicted scores 1."""

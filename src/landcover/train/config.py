@@ -10,13 +10,12 @@ import yaml
 
 from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, WHOLE, Bound
 from landcover.errors import LandcoverError
+from landcover.segment import LOSSES
 
 TASKS = ("classification", "segmentation")
 MODES = ("finetune", "features", "spectral", "fused", "auto")
 """Classification modes: the whole network; frozen features + a head; spectral features + a head; both into one
 head; and auto (spectral, fused, spectral-gbt and finetune compared on the validation split)."""
-LOSSES = ("ce", "dice", "ce+dice")
-"""Segmentation losses (landcover.segment.losses)."""
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "exponential", "cosine")
 HEADS = ("logreg", "rf", "gbt")

@@ -68,15 +68,34 @@ def provenance(config: TrainConfig, manifest: Path, n_train: int, n_val: int) ->
             "val_chips": n_val, "config": config.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-class Run:
-    """The data, model, input pipeline and spectral features a config describes (shared by the training modes)."""
+class Splits:
+    """The training and validation splits a config names (chips, or image/mask pairs), their classes, and batches of
+    them: what every run prepares before its network."""
+
+    def __init__(self, config: TrainConfig, dataset: type):
+        self.config = config
+        self.train = dataset(config.manifest, config.train_split, augment=config.augment)
+        self.val = dataset(config.manifest, config.val_split)
+        self.classes = scheme_classes(self.train.info)
+
+    def loader(self, dataset: torch.utils.data.Dataset, shuffle: bool, epoch: int = 0,
+               sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+        """Batches of a split; the shuffle order depends only on the seed and the epoch (and, under DDP, the rank's
+        sampler)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size,
+                                           shuffle=shuffle and sampler is None, sampler=sampler,
+                                           num_workers=self.config.workers, generator=generator,
+                                           persistent_workers=False)
+
+
+class Run(Splits):
+    """The chips, model, input pipeline and spectral features a classification config describes (shared by the
+    training modes)."""
 
     def __init__(self, config: TrainConfig):
-        self.config = config
-        self.train = ChipDataset(config.manifest, config.train_split, augment=config.augment)
-        self.val = ChipDataset(config.manifest, config.val_split)
+        super().__init__(config, ChipDataset)
         info = self.train.info
-        self.classes = scheme_classes(info)
         names = {c["id"]: c["name"] for c in self.classes}
         for dataset in (self.train, self.val):
             pairs = set(zip(dataset.frame["label_id"].astype(int), dataset.frame["label"], strict=True))
@@ -109,12 +128,3 @@ class Run:
                       provenance(c, self.train.path, len(self.train), len(self.val)),
                       c.weights if kind in ("features", "fused") else "none", model=self.model, head=head,
                       spectral=self.spectral if kind in ("spectral", "fused") else None)
-
-    def loader(self, dataset: ChipDataset, shuffle: bool, epoch: int = 0,
-               sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
-        """Batches of raw chips; the shuffle order depends only on the seed and the epoch."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size,
-                                           shuffle=shuffle and sampler is None, sampler=sampler,
-                                           num_workers=self.config.workers, generator=generator,
-                                           persistent_workers=False)

@@ -17,13 +17,13 @@ import yaml
 from landcover.atomic import check_output, write_text
 from landcover.errors import LandcoverError
 from landcover.locks import output_lock
-from landcover.segment.trainer import SegmentationRun, train_segmentation
 from landcover.train.auto import train_auto
 from landcover.train.config import TrainConfig
 from landcover.train.finetune import fine_tune
 from landcover.train.frozen import fit_features
 from landcover.train.run import Run
 from landcover.train.runs import dump_json, read_metrics, run_dir
+from landcover.train.segmentation import SegmentationRun, train_segmentation
 
 
 def train_model(manifest: str | Path | None = None, *, config: str | Path | TrainConfig | None = None,

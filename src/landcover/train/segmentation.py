@@ -12,7 +12,7 @@ import torch
 
 from landcover.bundle import Bundle, InputSpec, save_bundle
 from landcover.errors import LandcoverError
-from landcover.models.segmenters import build_segmenter
+from landcover.models.segmenters import STRIDE, build_segmenter
 from landcover.progress import progress_bar
 from landcover.segment.data import PairDataset, class_pixels
 from landcover.segment.losses import make_loss
@@ -30,22 +30,15 @@ from landcover.train.finetune import (
     start_distributed,
     summed,
 )
-from landcover.train.run import chip_facts, input_bands, provenance, scheme_classes
+from landcover.train.run import Splits, chip_facts, input_bands, provenance
 from landcover.train.runs import dump_json, write_metrics
 
-STRIDE = 32
-"""The encoders' total downsampling: tiles must be a multiple of it."""
 
-
-class SegmentationRun:
+class SegmentationRun(Splits):
     """The pairs, network and input pipeline a segmentation config describes."""
 
     def __init__(self, config: TrainConfig):
-        self.config = config
-        self.train = PairDataset(config.manifest, config.train_split, augment=config.augment)
-        self.val = PairDataset(config.manifest, config.val_split)
-        info = self.train.info
-        self.classes = scheme_classes(info)
+        super().__init__(config, PairDataset)
         first = self.train.read(0)[0]
         size = int(first.shape[-1])
         if size % STRIDE or first.shape[-2] != size:
@@ -57,7 +50,7 @@ class SegmentationRun:
         low, high = scaling_for(self.train.frame, self.train.root, bands, seed=config.seed)
         self.input = InputSpec(bands, low, high, tuple(pre.mean), tuple(pre.std), size, pre.interpolation,
                                resize=False)
-        self.chip = chip_facts(self.train.frame, first, rgb, info)
+        self.chip = chip_facts(self.train.frame, first, rgb, info=self.train.info)
 
     def bundle(self) -> Bundle:
         """A bundle of the current network with its provenance."""
@@ -65,15 +58,6 @@ class SegmentationRun:
         return Bundle("finetune", c.architecture, self.classes, self.input, self.chip,
                       provenance(c, self.train.path, len(self.train), len(self.val)), model=self.model,
                       task="segmentation", encoder=c.encoder)
-
-    def loader(self, dataset: PairDataset, shuffle: bool, epoch: int = 0,
-               sampler=None) -> torch.utils.data.DataLoader:
-        """Batches of (raw images, class ids); the shuffle order depends only on the seed and the epoch (and,
-        under DDP, the rank's sampler)."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size,
-                                           shuffle=shuffle and sampler is None, sampler=sampler,
-                                           num_workers=self.config.workers, generator=generator)
 
     def class_weights(self) -> torch.Tensor | None:
         """Inverse pixel-frequency weights ('balanced'), or None."""
