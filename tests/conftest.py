@@ -121,6 +121,19 @@ def zion_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def zion_tile_map(zion_bundle, tmp_path_factory) -> Path:
+    """zion_bundle's map of the whole Landsat scene at the default settings, with its tiles.parquet (read-only)."""
+    from landcover.predict.raster import predict_raster
+
+    bundle, images, _ = zion_bundle
+
+    def build(root: Path) -> None:
+        predict_raster(bundle, images, root / "map.tif", progress=False, log=lambda _: None)
+
+    return built_once(tmp_path_factory, "tile-map", build) / "map.tif"
+
+
+@pytest.fixture(scope="session")
 def zion_pairs(tmp_path_factory):
     """Zion segmentation pairs inside the park: 64 px tiles, NLCD 2011 (Albers) masks, split by blocks 70:15:15
     (read-only: copy before changing anything)."""

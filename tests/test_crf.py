@@ -114,10 +114,10 @@ def test_labels_agree_with_pydensecrf2():
 
 
 @pytest.fixture(scope="module")
-def seg_dense(zion_seg_run, zion_images, tmp_path_factory):
-    """The Zion U-Net's per-pixel map refined by the CRF in the same run (seed settings)."""
+def seg_dense(zion_seg_run, zion_crop, tmp_path_factory):
+    """The Zion U-Net's per-pixel map of a 300 x 420 px corner refined by the CRF in the same run (seed settings)."""
     out = tmp_path_factory.mktemp("dense") / "zion.tif"
-    assert main(["predict", str(zion_seg_run / "bundle"), "--image", *zion_images, "--out", str(out), "--crf",
+    assert main(["predict", str(zion_seg_run / "bundle"), "--image", *zion_crop, "--out", str(out), "--crf",
                  "--quiet"]) == 0
     return out
 
@@ -135,14 +135,14 @@ def test_crf_on_a_segmentation_map_agrees_no_less_and_is_smoother(seg_dense, zio
 
 
 @pytest.mark.slow
-def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_images, tmp_path, monkeypatch):
+def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_crop, tmp_path, monkeypatch):
     import landcover.predict.dense as dense
     from landcover.predict.dense import refine_raster
 
     probs = seg_dense.with_name("zion.pixels.probs.tif")
     settings = CrfSettings(sxy_gaussian=3, compat_gaussian=3, sxy_bilateral=10, srgb=13, compat_bilateral=10,
                            iterations=5, downscale=0.5)
-    whole = refine_raster(probs, zion_images, tmp_path / "whole.tif", crf=settings, crf_block=4096, progress=False,
+    whole = refine_raster(probs, zion_crop, tmp_path / "whole.tif", crf=settings, crf_block=4096, progress=False,
                           log=lambda m: None)
     real_rows = dense.run_rows
 
@@ -153,17 +153,17 @@ def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_images, tmp
 
     monkeypatch.setattr(dense, "run_rows", dies_on_row_2)
     with pytest.raises(KeyboardInterrupt):
-        refine_raster(probs, zion_images, tmp_path / "blocks.tif", crf=settings, crf_block=96, progress=False,
+        refine_raster(probs, zion_crop, tmp_path / "blocks.tif", crf=settings, crf_block=48, progress=False,
                       log=lambda m: None)
     assert not (tmp_path / "blocks.tif").exists()
     monkeypatch.setattr(dense, "run_rows", real_rows)
-    blocks = refine_raster(probs, zion_images, tmp_path / "blocks.tif", crf=settings, crf_block=96, progress=False,
+    blocks = refine_raster(probs, zion_crop, tmp_path / "blocks.tif", crf=settings, crf_block=48, progress=False,
                            log=lambda m: None)
     assert blocks.resumed == 2 and whole.resumed == 0
     a, b = read_class_map(whole.out).data, read_class_map(blocks.out).data
     assert (a == b).mean() >= 0.995
     # rows of blocks on a process pool (each worker given its share of the cores): the same map
-    pooled = refine_raster(probs, zion_images, tmp_path / "pooled.tif", crf=settings, crf_block=96, progress=False,
+    pooled = refine_raster(probs, zion_crop, tmp_path / "pooled.tif", crf=settings, crf_block=48, progress=False,
                            engine="process:2", log=lambda m: None)
     assert (read_class_map(pooled.out).data == b).all()
 

@@ -21,16 +21,16 @@ from landcover.predict.raster import plurality_filter, predict_raster
 torch.set_num_threads(2)
 
 
-def test_map_cells_are_the_chip_predictions(zion_bundle, tmp_path):
+def test_map_cells_are_the_chip_predictions(zion_bundle, zion_tile_map):
     """Cut from the raster with the chips' bands and stretch, every window is predicted as its chip is."""
     from landcover.bundle import load_bundle
     from landcover.predict.chips import predict_dataset
     from landcover.train.data import ChipDataset
 
-    bundle, images, root = zion_bundle
-    result = predict_raster(bundle, images, tmp_path / "map.tif", progress=False, log=lambda _: None)
-    assert "directly" in result.reading and result.skipped == 0
-    tiles = gpd.read_parquet(tmp_path / "map.tiles.parquet")
+    bundle, _, root = zion_bundle
+    summary = json.loads(zion_tile_map.with_suffix(".json").read_text())
+    assert "directly" in summary["reading"] and summary["skipped"] == 0
+    tiles = gpd.read_parquet(zion_tile_map.with_name("map.tiles.parquet"))
     chips = ChipDataset(root / "chips", None)
     probs, _ = predict_dataset(load_bundle(bundle), chips, progress=False)
     joined = tiles.set_index("tile_id").loc[chips.frame["chip_id"]]
@@ -38,7 +38,7 @@ def test_map_cells_are_the_chip_predictions(zion_bundle, tmp_path):
                                 "Wetlands")]
     assert len(joined) == len(chips) > 1000
     assert np.abs(joined[names].to_numpy() - probs).max() < 1e-4
-    with rasterio.open(tmp_path / "map.tif") as src:
+    with rasterio.open(zion_tile_map) as src:
         data = src.read(1)
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"  # (89 x 70 cells: no overviews needed)
         assert src.nodata == 255 and src.colormap(1)[3][:3] == (0x1C, 0x5F, 0x2C)  # Forest's colour
@@ -47,7 +47,6 @@ def test_map_cells_are_the_chip_predictions(zion_bundle, tmp_path):
             joined.geometry.centroid).T)
     assert np.array_equal(data[r, c], probs.argmax(1))
     assert (data != 255).all()  # no nodata in the Landsat scene
-    summary = json.loads((tmp_path / "map.json").read_text())
     assert sum(summary["counts"].values()) == data.size and summary["windows"] == len(tiles)
 
 
@@ -110,7 +109,7 @@ def test_plurality_filter_against_brute_force():
             assert out[r, c] == (classes[r, c] if classes[r, c] in best else best[0])
 
 
-def test_warped_imagery_gives_the_same_map(zion_bundle, tmp_path):
+def test_warped_imagery_gives_the_same_map(zion_bundle, zion_tile_map, tmp_path):
     """Imagery in another CRS and resolution (Zion warped to CONUS Albers at 25 m) is warped back on the fly."""
     bundle, images, _ = zion_bundle
     warped = []
@@ -131,8 +130,7 @@ def test_warped_imagery_gives_the_same_map(zion_bundle, tmp_path):
         data, albers = src.read(1), src.transform
     valid = data != 255
     assert valid.mean() > 0.5 and result.windows > 3000  # the rotated footprint leaves nodata corners
-    predict_raster(bundle, images, tmp_path / "utm.tif", progress=False, log=lambda _: None)
-    with rasterio.open(tmp_path / "utm.tif") as src:
+    with rasterio.open(zion_tile_map) as src:
         direct = np.full(data.shape, 255, np.uint8)
         reproject(src.read(1), direct, src_transform=src.transform, src_crs=src.crs, dst_transform=albers,
                   dst_crs="EPSG:5070", resampling=Resampling.nearest, src_nodata=255, dst_nodata=255)

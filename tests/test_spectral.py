@@ -106,6 +106,7 @@ def test_band_roles_given_or_refused(park_chips, tmp_path, capsys):
     assert not (runs / "bad1").exists() and not (runs / "bad2").exists()
 
 
+@pytest.mark.slow
 def test_auto_keeps_the_best_candidate_and_records_the_comparison(park_chips, tmp_path):
     from landcover.bundle import load_bundle
     from landcover.predict.chips import predict_dataset
