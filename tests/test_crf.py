@@ -153,17 +153,17 @@ def test_blocks_do_not_show_and_a_killed_run_resumes(seg_dense, zion_crop, tmp_p
 
     monkeypatch.setattr(dense, "run_rows", dies_on_row_2)
     with pytest.raises(KeyboardInterrupt):
-        refine_raster(probs, zion_crop, tmp_path / "blocks.tif", crf=settings, crf_block=48, progress=False,
+        refine_raster(probs, zion_crop, tmp_path / "blocks.tif", crf=settings, crf_block=64, progress=False,
                       log=lambda m: None)
     assert not (tmp_path / "blocks.tif").exists()
     monkeypatch.setattr(dense, "run_rows", real_rows)
-    blocks = refine_raster(probs, zion_crop, tmp_path / "blocks.tif", crf=settings, crf_block=48, progress=False,
+    blocks = refine_raster(probs, zion_crop, tmp_path / "blocks.tif", crf=settings, crf_block=64, progress=False,
                            log=lambda m: None)
     assert blocks.resumed == 2 and whole.resumed == 0
     a, b = read_class_map(whole.out).data, read_class_map(blocks.out).data
     assert (a == b).mean() >= 0.995
     # rows of blocks on a process pool (each worker given its share of the cores): the same map
-    pooled = refine_raster(probs, zion_crop, tmp_path / "pooled.tif", crf=settings, crf_block=48, progress=False,
+    pooled = refine_raster(probs, zion_crop, tmp_path / "pooled.tif", crf=settings, crf_block=64, progress=False,
                            engine="process:2", log=lambda m: None)
     assert (read_class_map(pooled.out).data == b).all()
 
