@@ -180,10 +180,17 @@ def test_hybrid_dense_map_beats_the_tile_map_per_30m_pixel(zion_bundle, zion, tm
     tile_score, dense_score = nlcd_agreement(tiles, zion, on=out), nlcd_agreement(out, zion)
     print(f"agreement with NLCD per 30 m pixel: tile map {tile_score:.3f}, hybrid dense map {dense_score:.3f}")
     assert dense_score > tile_score + 0.01
-    # decimated: a quarter of the tiles classified, still a class for every pixel
+
+
+@pytest.mark.slow
+def test_a_decimated_hybrid_still_gives_every_pixel_a_class(zion_bundle, zion_tile_map, zion, tmp_path):
+    """A quarter of the tiles classified, still a class for every pixel, and better than the full tile map (scored,
+    as above, on the dense map's 30 m pixels)."""
+    bundle, images, _ = zion_bundle
     sparse = tmp_path / "sparse.tif"
     assert main(["predict", str(bundle), "--image", *images, "--out", str(sparse), "--dense", "crf", "--decimate",
                  "2", "--threshold", "0.6", "--quiet"]) == 0
+    tile_score = nlcd_agreement(zion_tile_map, zion, on=sparse)
     tile_cells = read_class_map(sparse.with_name("sparse.tiles.tif")).data
     assert (tile_cells != 255).mean() < 0.3
     assert (read_class_map(sparse).data != 255).all()

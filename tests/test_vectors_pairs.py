@@ -72,7 +72,7 @@ def test_all_touched_burns_more(tmp_path):
 def test_zion_raster_labels_make_pairs(tmp_path, zion, zion_images):
     out = tmp_path / "pairs"
     assert run("--image", *zion_images, "--labels", zion / "nlcd2011.tif", "--scheme", "nlcd-grouped",
-               "--layout", "pairs", "--tile-size", "480m", "--aoi", zion / "zion.gpkg", "--out", out) == 0
+               "--layout", "pairs", "--tile-size", "960m", "--aoi", zion / "zion.gpkg", "--out", out) == 0
     frame, _ = read_manifest(out / "manifest.parquet")
     row = frame.iloc[len(frame) // 2]
     with rasterio.open(out / row["label_path"]) as lab, rasterio.open(zion / "nlcd2011.tif") as nlcd:
