@@ -227,7 +227,7 @@ def test_an_aoi_without_crs_is_refused(tmp_path, capsys):
     assert "aoi.shp: has no CRS" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("failure", ["500", "drop"])
+@pytest.mark.parametrize("failure", [pytest.param("500", marks=pytest.mark.slow), "drop"])
 def test_server_errors_fail_clearly_and_the_rerun_fetches_only_what_is_missing(server, catalog_root, tmp_path,
                                                                                  capsys, failure):
     out = tmp_path / "out"

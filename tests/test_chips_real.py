@@ -128,6 +128,7 @@ def test_naip_scenes_in_two_utm_zones_share_one_grid(tmp_path):
     assert frame.geometry.union_all().area == pytest.approx(len(frame) * 50 * 50)  # no tile is cut twice
 
 
+@pytest.mark.slow
 def test_tiles_in_the_nodata_collar_are_rejected(tmp_path):
     image = need_data("landsat_rasterio", "RGB.byte.tif")
     labels = constant_labels(tmp_path, image, crs="EPSG:3857")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import rasterio
 from conftest import ROOT, need_data
 
@@ -19,6 +20,7 @@ def readme_api_block() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_python_api_goes_from_rasters_to_a_class_map(tmp_path, monkeypatch, capsys):
     data = need_data("zion").parent
     (tmp_path / "shared").mkdir()

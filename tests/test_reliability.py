@@ -42,6 +42,7 @@ def zion_chips_args(zion, out, *extra):
             "nlcd-grouped", "--tile-size", "480m", "--rule", "purity:0.75", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_predict_warps_geographic_imagery_onto_its_utm_zone(zion_bundle, zion_tile_map, tmp_path, capsys):
     """Zion in EPSG:4326 (degrees) is mapped on UTM 12N, as `chips` cuts it, and agrees with the direct map."""
     bundle, images, _ = zion_bundle
@@ -85,7 +86,7 @@ def test_a_failed_train_leaves_no_run_folder(park_chips, tmp_path, capsys):
     write_manifest(frame[frame["label"] == "Forest"], chips / "manifest.parquet", info)
     runs = tmp_path / "runs"
     argv = ["train", "--quiet", "--manifest", chips, "--runs", runs, "--name", "r", "--mode", "features",
-            "--input-size", "32"]
+            "--input-size", "32", "--no-onnx"]
     fails(capsys, argv, "class")
     assert not (runs / "r").exists()
     assert main(["runs", "--runs", str(runs)]) == 0 and "no runs" in capsys.readouterr().out

@@ -29,15 +29,14 @@ def head_run(chips, tmp_path_factory):
     """One epoch of the head alone, batch norm frozen (ONNX left out): what the tests of bundles and evaluation
     read (read-only: copy before changing anything)."""
     runs = tmp_path_factory.mktemp("head") / "runs"
-    assert main(train_args(chips, runs, "head", "--epochs", "1", "--train-from", "head", "--freeze-bn",
-                           "--no-onnx")) == 0
+    assert main(train_args(chips, runs, "head", "--epochs", "1", "--train-from", "head", "--freeze-bn")) == 0
     return runs / "head"
 
 
 def train_args(chips, runs, name, *extra) -> list[str]:
     return ["train", "--quiet", "--manifest", str(chips), "--runs", str(runs), "--name", name,
             "--arch", "efficientnet-lite0", "--input-size", "32", "--batch-size", "16", "--rgb-bands", "3", "2",
-            "1", *map(str, extra)]
+            "1", "--no-onnx", *map(str, extra)]
 
 
 @pytest.mark.slow
