@@ -1,4 +1,4 @@
-"""Tests for landcover.compat, each run in a fresh interpreter so import order is real."""
+"""Tests for landcover.compat, run in fresh interpreters so import order is real."""
 
 from __future__ import annotations
 
@@ -56,91 +56,12 @@ def test_guard_then_import(module: str) -> None:
     assert out.split() == ["imported"]
 
 
-def test_nms_known_example() -> None:
-    """The nms operator keeps the expected boxes, best score first."""
+@pytest.fixture(scope="module")
+def guarded() -> dict:
+    """One fresh interpreter: the guard called three times (the first call's answer, whether the second changed
+    anything), then the replaced operators run on known inputs. What each test below reads."""
     _require("torchvision")
-    out = _run(
-        """
-        import json
-
-        from landcover.compat import guard_torchvision
-
-        guard_torchvision()
-        import torch
-        from torchvision.ops import batched_nms, nms
-
-        boxes = torch.tensor(
-            [
-                [0.0, 0.0, 10.0, 10.0],
-                [1.0, 1.0, 11.0, 11.0],
-                [20.0, 20.0, 30.0, 30.0],
-                [5.0, 0.0, 15.0, 10.0],
-            ]
-        )
-        scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
-        empty = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
-        print(
-            json.dumps(
-                {
-                    "half": nms(boxes, scores, 0.5).tolist(),
-                    "third": nms(boxes, scores, 0.3).tolist(),
-                    "dtype": str(nms(boxes, scores, 0.5).dtype),
-                    "batched": batched_nms(
-                        boxes, scores, torch.tensor([0, 1, 0, 0]), 0.3
-                    ).tolist(),
-                    "empty": [empty.numel(), str(empty.dtype)],
-                }
-            )
-        )
-        """
-    )
-    result = json.loads(out)
-    assert result["half"] == [3, 0, 2]
-    assert result["third"] == [3, 2]
-    assert result["dtype"] == "torch.int64"
-    assert result["batched"] == [3, 1, 2]
-    assert result["empty"] == [0, "torch.int64"]
-
-
-def test_roi_align_linear_ramp() -> None:
-    """roi_align samples a linear ramp exactly at the bin centres."""
-    _require("torchvision")
-    out = _run(
-        """
-        import json
-
-        from landcover.compat import guard_torchvision
-
-        guard_torchvision()
-        import torch
-        from torchvision.ops import roi_align
-
-        ramp = torch.arange(8.0).repeat(8, 1)[None, None]  # value == x
-        rois = torch.tensor([[0.0, 1.0, 1.0, 5.0, 5.0]], requires_grad=False)
-        features = ramp.clone().requires_grad_()
-        pooled = roi_align(features, rois, 2, 1.0, 2, True)
-        pooled.sum().backward()
-        print(
-            json.dumps(
-                {
-                    "pooled": pooled[0, 0].tolist(),
-                    "grad_sum": features.grad.sum().item(),
-                }
-            )
-        )
-        """
-    )
-    result = json.loads(out)
-    # aligned=True shifts by half a pixel: bins span x in [0.5, 2.5] and [2.5, 4.5].
-    pooled = [value for row in result["pooled"] for value in row]
-    assert pooled == pytest.approx([1.5, 3.5, 1.5, 3.5])
-    assert result["grad_sum"] == pytest.approx(4.0)
-
-
-def test_guard_is_idempotent() -> None:
-    """A second call changes nothing and returns the first call's answer."""
-    _require("torchvision")
-    out = _run(
+    return json.loads(_run(
         """
         import json
         import sys
@@ -153,6 +74,7 @@ def test_guard_is_idempotent() -> None:
         unchanged = state == (list(sys.meta_path), list(compat._LIBRARIES))
         import torch
         import torchvision
+        from torchvision.ops import batched_nms, nms, roi_align
 
         unsupported = None
         if first:
@@ -160,18 +82,51 @@ def test_guard_is_idempotent() -> None:
                 torchvision.ops.roi_pool(torch.rand(1, 1, 4, 4), torch.zeros(1, 5), 2)
             except NotImplementedError as error:
                 unsupported = "roi_pool" in str(error)
-        print(
-            json.dumps(
-                {
-                    "calls": [first, second, compat.guard_torchvision()],
-                    "unchanged": unchanged,
-                    "unsupported": unsupported,
-                }
-            )
-        )
+        idempotent = {"calls": [first, second, compat.guard_torchvision()], "unchanged": unchanged,
+                      "unsupported": unsupported}
+
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0],
+                              [5.0, 0.0, 15.0, 10.0]])
+        scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+        empty = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
+        found = {"half": nms(boxes, scores, 0.5).tolist(), "third": nms(boxes, scores, 0.3).tolist(),
+                 "dtype": str(nms(boxes, scores, 0.5).dtype),
+                 "batched": batched_nms(boxes, scores, torch.tensor([0, 1, 0, 0]), 0.3).tolist(),
+                 "empty": [empty.numel(), str(empty.dtype)]}
+
+        ramp = torch.arange(8.0).repeat(8, 1)[None, None]  # value == x
+        rois = torch.tensor([[0.0, 1.0, 1.0, 5.0, 5.0]], requires_grad=False)
+        features = ramp.clone().requires_grad_()
+        pooled = roi_align(features, rois, 2, 1.0, 2, True)
+        pooled.sum().backward()
+        roi = {"pooled": pooled[0, 0].tolist(), "grad_sum": features.grad.sum().item()}
+        print(json.dumps({"idempotent": idempotent, "nms": found, "roi_align": roi}))
         """
-    )
-    result = json.loads(out)
+    ))
+
+
+def test_nms_known_example(guarded: dict) -> None:
+    """The nms operator keeps the expected boxes, best score first."""
+    result = guarded["nms"]
+    assert result["half"] == [3, 0, 2]
+    assert result["third"] == [3, 2]
+    assert result["dtype"] == "torch.int64"
+    assert result["batched"] == [3, 1, 2]
+    assert result["empty"] == [0, "torch.int64"]
+
+
+def test_roi_align_linear_ramp(guarded: dict) -> None:
+    """roi_align samples a linear ramp exactly at the bin centres."""
+    result = guarded["roi_align"]
+    # aligned=True shifts by half a pixel: bins span x in [0.5, 2.5] and [2.5, 4.5].
+    pooled = [value for row in result["pooled"] for value in row]
+    assert pooled == pytest.approx([1.5, 3.5, 1.5, 3.5])
+    assert result["grad_sum"] == pytest.approx(4.0)
+
+
+def test_guard_is_idempotent(guarded: dict) -> None:
+    """A second call changes nothing and returns the first call's answer."""
+    result = guarded["idempotent"]
     first = result["calls"][0]
     assert isinstance(first, bool)
     assert result["calls"] == [first, first, first]

@@ -62,6 +62,7 @@ def _metrics(run) -> list[dict]:
     return [{k: float(v) for k, v in zip(keys, line.split(","), strict=True)} for line in lines[1:]]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(trained, zion_pairs, tmp_path, monkeypatch):
     import landcover.train.segmentation as trainer
 
