@@ -380,3 +380,31 @@ def test_nlcd_tiles_as_a_label_product_give_chips_their_labels(tmp_path):
 
     manifest = gpd.read_parquet(tmp_path / "chips" / "manifest.parquet")
     assert len(manifest) > 100 and {"Forest", "Shrubland"} <= set(manifest["label"])
+
+
+@pytest.mark.parametrize("where", ["nothing listening", "404"])
+def test_an_unreachable_catalog_is_one_line(server, tmp_path, capsys, where):
+    import socket
+
+    if where == "404":
+        url = f"{server.base}/nowhere/catalog.json"
+    else:
+        with socket.socket() as s:  # a port nothing listens on: bound, then released
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/catalog.json"
+    out = tmp_path / "out"
+    assert main(["acquire", "--catalog", url, "--bbox", *map(str, BBOX), "--assets", *BANDS, "--out", str(out),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and url in err and "cannot read the static catalog" in err
+    assert not out.exists()
+
+
+def test_an_output_grid_too_large_is_refused_before_any_fetch(server, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["acquire", "--catalog", f"{server.base}/catalog.json", "--bbox", *map(str, BBOX), "--assets",
+                 *BANDS, "--resolution", "0.001", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "the output grid would be" in err and "gigapixels" in err, err
+    assert not out.exists()  # nothing fetched, no work folder: only the reference item's headers were read

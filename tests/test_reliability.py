@@ -227,6 +227,12 @@ BAD_NUMBERS = [
     (["predict", "b", "--image", "a.tif", "--out", "m.tif", "--max-nodata", "2"], "--max-nodata"),
     (["map", "m.tif", "--out", "m.png", "--alpha", "-0.1"], "--alpha"),
     (["change", "a.tif", "b.tif", "--out", "o", "--min-cells", "0"], "--min-cells"),
+    (["acquire", "--catalog", "c.json", "--bbox", "0", "0", "1", "1", "--assets", "b", "--out", "o", "--resolution",
+      "inf"], "--resolution"),
+    (["acquire", "--catalog", "c.json", "--bbox", "0", "0", "1", "1", "--assets", "b", "--out", "o", "--resolution",
+      "1e309"], "--resolution"),
+    (["crf", "p.tif", "--image", "a.tif", "--out", "r.tif", "--downscale", "0"], "--downscale"),
+    (["label", "--image", "a.tif", "--serve", "--classes", "a", "b", "--out", "d.tif", "--port", "70000"], "--port"),
 ]
 
 

@@ -73,8 +73,11 @@ def test_process_pool_matches_one_process(tmp_path, zion, zion_images, reference
 
 
 @pytest.mark.slow
-def test_ray_local_cluster_matches_one_process(tmp_path, zion, zion_images, reference):
+def test_ray_local_cluster_matches_one_process(tmp_path, zion, zion_images, reference, monkeypatch):
+    """A local Ray engine starts its own instance, even where a past cluster's address lingers (here RAY_ADDRESS
+    names a dead one, as a cluster once started with `ray start` leaves its address behind)."""
     pytest.importorskip("ray") if os.environ.get("CI") != "true" else None
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     out = tmp_path / "ray"
     assert main(zion_args(zion, zion_images, out, "--block-tiles", "3", "--engine", "ray", "--workers", "2")) == 0
     pd.testing.assert_frame_equal(manifest(out), reference)

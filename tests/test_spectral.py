@@ -167,3 +167,15 @@ def test_share_better_tells_a_clear_win_from_a_one_chip_difference():
     one_more[np.flatnonzero(noisy != y)[0]] = y[np.flatnonzero(noisy != y)[0]]
     assert 0.2 < share_better(y, noisy, one_more, 3) < 0.9  # one chip more right: not sure
     assert share_better(y, noisy, one_more, 3, seed=5) != share_better(y, noisy, one_more, 3, seed=6)
+
+
+def test_a_spectral_bundle_runs_on_numpy_and_points_nowhere_else(spectral_runs):
+    from landcover.bundle import load_bundle
+    from landcover.errors import LandcoverError
+    from landcover.predict.runtime import choose_runtime
+
+    bundle = load_bundle(spectral_runs / "spectral" / "bundle")
+    runtime, why = choose_runtime(bundle)
+    assert "numpy" in why and "export-onnx" not in why
+    with pytest.raises(LandcoverError, match="no network"):
+        choose_runtime(bundle, "onnx")

@@ -110,8 +110,8 @@ def _ray_map(fn: Callable, shared: Any, tasks: list, workers: int, address: str 
                                    "configure_logging": False}
         if address:
             ray.init(address=address, **options)
-        else:
-            ray.init(num_cpus=workers, **options)
+        else:  # a local engine starts its own instance, never joins a cluster a past `ray start` left recorded
+            ray.init(address="local", num_cpus=workers, **options)
     try:
         remote = ray.remote(num_cpus=1)(fn)
         shared_ref = ray.put(shared)

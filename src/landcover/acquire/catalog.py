@@ -280,10 +280,17 @@ def _static_items(catalog: Catalog, search: Search) -> list[dict]:
             item.make_asset_hrefs_absolute()
             items.append(item.to_dict(transform_hrefs=False))
         return items
-    except (OSError, ValueError) as exc:
-        raise LandcoverError(f"cannot read the static catalog ({_first_line(exc)})", catalog.source) from None
     except pystac.STACError as exc:
         raise LandcoverError(f"not a STAC catalog ({_first_line(exc)})", catalog.source) from None
+    except Exception as exc:  # OSError, bad JSON, and pystac's own "Could not read uri" (a bare Exception)
+        raise LandcoverError(f"cannot read the static catalog ({_first_line(_cause(exc))})", catalog.source) from None
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error underneath a wrapper that only says it could not read (pystac's StacIO wraps urllib's)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _found(item: dict) -> FoundItem:

@@ -38,6 +38,10 @@ GDAL_REMOTE = {
 STRIP = 1024
 """Rows of an item's window read at a time (bounds memory: a whole Sentinel-2 tile is never held)."""
 
+MAX_OUTPUT_PIXELS = 4e9
+"""The largest output grid acquire writes, in pixels a band (a 63,000 px square): four times the README's 1.2
+gigapixel NAIP county; larger areas are several runs, or a coarser --resolution."""
+
 
 @dataclass(frozen=True)
 class Mask:
@@ -158,6 +162,10 @@ def output_grid(items: list[FoundItem], assets: list[str], area: shapely.Geometr
     y1 = origin_y + math.ceil((top - origin_y) / res) * res
     width = max(1, math.ceil((right - x0) / res - 1e-9))
     height = max(1, math.ceil((y1 - bottom) / res - 1e-9))
+    if width * height > MAX_OUTPUT_PIXELS:
+        raise LandcoverError(f"the output grid would be {width:,} x {height:,} px ({width * height / 1e9:,.1f} "
+                             f"gigapixels a band) at {res:g} {target.linear_units or 'units'}: at most "
+                             f"{MAX_OUTPUT_PIXELS / 1e9:g} gigapixels; give a coarser --resolution or a smaller area")
     return OutputGrid(target, Affine(res, 0, x0, 0, -res, y1), width, height,
                       mapping(projected) if mask_by_area else None)
 

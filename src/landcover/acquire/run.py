@@ -45,6 +45,7 @@ from landcover.acquire.fetch import (
     parse_mask,
 )
 from landcover.atomic import check_output, write_text
+from landcover.bounds import POSITIVE
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.locks import output_lock
@@ -99,8 +100,8 @@ def acquire_area(catalog: str, out: str | Path, assets: list[str], *, collection
         raise LandcoverError(f"--max-cloud {max_cloud:g} must be a percentage (0..100)")
     if not assets:
         raise LandcoverError("give the assets to read (--assets B04 B03 B02 ...)")
-    if resolution is not None and not resolution > 0:
-        raise LandcoverError(f"--resolution {resolution:g} must be > 0")
+    if resolution is not None:
+        POSITIVE.check(resolution, "--resolution")
     target_crs = parse_crs(crs)
     cloud_mask = parse_mask(mask)
     area, by_area = parse_aoi(aoi, bbox)

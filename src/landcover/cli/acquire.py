@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from landcover.bounds import WHOLE
+from landcover.bounds import POSITIVE, WHOLE
 from landcover.cli.common import engine_options
 from landcover.engine import Engine
 
@@ -42,8 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-cloud", type=float, metavar="PCT", help="leave out items with eo:cloud_cover above PCT")
     p.add_argument("--assets", nargs="+", required=True, metavar="NAME", help="assets to read, as bands in order")
     p.add_argument("--crs", help="output CRS (default: the items' own)")
-    p.add_argument("--resolution", type=float, metavar="R", help="output pixel size in CRS units (default: the "
-                                                                  "finest asset's)")
+    p.add_argument("--resolution", type=POSITIVE.parse, metavar="R",
+                   help="output pixel size in CRS units (default: the finest asset's)")
     p.add_argument("--resampling", default="nearest", choices=["nearest", "bilinear", "cubic", "average", "mode"],
                    help="onto the output grid (default nearest)")
     p.add_argument("--mask", default="none", metavar="scl|qa_pixel|ASSET:VALUES|none",

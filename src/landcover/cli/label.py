@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from landcover.bounds import COUNT, POSITIVE, WHOLE
+from landcover.bounds import COUNT, POSITIVE, WHOLE, Bound
 from landcover.cli.common import engine_options
 from landcover.cli.predict import crf_options, crf_settings
 from landcover.engine import Engine
@@ -19,6 +19,9 @@ Scribbles are a vector layer (lines, polygons, points; any CRS; --class-field na
 or holds codes of --scheme) or a raster of class codes (0 = unlabelled). They are burned onto the image's
 grid (lines touching a pixel mark it); the CRF (defaults: the seeds' settings, on the image downscaled by
 0.25) spreads them to every pixel. dense.tif feeds `landcover chips --labels dense.tif` directly."""
+
+PORT = Bound(0, 65535, integer=True)
+"""A TCP port; 0 asks for any free one."""
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--serve", action="store_true",
                    help="draw the scribbles on a page served on 127.0.0.1 (Run shows the result, Save writes --out "
                         "and <out stem>.scribbles.geojson)")
-    g.add_argument("--port", type=WHOLE.parse, default=0, help="the page's port (default: any free one)")
+    g.add_argument("--port", type=PORT.parse, default=0, help="the page's port (default: any free one)")
     g.add_argument("--classes", nargs="+", metavar="NAME", help="the classes to offer (or --scheme's)")
     g.add_argument("--idle-minutes", type=POSITIVE.parse, default=30,
                    help="stop after this many minutes without a request (default 30)")
@@ -76,7 +79,11 @@ def _serve(args: argparse.Namespace) -> None:
 
     session = LabelSession(args.image, Path(args.out), session_classes(args.scheme, args.classes), bands=args.bands,
                            settings=crf_settings(args), median=args.median, overwrite=args.overwrite)
-    server = make_server(session, args.port, idle_seconds=60 * args.idle_minutes)
+    try:
+        server = make_server(session, args.port, idle_seconds=60 * args.idle_minutes)
+    except BaseException:
+        shutil.rmtree(session.work, ignore_errors=True)
+        raise
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     print(f"labelling page: {url}  (stops after {args.idle_minutes:g} idle minutes; Ctrl-C stops it now)", flush=True)
     if not args.no_browser:

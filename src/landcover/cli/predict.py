@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, WHOLE, Bound
+from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, WHOLE, Bound
 from landcover.cli.common import engine_options
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
@@ -129,7 +129,7 @@ def crf_options(p: argparse.ArgumentParser) -> None:
 
     s = CrfSettings()
     g = p.add_argument_group("dense CRF settings")
-    g.add_argument("--downscale", type=FRACTION.parse, metavar="F",
+    g.add_argument("--downscale", type=SHARE.parse, metavar="F",
                    help=f"run the CRF on the image resampled by F, labels upscaled back (default {s.downscale:g}; "
                         "1: full resolution)")
     g.add_argument("--sxy-gaussian", type=POSITIVE.parse, metavar="PX",

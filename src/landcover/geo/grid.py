@@ -22,6 +22,15 @@ from landcover.geo.raster import Scene, canonical_crs, same_crs, transformer
 _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(m|px)?\s*$")
 
 
+def area_text(hectares: float) -> str:
+    """An area as a person reads it at any scale: '12,345 ha', '12.3 ha', or in m² below a hectare."""
+    if hectares >= 100:
+        return f"{hectares:,.0f} ha"
+    if hectares >= 1:
+        return f"{hectares:,.1f} ha"
+    return f"{hectares * 1e4:,.0f} m²"
+
+
 def parse_length(text: str | float, what: str = "size") -> tuple[float, str]:
     """'480m' -> (480.0, 'm'); '16px' -> (16.0, 'px'); a bare number is metres."""
     match = _LENGTH.match(str(text))

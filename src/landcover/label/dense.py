@@ -17,6 +17,7 @@ from rasterio.enums import Resampling
 from landcover.atomic import replacing, write_text
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
+from landcover.geo.grid import area_text
 from landcover.geo.raster import Scene
 from landcover.geo.stretch import scene_stretch
 from landcover.label.scribbles import CONFIDENCE, read_scribbles, write_evidence
@@ -49,7 +50,7 @@ class LabelResult:
         lines = [f"dense labels: {self.out}  ({self.seconds:.1f} s)"]
         for c in self.classes:
             name = c["name"]
-            lines.append(f"  {name:<16} {self.pixels[name]:>12,} px {self.hectares[name]:>12,.1f} ha "
+            lines.append(f"  {name:<16} {self.pixels[name]:>12,} px {area_text(self.hectares[name]):>14} "
                          f"{100 * self.pixels[name] / total:>6.1f}%   ({self.scribbled[name]:,} px scribbled)")
         lines += [f"{k}: {v}" for k, v in self.files.items() if k != "map"]
         return "\n".join(lines)

@@ -221,7 +221,11 @@ def make_server(session: LabelSession, port: int = 0, idle_seconds: float = 1800
             except LandcoverError as exc:
                 self._json(422, {"error": str(exc)})
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as exc:
+        raise LandcoverError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}; another "
+                             "program holds it? leave --port out for any free one)") from None
     server.daemon_threads = True
     server.last_request = time.monotonic()
     server.idle_seconds = idle_seconds

@@ -56,6 +56,8 @@ class MapAssessment:
             lines.append(f"{row['class']:<16} {row['mapped_ha']:>12,.0f} {_f(row['estimated_ha'], 14, ',.0f')} "
                          f"{_f(row['estimated_ha_ci95'], 10, ',.0f')} {_f(row['users'], 6, '.3f')} "
                          f"{_f(row['producers'], 8, '.3f')}")
+        if e.get("warning"):
+            lines.append(f"warning: {e['warning']}")
         if e.get("reference_points_outside_map"):
             lines.append(f"{e['reference_points_outside_map']} reference points lie outside the map (left out)")
         if e["unsampled_classes"]:
@@ -96,6 +98,11 @@ def assess_map(map_path: str | Path, truth: str | Path, out_dir: str | Path, tru
     estimates = area_adjusted(confusion.T, mapped_all, cell_m2 / 1e4, names)
     estimates["iou"] = _iou(confusion)
     estimates["reference_points_outside_map"] = outside
+    present = [names[i] for i in np.flatnonzero(confusion.sum(axis=1))]
+    if len(present) < 2:
+        estimates["warning"] = (f"the reference holds one class ({', '.join(present)}): it cannot tell the map's "
+                                "classes apart, so the accuracies and area estimates, and their narrow intervals, "
+                                "say nothing about the others")
     out = Path(out_dir)
     files = write_report(report, out, title=f"{Path(map_path).name} against {Path(truth).name}")
     files["accuracy.json"] = out / "accuracy.json"

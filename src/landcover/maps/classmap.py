@@ -115,9 +115,13 @@ def raster_classes(path: str | Path, probabilities: bool = False) -> tuple[list[
     colours from the palette; else a clear error."""
     with open_raster(path) as src:
         tags = src.tags()
-        if CLASSES_TAG in tags:
-            return json.loads(tags.pop(CLASSES_TAG)), tags
         count, dtype, descriptions = src.count, np.dtype(src.dtypes[0]), list(src.descriptions)
+    if not probabilities and count != 1:
+        what = "a probability raster (one band per class)? give the class map itself" if CLASSES_TAG in tags else \
+            "a class map has one band of integer class ids"
+        raise LandcoverError(f"is not a class map: it has {count} bands ({what})", path)
+    if CLASSES_TAG in tags:
+        return json.loads(tags.pop(CLASSES_TAG)), tags
     if probabilities:
         if not all(descriptions):
             raise LandcoverError("has no class names (no LANDCOVER_CLASSES tag and unnamed bands): name each band "
@@ -126,7 +130,7 @@ def raster_classes(path: str | Path, probabilities: bool = False) -> tuple[list[
             raise LandcoverError(f"has {len(descriptions)} bands: at most {NODATA} classes fit a class map", path)
         named = list(enumerate(descriptions))
     else:
-        if count != 1 or dtype.kind not in "iu":
+        if dtype.kind not in "iu":
             raise LandcoverError("is not a categorical map (one band of integer class ids)", path)
         named = [(i, n) for i, n in enumerate(_category_names(Path(f"{path}.aux.xml"))) if n and i != NODATA]
         if not named:

@@ -16,6 +16,7 @@ from rasterio.enums import Resampling
 from landcover.atomic import write_text
 from landcover.bundle import Bundle
 from landcover.errors import LandcoverError
+from landcover.geo.grid import area_text
 from landcover.geo.raster import Scene, open_raster
 from landcover.schemes import load_scheme
 
@@ -57,7 +58,7 @@ class RasterResult:
             lines.append(f"windows: {self.windows} predicted, {self.skipped} skipped (nodata/AOI)"
                          + (f", {self.resumed} blocks resumed" if self.resumed else "")
                          + f"; {self.seconds:.1f} s, {self.tiles_per_second:.1f} tiles/s on {self.runtime}")
-        shares = ", ".join(f"{n} {h:,.0f} ha ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
+        shares = ", ".join(f"{n} {area_text(h)} ({100 * h / total:.1f}%)" for n, h in self.hectares.items() if h)
         lines.append(f"classes: {shares}" if total else "classes: none predicted")
         for name, score in self.scores.items():
             lines.append(f"agreement with truth ({name}): {score['agreement']:.3f} over {score['n_cells']} cells")

@@ -1,0 +1,66 @@
+"""Bad inputs met at run time on real data (issue #27's trial): each is one line naming the file or flag, exit 2,
+no traceback, and nothing left behind. Parse-time ranges are in test_reliability's BAD_NUMBERS table."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import rasterio
+from conftest import write_raster
+
+from landcover.cli import main
+
+
+def one_line(capsys, argv, *expected) -> str:
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and all(e in err for e in expected), err
+    return err
+
+
+def test_a_busy_port_is_one_line_and_leaves_no_work_folder(zion_crop, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_line(capsys, ["label", "--image", *zion_crop, "--serve", "--no-browser", "--classes", "forest", "shrub",
+                          "--out", tmp_path / "dense.tif", "--port", port], f"--port {port}", "cannot listen")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_probability_raster_given_as_a_map_is_named(zion_bundle, zion_crop, zion, tmp_path, capsys):
+    bundle = zion_bundle[0]
+    assert main(["predict", str(bundle), "--image", *zion_crop, "--out", str(tmp_path / "m.tif"), "--probabilities",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    probs = tmp_path / "m.probs.tif"
+    one_line(capsys, ["evaluate", probs, "--truth", zion / "nlcd2011.tif", "--scheme", "nlcd-grouped", "--out",
+                      tmp_path / "acc"], "m.probs.tif", "is not a class map", "8 bands", "give the class map itself")
+    one_line(capsys, ["map", probs, "--out", tmp_path / "m.png"], "m.probs.tif", "is not a class map")
+    assert not (tmp_path / "acc").exists() and not (tmp_path / "m.png").exists()
+
+
+def test_a_one_class_reference_is_said_to_assess_nothing_else(zion_tile_map, tmp_path, capsys):
+    with rasterio.open(zion_tile_map) as src:
+        forest = write_raster(tmp_path / "forest.tif", np.full(src.shape, 42, np.uint8), src.crs, src.transform)
+    assert main(["evaluate", str(zion_tile_map), "--truth", str(forest), "--scheme", "nlcd-grouped", "--out",
+                 str(tmp_path / "acc")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the reference holds one class (Forest)" in out
+    assert "one class" in json.loads((tmp_path / "acc" / "accuracy.json").read_text())["warning"]
+
+
+def test_small_areas_print_in_square_metres(tmp_path):
+    """A class of three 30 m pixels is 2,700 m², not '0 ha' (what predict's summary printed on small scenes)."""
+    from landcover.geo.grid import area_text
+    from landcover.predict.outputs import RasterResult
+
+    assert [area_text(h) for h in (12345.4, 12.34, 0.45, 0)] == ["12,345 ha", "12.3 ha", "4,500 m²", "0 m²"]
+    result = RasterResult(tmp_path / "m.tif", {}, {"Forest": 3, "Water": 137}, {"Forest": 0.27, "Water": 12.33},
+                          windows=1, skipped=0, resumed=0, seconds=1.0, seconds_read=0.0, seconds_infer=0.0,
+                          reading="direct")
+    classes = next(line for line in result.summary().splitlines() if line.startswith("classes:"))
+    assert classes == "classes: Forest 2,700 m² (2.1%), Water 12.3 ha (97.9%)"
