@@ -64,3 +64,38 @@ def test_small_areas_print_in_square_metres(tmp_path):
                           reading="direct")
     classes = next(line for line in result.summary().splitlines() if line.startswith("classes:"))
     assert classes == "classes: Forest 2,700 m² (2.1%), Water 12.3 ha (97.9%)"
+
+
+def nc_point_table(tmp_path, columns: tuple[str, str]):
+    """The NC scene's labelled points as a CSV table with the given coordinate columns (lon/lat in WGS84)."""
+    import geopandas as gpd
+    from conftest import need_data
+
+    folder = need_data("landsat_nc")
+    points = gpd.read_file(folder / "landsat96_points.shp").to_crs("EPSG:4326")
+    table = tmp_path / "points.csv"
+    points.assign(**{columns[0]: points.geometry.x, columns[1]: points.geometry.y})[
+        [columns[0], columns[1], "label"]].to_csv(table, index=False)
+    return folder, table
+
+
+def test_scribbles_from_a_lon_lat_table_and_x_y_refused(tmp_path, capsys):
+    folder, table = nc_point_table(tmp_path, ("Longitude", "Latitude"))
+    image = [str(folder / f"lsat7_2000_{b}.tif") for b in (40, 30, 20)]
+    assert main(["label", "--image", *image, "--scribbles", str(table), "--class-field", "label", "--out",
+                 str(tmp_path / "dense.tif"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "dense.json").read_text())
+    assert len(summary["scribbled_pixels"]) == 7 and sum(summary["scribbled_pixels"].values()) > 700
+    (tmp_path / "xy").mkdir()
+    _, xy = nc_point_table(tmp_path / "xy", ("x", "y"))
+    one_line(capsys, ["label", "--image", *image, "--scribbles", xy, "--class-field", "label", "--out",
+                      tmp_path / "xy.tif"], "points.csv", "x/y columns carry no CRS")
+    assert not (tmp_path / "xy.tif").exists()
+
+
+def test_dense_labels_out_of_another_format_leave_nothing(tmp_path, capsys):
+    folder, table = nc_point_table(tmp_path, ("lon", "lat"))
+    image = [str(folder / f"lsat7_2000_{b}.tif") for b in (40, 30, 20)]
+    one_line(capsys, ["label", "--image", *image, "--scribbles", table, "--class-field", "label", "--out",
+                      tmp_path / "dense.png"], "dense.png", "give --out a .tif name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points.csv"]

@@ -109,3 +109,18 @@ def test_strict_fails_on_the_first_problem_and_writes_nothing(park_chips, tmp_pa
         import_chips(tree, tmp_path / "ds2", scheme="lcmap", progress=False)
     with pytest.raises(LandcoverError, match="holds no class folders with images"):
         import_chips(tree / "Water", tmp_path / "ds3", progress=False)
+
+
+def test_bad_ratios_write_nothing_and_a_rerun_replaces_with_overwrite(park_chips, tmp_path, capsys):
+    tree = _jpeg_tree(park_chips, tmp_path / "jpegs")
+    out = tmp_path / "ds"
+    assert main(["import", str(tree), "--out", str(out), "--ratios", "50:20", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--ratios '50:20' sums to 70" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["import", str(tree), "--out", str(out), "--ratios", "80:20", "--quiet"]) == 0
+    assert main(["import", str(tree), "--out", str(out), "--quiet"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["import", str(tree), "--out", str(out), "--ratios", "70:15:15", "--overwrite", "--quiet"]) == 0
+    frame, _ = read_manifest(out / "manifest.parquet")
+    assert set(frame["split"]) == {"train", "valid", "test"}

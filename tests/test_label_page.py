@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -73,7 +74,28 @@ def test_every_request_is_checked(page):
     assert got == 400 and "not JSON" in answer["error"]
     got, answer = post(f"{url}/api/run", b"{}", {"Content-Length": str(50 * 1024 * 1024)})
     assert got == 413 and "at most" in answer["error"]
+    strings = {"strokes": [{"class": "forest", "points": [["a", "b"]]}, {"class": "water", "points": line}]}
+    got, answer = post(f"{url}/api/run", json.dumps(strings).encode())
+    assert got == 400 and "points must be a list of [x, y] pairs" in answer["error"]
+    for length in ("abc", "-1"):
+        status, answer = raw_post(url, length, b"{}")
+        assert status == 400 and "is not a number of bytes" in answer["error"], (length, answer)
     assert h > 100 and not session.out.exists()
+
+
+def raw_post(url: str, length: str, body: bytes) -> tuple[int, dict]:
+    """A POST with a Content-Length header as given (urllib would correct it); the answer must come at once."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"POST /api/run HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n\r\n".encode() + body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
 
 
 @pytest.mark.slow

@@ -61,16 +61,17 @@ class ImportResult:
 
 
 def import_chips(tree: str | Path, out: str | Path, *, scheme: str | None = None, copy: bool = False,
-                 strict: bool = False, progress: bool = True) -> ImportResult:
+                 strict: bool = False, overwrite: bool = False, progress: bool = True) -> ImportResult:
     """A manifest for a folder of class folders (optionally under train/ valid/ test/), every image GDAL reads;
-    chips stay where they are (paths relative to `out`) unless `copy`."""
+    chips stay where they are (paths relative to `out`) unless `copy`. `overwrite` replaces an earlier import."""
     started = time.perf_counter()
     tree, out = Path(tree), Path(out)
     if not tree.is_dir():
         raise LandcoverError("no such folder (give the folder that holds the class folders)", tree)
     check_output(out, "folder")
-    if (out / "manifest.parquet").exists():
-        raise LandcoverError("already holds a manifest: choose a new folder", out)
+    if (out / "manifest.parquet").exists() and not overwrite:
+        raise LandcoverError("already holds a manifest (pass --overwrite to replace it, or choose a new folder)",
+                             out)
     found, empty = _walk(tree)
     if not found:
         raise LandcoverError("holds no class folders with images (.tif, .png, .jpg) in them", tree)
@@ -104,6 +105,8 @@ def import_chips(tree: str | Path, out: str | Path, *, scheme: str | None = None
                              tree)
     with output_lock(out):
         out.mkdir(parents=True, exist_ok=True)
+        if overwrite:  # the earlier import's copies go with it
+            shutil.rmtree(out / "chips", ignore_errors=True)
         frame = _frame(rows, tree, out, copy)
         info = {"scheme": chosen.to_dict(), "format": Path(rows[0]["file"]).suffix.lstrip(".").lower(),
                 "layout": "imported", "imported": {"tree": str(tree.resolve()), "copied": copy,

@@ -197,9 +197,32 @@ def read_layer(path: str | Path, what: str) -> gpd.GeoDataFrame:
         frame = gpd.read_file(path)
     except Exception as exc:
         raise LandcoverError(f"not a readable vector layer ({str(exc).splitlines()[0]})", path) from None
+    if not isinstance(frame, gpd.GeoDataFrame):  # a table (CSV): points from its coordinate columns
+        frame = points_from_table(frame, path, what)
     if frame.crs is None:
         raise LandcoverError(f"the {what} has no CRS (set one, e.g. ogr2ogr -a_srs EPSG:XXXX)", path)
     return frame
+
+
+LONGITUDES = ("lon", "lng", "long", "longitude", "x_wgs84")
+LATITUDES = ("lat", "latitude", "y_wgs84")
+
+
+def points_from_table(table: pd.DataFrame, path: str | Path, what: str) -> gpd.GeoDataFrame:
+    """Points from a table's lon/lat columns (WGS84, any case); x/y columns alone carry no CRS and are refused."""
+    columns = {c.lower(): c for c in table.columns}
+    lon = next((columns[c] for c in LONGITUDES if c in columns), None)
+    lat = next((columns[c] for c in LATITUDES if c in columns), None)
+    if lon is None or lat is None:
+        xy = "x" in columns and "y" in columns
+        raise LandcoverError(f"a table as the {what} needs lon and lat columns (WGS84 degrees)"
+                             + ("; x/y columns carry no CRS: give lon/lat, or a GeoPackage with its CRS" if xy else
+                                f"; it has: {', '.join(map(str, table.columns))}"), path)
+    try:
+        x, y = pd.to_numeric(table[lon]), pd.to_numeric(table[lat])
+    except (TypeError, ValueError):
+        raise LandcoverError(f"columns {lon!r} and {lat!r} must hold numbers", path) from None
+    return gpd.GeoDataFrame(table.drop(columns=[lon, lat]), geometry=gpd.points_from_xy(x, y), crs="EPSG:4326")
 
 
 def read_vector_labels(path: str | Path, crs: CRS, scheme: ClassScheme | None, attribute: str | None = None,

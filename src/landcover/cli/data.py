@@ -263,20 +263,24 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
                         "(the same as `landcover split OUT --random --ratios R` afterwards; georeferenced chips are "
                         "better split by blocks there)")
     p.add_argument("--seed", type=WHOLE.parse, default=0, help="seed for --ratios (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier import into OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> None:
         from pathlib import Path
 
         from landcover.chips.imported import import_chips, split_folders
+        from landcover.datasets.splits import parse_ratios
         from landcover.errors import LandcoverError
 
+        if args.ratios:
+            parse_ratios(args.ratios)  # before anything is written
         splits = split_folders(args.tree) if Path(args.tree).is_dir() else []
         if args.ratios and splits:
             raise LandcoverError(f"--ratios: its folders already split the chips ({', '.join(splits)}); drop --ratios "
                                  "to keep that split", args.tree)
         result = import_chips(args.tree, args.out, scheme=args.scheme, copy=args.copy, strict=args.strict,
-                              progress=not args.quiet)
+                              overwrite=args.overwrite, progress=not args.quiet)
         if args.ratios:
             from landcover.datasets.splits import split_manifest
 

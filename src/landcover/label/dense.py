@@ -72,6 +72,8 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     if median < 0 or (median and median % 2 == 0):
         raise LandcoverError(f"--median {median} must be an odd window size (or 0)")
     out = Path(out)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise LandcoverError("the dense labels are a GeoTIFF: give --out a .tif name", out)
     images = [str(p) for p in images]
     scene = Scene.open(images)
     picks = bands or list(range(1, min(scene.count, 3) + 1))

@@ -103,7 +103,10 @@ class LabelSession:
             if stroke.get("class") not in names:
                 raise BadRequest(400, f"stroke {i + 1}: unknown class {stroke.get('class')!r} (classes: "
                                       f"{', '.join(sorted(names))})")
-            points = np.asarray(stroke.get("points"), dtype=float) if isinstance(stroke.get("points"), list) else None
+            try:
+                points = np.asarray(stroke["points"], dtype=float) if isinstance(stroke.get("points"), list) else None
+            except (TypeError, ValueError):  # strings, ragged lists
+                points = None
             if points is None or points.ndim != 2 or points.shape[1] != 2 or not len(points):
                 raise BadRequest(400, f"stroke {i + 1}: points must be a list of [x, y] pairs")
             total += len(points)
@@ -207,7 +210,11 @@ def make_server(session: LabelSession, port: int = 0, idle_seconds: float = 1800
             try:
                 if path not in ("/api/run", "/api/save"):
                     raise BadRequest(404, f"no such action: {path}")
-                length = int(self.headers.get("Content-Length") or 0)
+                text = self.headers.get("Content-Length") or "0"
+                if not text.strip().isdigit():  # 'abc' or '-1' (which would read until the client gives up)
+                    self.close_connection = True
+                    raise BadRequest(400, f"Content-Length {text!r} is not a number of bytes")
+                length = int(text)
                 if length > MAX_BODY:
                     raise BadRequest(413, f"the request is {length:,} bytes: at most {MAX_BODY:,}")
                 try:
@@ -220,6 +227,8 @@ def make_server(session: LabelSession, port: int = 0, idle_seconds: float = 1800
                 self._json(exc.status, {"error": str(exc)})
             except LandcoverError as exc:
                 self._json(422, {"error": str(exc)})
+            except Exception as exc:  # a defect of ours: still an answer, with what happened
+                self._json(500, {"error": f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0]})"})
 
     try:
         server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
