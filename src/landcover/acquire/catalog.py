@@ -288,8 +288,11 @@ def _static_items(catalog: Catalog, search: Search) -> list[dict]:
 
 def _cause(exc: BaseException) -> BaseException:
     """The error underneath a wrapper that only says it could not read (pystac's StacIO wraps urllib's)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__
+    for _ in range(10):  # a chain, never a loop
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
     return exc
 
 
