@@ -99,3 +99,60 @@ def test_dense_labels_out_of_another_format_leave_nothing(tmp_path, capsys):
     one_line(capsys, ["label", "--image", *image, "--scribbles", table, "--class-field", "label", "--out",
                       tmp_path / "dense.png"], "dense.png", "give --out a .tif name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["points.csv"]
+
+
+def test_probabilities_with_a_nan_patch_or_none_at_all(zion_seg_run, zion_crop, tmp_path, capsys):
+    """A NaN patch is no evidence (said, and filled from around it by the CRF, not called the first class); a
+    raster of zeros is refused."""
+    probs = tmp_path / "m.probs.tif"
+    assert main(["predict", str(zion_seg_run / "bundle"), "--image", *zion_crop, "--out", str(tmp_path / "m.tif"),
+                 "--probabilities", "--quiet"]) == 0
+    with rasterio.open(probs) as src:
+        p = src.read().astype(np.float32) / 254
+        profile = {**src.profile, "dtype": "float32", "nodata": None}
+        names, tags = src.descriptions, src.tags()
+    p[:, 100:130, 200:230] = np.nan
+
+    def write(path, data):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(**tags)
+            for i, name in enumerate(names):
+                dst.set_band_description(i + 1, name)
+        return path
+
+    patched = write(tmp_path / "nan.tif", p)
+    capsys.readouterr()
+    assert main(["crf", str(patched), "--image", *zion_crop, "--out", str(tmp_path / "r.tif"), "--quiet"]) == 0
+    assert "900 of 126,000 cells (0.7%) hold no probabilities" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "r.tif") as src:
+        refined = src.read(1)
+    patch = refined[100:130, 200:230]
+    assert (patch != 255).all() and np.bincount(patch.ravel()).argmax() == np.bincount(
+        refined[90:140, 190:240].ravel()).argmax()  # the patch takes its surroundings' class
+    zeros = write(tmp_path / "zeros.tif", np.zeros_like(p))
+    one_line(capsys, ["crf", zeros, "--image", *zion_crop, "--out", tmp_path / "z.tif"], "zeros.tif",
+             "holds no probabilities", "NaN or all zero")
+    assert not (tmp_path / "z.tif").exists()
+
+
+def test_a_chip_dataset_given_as_images_is_read_by_its_manifest(zion_bundle, park_chips, zion, tmp_path, capsys):
+    """Its manifest lists the chips, so a figure beside them is never one; a dataset in shards is refused."""
+    import shutil
+
+    from PIL import Image
+
+    from landcover.manifest import read_manifest
+    from landcover.predict.folder import find_chips
+
+    folder = shutil.copytree(park_chips, tmp_path / "chips")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "split_counts.png")  # a figure, not a chip
+    frame, _ = read_manifest(folder / "manifest.parquet")
+    assert find_chips(folder) == sorted(frame["path"]) and len(frame) > 200
+    shards = tmp_path / "shards"
+    assert main(["chips", "--quiet", "--image", *[str(zion / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)],
+                 "--labels", str(zion / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", "960m", "--aoi",
+                 str(zion / "zion.gpkg"), "--layout", "shards", "--out", str(shards)]) == 0
+    one_line(capsys, ["predict", zion_bundle[0], "--images", shards, "--out", tmp_path / "p.csv"], "shards",
+             "members of shards", "landcover evaluate")
+    assert not (tmp_path / "p.csv").exists()

@@ -34,6 +34,9 @@ from landcover.maps.classmap import NODATA, PROB_SCALE, scale_probabilities
 from landcover.predict.request import CRF_BLOCK_PX
 from landcover.segment.crf import CrfSettings, dense_crf
 
+EVIDENCE_STRIP = 1024
+"""Rows of a probability raster read at once when its evidence is counted."""
+
 
 @dataclass(frozen=True)
 class CrfJob:
@@ -121,6 +124,21 @@ def probability_scale(src: rasterio.DatasetReader) -> float:
                          f"{src.dtypes[0]}", src.name)
 
 
+def missing_evidence(path: str) -> tuple[int, int]:
+    """(cells with data, of which hold no probabilities: NaN in a band, or all zero) of a probability raster, read
+    in strips: what `refine_raster` says before the CRF, and refuses when nothing is left."""
+    cells = missing = 0
+    with open_raster(path) as src:
+        for row in range(0, src.height, EVIDENCE_STRIP):
+            window = Window(0, row, src.width, min(EVIDENCE_STRIP, src.height - row))
+            p = src.read(window=window).astype(np.float32)
+            data = src.dataset_mask(window=window) > 0
+            none = ~np.isfinite(p).all(axis=0) | (np.nan_to_num(p).sum(axis=0) <= 0)
+            cells += int(data.sum())
+            missing += int((data & none).sum())
+    return cells, missing
+
+
 def run_rows(job: CrfJob, index: int) -> CrfRows:
     """One engine task: block row `index`, every block with its margin through the CRF, cores upscaled to the map."""
     started = time.perf_counter()
@@ -182,8 +200,9 @@ def _read_block(job: CrfJob, row: int, col: int, height: int, width: int) -> tup
         unary = np.where(np.arange(n)[:, None, None] == labels, confidence, rest)
         unary = np.where(known, unary, uniform).astype(np.float32)
     else:
-        unary = np.where(known, p, uniform).astype(np.float32)
         valid &= known
+        known &= np.isfinite(p).all(axis=0) & (np.nan_to_num(p).sum(axis=0) > 0)  # NaN or all zero: no evidence
+        unary = np.where(known, np.nan_to_num(p), uniform).astype(np.float32)
     return unary, image, valid
 
 

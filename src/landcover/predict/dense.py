@@ -24,7 +24,7 @@ from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, raster_classes, start_draft, write_rows
 from landcover.predict.bands import pixel_grid, window_threads
-from landcover.predict.crf import CrfJob, check_same_grid, run_rows
+from landcover.predict.crf import CrfJob, check_same_grid, missing_evidence, run_rows
 from landcover.predict.outputs import (
     RasterResult,
     fingerprint,
@@ -47,6 +47,13 @@ def refine_raster(probabilities: str | Path, images: list[str | Path], out: str 
     probabilities, out = str(probabilities), Path(out)
     images = [str(p) for p in images]
     classes, tags = raster_classes(probabilities, probabilities=True)
+    cells, missing = missing_evidence(probabilities)
+    if cells and missing == cells:
+        raise LandcoverError(f"holds no probabilities: every one of its {cells:,} cells is NaN or all zero",
+                             probabilities)
+    if missing:
+        r.log(f"{missing:,} of {cells:,} cells ({100 * missing / cells:.1f}%) hold no probabilities (NaN or all "
+              "zero): no evidence there, the CRF gives them the classes around them")
     scene = Scene.open(images)
     picks = list(r.bands) if r.bands else _display_bands(tags, scene.count)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)

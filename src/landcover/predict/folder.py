@@ -141,7 +141,18 @@ def predict_folder(bundle_path: str | Path, images: str | Path, out: str | Path,
 
 
 def find_chips(images: Path) -> list[str]:
-    """Chip files under a folder, as sorted POSIX paths relative to it (hidden files and folders left out)."""
+    """Chip files under a folder, as sorted POSIX paths relative to it (hidden files and folders left out). A
+    landcover chip dataset (a folder with manifest.parquet) is read as its manifest lists it, so its figures are
+    never taken for chips; one whose chips are members of shards is refused."""
+    if (images / "manifest.parquet").is_file():
+        from landcover.datasets.chips import in_shards
+        from landcover.manifest import read_manifest
+
+        frame, _ = read_manifest(images / "manifest.parquet")
+        if in_shards(frame):
+            raise LandcoverError("is a landcover chip dataset whose chips are members of shards, not image files: "
+                                 "score it with `landcover evaluate BUNDLE --manifest DIR --split SPLIT`", images)
+        return sorted(str(p) for p in frame["path"])
     found = []
     for path in images.rglob("*"):
         rel = path.relative_to(images)
