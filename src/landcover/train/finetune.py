@@ -144,6 +144,7 @@ def fine_tune(run: Run, out: Path, resume: bool, progress: bool) -> Path:
         dump_json(out / "summary.json", {"mode": "finetune", "best_epoch": state["best_epoch"],
                                          "best_val_macro_f1": state["best_score"], "val_acc": val_acc,
                                          "epochs_run": rows[-1]["epoch"] if rows else 0})
+    del net  # DDP's reducer goes while its process group lives (freed after, it can deadlock in gloo)
     end_distributed(world)
     return out
 

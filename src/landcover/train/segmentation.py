@@ -109,6 +109,7 @@ def train_segmentation(run: SegmentationRun, out: Path, resume: bool, progress: 
         dump_json(out / "summary.json", {"task": "segmentation", "best_epoch": state["best_epoch"],
                                          "best_val_miou": state["best_score"],
                                          "epochs_run": rows[-1]["epoch"] if rows else 0})
+    del net  # DDP's reducer goes while its process group lives (freed after, it can deadlock in gloo)
     end_distributed(world)
     return out
 
