@@ -45,11 +45,6 @@ def default_map(zion_seg_run, zion_images, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def crop(zion_crop):
-    return zion_crop
-
-
 def boundary_rates(classes: np.ndarray, edges: set[int]) -> tuple[float, float]:
     """How often a pixel's class differs from its left / upper neighbour: across window edges, and elsewhere."""
     rows, cols = classes.shape
@@ -111,12 +106,12 @@ def _predict(bundle, images, out, **options):
         return m.read(1), p.read()
 
 
-def test_bands_and_chunks_change_nothing_and_a_killed_run_resumes(zion_seg_run, crop, tmp_path, monkeypatch):
+def test_bands_and_chunks_change_nothing_and_a_killed_run_resumes(zion_seg_run, zion_crop, tmp_path, monkeypatch):
     bundle = zion_seg_run / "bundle"
-    classes, probs = _predict(bundle, crop, tmp_path / "one_band.tif")
+    classes, probs = _predict(bundle, zion_crop, tmp_path / "one_band.tif")
     monkeypatch.setattr(bands_module, "BAND_PX", 100)  # 3 window rows a band: 4 bands
     monkeypatch.setattr(bands_module, "CHUNK_PX", 150)  # 2 window columns a chunk
-    small_classes, small_probs = _predict(bundle, crop, tmp_path / "bands.tif")
+    small_classes, small_probs = _predict(bundle, zion_crop, tmp_path / "bands.tif")
     assert (small_classes == classes).mean() > 0.9999
     assert np.abs(small_probs.astype(int) - probs).max() <= 1  # float sums in another order, then rounded
     real, calls = pixels_module.run_band, []
@@ -130,11 +125,11 @@ def test_bands_and_chunks_change_nothing_and_a_killed_run_resumes(zion_seg_run, 
     monkeypatch.setattr(pixels_module, "run_band", dying)
     out = tmp_path / "resumed.tif"
     with pytest.raises(KeyboardInterrupt):
-        _predict(bundle, crop, out)
+        _predict(bundle, zion_crop, out)
     assert not out.exists() and (tmp_path / ".resumed.tif.landcover-state" / "progress.npz").exists()
     monkeypatch.setattr(pixels_module, "run_band", real)
     calls.clear()
-    result = predict_raster(bundle, crop, out, window="128px", overlap="32px", probabilities=True, progress=False,
+    result = predict_raster(bundle, zion_crop, out, window="128px", overlap="32px", probabilities=True, progress=False,
                             log=quiet)
     assert result.resumed == 2
     with rasterio.open(out) as m, rasterio.open(out.with_suffix(".probs.tif")) as p:
@@ -143,29 +138,29 @@ def test_bands_and_chunks_change_nothing_and_a_killed_run_resumes(zion_seg_run, 
 
 
 @pytest.mark.slow
-def test_process_pool_and_ray_write_the_identical_map(zion_seg_run, crop, tmp_path):
+def test_process_pool_and_ray_write_the_identical_map(zion_seg_run, zion_crop, tmp_path):
     bundle = zion_seg_run / "bundle"
-    local = _predict(bundle, crop, tmp_path / "local.tif")
+    local = _predict(bundle, zion_crop, tmp_path / "local.tif")
     for name, engine in (("process", Engine("process", 2)), ("ray", Engine("ray", 2))):
-        classes, probs = _predict(bundle, crop, tmp_path / f"{name}.tif", engine=engine)
+        classes, probs = _predict(bundle, zion_crop, tmp_path / f"{name}.tif", engine=engine)
         assert np.array_equal(classes, local[0]) and np.array_equal(probs, local[1]), name
 
 
-def test_aoi_warped_imagery_and_both_runtimes(zion_seg_run, crop, tmp_path, capsys):
+def test_aoi_warped_imagery_and_both_runtimes(zion_seg_run, zion_crop, tmp_path, capsys):
     bundle = zion_seg_run / "bundle"
-    onnx, _ = _predict(bundle, crop, tmp_path / "onnx.tif", runtime="onnx")
-    torch_map, _ = _predict(bundle, crop, tmp_path / "torch.tif", runtime="torch")
+    onnx, _ = _predict(bundle, zion_crop, tmp_path / "onnx.tif", runtime="onnx")
+    torch_map, _ = _predict(bundle, zion_crop, tmp_path / "torch.tif", runtime="torch")
     assert (onnx == torch_map).mean() > 0.999
-    # AOI: the park boundary cuts the crop; outside it is nodata, inside every pixel is mapped.
+    # AOI: the park boundary cuts the zion_crop; outside it is nodata, inside every pixel is mapped.
     aoi = need_data("zion", "zion.gpkg")
-    cut, _ = _predict(bundle, crop, tmp_path / "aoi.tif", aoi=aoi)
+    cut, _ = _predict(bundle, zion_crop, tmp_path / "aoi.tif", aoi=aoi)
     inside = cut != NODATA
     assert 0.05 < inside.mean() < 0.95
     assert (cut[inside] == onnx[inside]).mean() > 0.97  # same windows where the AOI keeps them whole
-    # Warped: the crop in Albers (EPSG:5070) is mapped at the bundle's 30 m on the Albers grid, and agrees
+    # Warped: the zion_crop in Albers (EPSG:5070) is mapped at the bundle's 30 m on the Albers grid, and agrees
     # with the direct map where the two grids are brought together.
     warped = []
-    for path in crop:
+    for path in zion_crop:
         with rasterio.open(path) as src:
             transform, width, height = calculate_default_transform(src.crs, "EPSG:5070", src.width, src.height,
                                                                    *src.bounds, resolution=30)
@@ -204,18 +199,18 @@ def test_map_and_change_read_per_pixel_maps(default_map, zion_images, tmp_path):
     assert changed["totals"]["changed_ha"] == pytest.approx(int((before != after).sum()) * 0.09)
 
 
-def test_bad_input_is_one_line(zion_seg_run, zion_bundle, crop, tmp_path, capsys):
+def test_bad_input_is_one_line(zion_seg_run, zion_bundle, zion_crop, tmp_path, capsys):
     bundle = str(zion_seg_run / "bundle")
     out = tmp_path / "m.tif"
     for extra, message in ((["--window", "100px"], "must be a multiple of 32 px"),
                            (["--overlap", "300px"], "must be between 0 and half the window"),
                            (["--smooth", "3"], "--smooth is for tile maps"),
                            (["--stride", "64px"], "--stride sets the cell of tile maps")):
-        assert main(["predict", bundle, "--image", *crop, "--out", str(out), "--quiet", *extra]) == 2, extra
+        assert main(["predict", bundle, "--image", *zion_crop, "--out", str(out), "--quiet", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     # the tile classifier refuses per-pixel options
-    assert main(["predict", str(zion_bundle[0]), "--image", *crop, "--out", str(out), "--quiet", "--window",
+    assert main(["predict", str(zion_bundle[0]), "--image", *zion_crop, "--out", str(out), "--quiet", "--window",
                  "256px"]) == 2
     assert "--window and --overlap are for segmentation bundles" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".*landcover-state"))

@@ -25,6 +25,7 @@ from landcover.maps.classmap import NODATA, hex_rgb
 from landcover.plots import new_figure
 from landcover.predict.crf import CrfJob
 from landcover.predict.dense import run_crf
+from landcover.predict.outputs import check_map_name
 from landcover.predict.request import CRF_BLOCK_PX, MapRequest, check_crf
 from landcover.schemes import ClassScheme
 from landcover.segment.crf import CrfSettings
@@ -72,8 +73,7 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     if median < 0 or (median and median % 2 == 0):
         raise LandcoverError(f"--median {median} must be an odd window size (or 0)")
     out = Path(out)
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise LandcoverError("the dense labels are a GeoTIFF: give --out a .tif name", out)
+    check_map_name(out)  # before the scribbles' evidence raster is written beside it
     images = [str(p) for p in images]
     scene = Scene.open(images)
     picks = bands or list(range(1, min(scene.count, 3) + 1))

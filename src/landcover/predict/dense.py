@@ -27,6 +27,7 @@ from landcover.predict.bands import pixel_grid, window_threads
 from landcover.predict.crf import CrfJob, check_same_grid, missing_evidence, run_rows
 from landcover.predict.outputs import (
     RasterResult,
+    check_map_name,
     fingerprint,
     kept_only_when_started,
     open_scene,
@@ -127,8 +128,7 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
     request gives the engine, overwrite, progress and log."""
     started = time.perf_counter()
     engine, log = request.runner, request.log
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
+    check_map_name(out)
     job = replace(job, threads=window_threads(engine.name, engine.workers))
     s = job.settings
     reading = (f"CRF on a {job.crf_height} x {job.crf_width} grid ({s.downscale:g} x the map's {job.transform.a:g} "

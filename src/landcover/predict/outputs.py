@@ -99,6 +99,12 @@ def kept_only_when_started(state: Path) -> Iterator[None]:
         raise
 
 
+def check_map_name(out: Path) -> None:
+    """A class map is a GeoTIFF: refuse any other name before anything is written."""
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
+
+
 def output_files(out: Path, smooth: int, probabilities: bool) -> dict[str, Path]:
     stem = out.with_suffix("")
     files = {"map": out, "tiles": Path(f"{stem}.tiles.parquet"), "summary": Path(f"{stem}.json")}

@@ -35,6 +35,7 @@ from landcover.predict.blocks import (
 )
 from landcover.predict.outputs import (
     RasterResult,
+    check_map_name,
     check_truth,
     fingerprint,
     kept_only_when_started,
@@ -101,8 +102,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     engine = r.runner
     out = Path(out)
     images = [str(p) for p in images]
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise LandcoverError("the map is a GeoTIFF: give --out a .tif name", out)
+    check_map_name(out)
     check_output(out, "file")
     check_truth(r.truth, r.truth_scheme, r.resampling)
     bundle = load_bundle(bundle_path)

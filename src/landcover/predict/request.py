@@ -100,8 +100,6 @@ class MapRequest:
             raise LandcoverError(f"--decimate {self.decimate} must be a whole number >= 1 (1: every tile)")
         if not 0 <= self.threshold <= 1:
             raise LandcoverError(f"--threshold {self.threshold} must be a probability between 0 and 1")
-        if self.runtime not in ("auto", "torch", "onnx"):
-            raise LandcoverError(f"--runtime {self.runtime!r}: choose auto, torch or onnx")
         check_crf(self.crf)
 
 
