@@ -182,7 +182,7 @@ def test_crs_and_resolution_override_the_items_grid(server, catalog_root, tmp_pa
     np.testing.assert_array_equal(read(out / "composite.tif"), median_reference(stack, valid))
 
 
-def test_none_writes_one_masked_stack_per_item(server, catalog_root, tmp_path):
+def test_none_writes_one_masked_stack_per_item(server, catalog_root, tmp_path, capsys):
     out = tmp_path / "none"
     result = acquire_area(f"{server.base}/api", out, list(BANDS), bbox=BBOX, datetime="2019/..", mask="scl",
                           composite="none", progress=False)
@@ -193,6 +193,27 @@ def test_none_writes_one_masked_stack_per_item(server, catalog_root, tmp_path):
         np.testing.assert_array_equal(read(out / "items" / f"{name}.tif"), expected)
         assert json.loads((out / "items" / f"{name}.json").read_text())["properties"]["landcover:items"] == [name]
     np.testing.assert_array_equal(read(out / "valid_count.tif")[0], valid.sum(0))
+    assert_other_requests_need_overwrite(server, out, capsys)
+
+
+def assert_other_requests_need_overwrite(server, out, capsys):
+    """A finished output is not replaced by a different request (here: other assets, a median) without
+    --overwrite, which then removes the earlier stacks; a folder of other files is not written into."""
+    command = ["acquire", "--catalog", f"{server.base}/api", "--bbox", *map(str, BBOX), "--datetime", "2019/..",
+               "--assets", "red", "--out", str(out), "--quiet"]
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main(command) == 2
+    assert "holds the output of a different acquire request" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert main([*command, "--overwrite"]) == 0
+    assert not (out / "items").exists() and read(out / "composite.tif").shape[0] == 1
+    assert main(command) == 0  # the same request again rewrites its own output
+    other = out.parent / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"not ours")
+    assert main([*command[:-3], "--out", str(other), "--quiet"]) == 2
+    assert "photos: holds other files, not an acquire's output" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["holiday.jpg"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -68,7 +68,8 @@ def test_aoi_outside_the_image(capsys, tmp_path, args):
 
 
 @pytest.mark.parametrize("size, message", [("10m", "smaller than one pixel"), ("0px", "smaller than one pixel"),
-                                           ("40000m", "larger than the scene")])
+                                           ("40000m", "larger than the scene"),
+                                           ("480", "tile size '480' has no unit: write 480m (metres) or 480px")])
 def test_tile_size_out_of_range(capsys, tmp_path, args, size, message):
     args["--tile-size"] = [size]
     assert message in run_bad(capsys, tmp_path, args)

@@ -7,6 +7,7 @@ import json
 import socket
 
 import numpy as np
+import pytest
 import rasterio
 from conftest import write_raster
 
@@ -156,3 +157,133 @@ def test_a_chip_dataset_given_as_images_is_read_by_its_manifest(zion_bundle, par
     one_line(capsys, ["predict", zion_bundle[0], "--images", shards, "--out", tmp_path / "p.csv"], "shards",
              "members of shards", "landcover evaluate")
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_doctor_names_what_would_stop_a_run(zion_bundle, zion_seg_run, zion_crop, tmp_path, capsys):
+    """A 4-band stack for a bundle cut from three files, pickled weights, imagery that is all nodata: each is a
+    problem (exit 2) in plain words, and the run itself says the same in one line."""
+    import shutil
+
+    bundle = zion_bundle[0]
+    with rasterio.open(zion_crop[0]) as src:
+        profile = {**src.profile, "count": 4}
+        stacked = tmp_path / "stack.tif"
+        with rasterio.open(stacked, "w", **profile) as dst:
+            for i, path in enumerate(zion_crop, 1):
+                with rasterio.open(path) as band:
+                    dst.write(band.read(1), i)
+        empty = write_raster(tmp_path / "empty.tif", np.full(src.shape, 65535, np.uint16), src.crs, src.transform,
+                             65535)
+    words = ("the bundle reads 3 bands (band 1 of landsat_b4.tif, band 1 of landsat_b3.tif, band 1 of "
+             "landsat_b2.tif, as its chips were cut); the imagery stacks 4 bands in 1 file(s)")
+    assert main(["doctor", "--image", str(stacked), "--bundle", str(bundle)]) == 2
+    out = capsys.readouterr().out
+    assert "problem: " in out and words in out and "[[2, 1]" not in out
+    assert out.strip().endswith("the run would stop")
+    one_line(capsys, ["predict", bundle, "--image", stacked, "--out", tmp_path / "m.tif"], words, "--bands")
+    assert main(["doctor", "--image", str(stacked), "--bundle", str(bundle), "--bands", "3", "2", "1"]) == 0
+    capsys.readouterr()
+
+    pickled = shutil.copytree(zion_seg_run / "bundle", tmp_path / "pickled")
+    (pickled / "weights.safetensors").write_bytes(__import__("pickle").dumps({"w": [1.0]}))
+    assert main(["doctor", "--image", *zion_crop, "--bundle", str(pickled)]) == 2
+    assert "weights.safetensors: is a pickle" in capsys.readouterr().out
+
+    assert main(["doctor", "--image", str(empty)]) == 2
+    assert ("problem: imagery nodata: every pixel read is nodata (nodata values [65535.0]): nothing to chip or "
+            "predict; if that value is real data, pass --nodata none") in capsys.readouterr().out
+    assert main(["doctor", "--image", str(empty), "--nodata", "none"]) == 0
+    capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def pan_declared_grey(tmp_path_factory):
+    """The real 0.5 m Atlanta panchromatic image, declaring as nodata a grey level its bright roofs really hold
+    (173 pixels, scattered): the collision of a declared value with real pixels."""
+    from conftest import need_data
+
+    folder = need_data("buildings_atlanta")
+    with rasterio.open(folder / "sample_geotiff.tif") as src:
+        data, profile = src.read(1), src.profile
+    values, counts = np.unique(data, return_counts=True)
+    bright = values > np.percentile(data, 97)
+    grey = int(values[bright][counts[bright].argmax()])
+    path = tmp_path_factory.mktemp("pan") / "pan.tif"
+    with rasterio.open(path, "w", **{**profile, "nodata": grey}) as dst:
+        dst.write(data, 1)
+    return path, folder / "geotiff_labels.geojson", int((data == grey).sum())
+
+
+def test_nodata_colliding_with_real_pixels_is_diagnosed_and_overridden(pan_declared_grey, tmp_path, capsys):
+    image, buildings, colliding = pan_declared_grey
+    assert colliding > 100
+    assert main(["doctor", "--image", str(image), "--tile-size", "32m"]) == 0
+    out = capsys.readouterr().out
+    specks = next(line for line in out.splitlines() if "in specks" in line)
+    assert specks.startswith("warning:") and "of 196 tiles of 64 px" in specks
+    assert "--nodata none" in specks and "--max-nodata" in specks and "warning(s) to read" in out
+    chips = ["chips", "--quiet", "--image", str(image), "--labels-vector", str(buildings), "--burn-value", "1",
+             "--class-name", "building", "--background", "other", "--tile-size", "32m", "--rule", "purity:0.5"]
+    assert main([*chips, "--out", str(tmp_path / "declared")]) == 0
+    out = capsys.readouterr().out
+    rejected = int(out.split("rejected: nodata ")[1].split()[0])
+    assert rejected > 30 and f"note: {rejected} tiles were rejected for nodata in under 1% of their pixels" in out
+    assert "--nodata none reads every pixel as data" in out
+    assert main([*chips, "--nodata", "none", "--out", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "196 chips" in out and "rejected: none" in out and "note:" not in out
+    assert main(["doctor", "--image", str(image), "--tile-size", "32m", "--nodata", "none"]) == 0
+    assert "in specks" not in capsys.readouterr().out
+
+
+def test_a_nodata_override_reads_the_same_direct_and_warped(tmp_path):
+    """--nodata replaces the declared value in direct reads and warped reads alike (GDAL's -srcnodata); 'none'
+    leaves only the footprint as the warped mask."""
+    from affine import Affine
+    from conftest import need_data
+    from rasterio.windows import Window
+
+    from landcover.geo.raster import Scene
+
+    rgb = need_data("landsat_rasterio") / "RGB.byte.tif"  # nodata 0 declared: its collar, and a few real specks
+    declared = Scene.open([rgb])
+    none = Scene.open([rgb], nodata="none")
+    white = Scene.open([rgb], nodata=255)
+    whole = Window(0, 0, declared.width, declared.height)
+    pixels, valid = declared.read(whole)
+    assert (~valid).sum() == (pixels == 0).all(0).sum() > 100000
+    assert none.read(whole)[1].all()
+    assert (~white.read(whole)[1]).sum() == (pixels == 255).all(0).sum() > 10000
+    t = declared.transform * Affine.translation(-10, -10)  # a grid reaching past the raster
+    for scene in (declared, none, white):
+        _, ok = scene.read_warped(scene.crs, t, declared.width + 20, declared.height + 20,
+                                       rasterio.enums.Resampling.nearest)
+        inside = np.zeros(ok.shape, bool)
+        inside[10:-10, 10:-10] = True
+        direct = scene.read(whole)[1]
+        np.testing.assert_array_equal(ok[10:-10, 10:-10], direct)
+        assert not ok[~inside].any()
+
+
+def test_refused_trainings_leave_no_runs_folder(park_chips, tmp_path, capsys, monkeypatch):
+    """A training set of one class is refused by every mode before any feature is cached; early refusals (wrong
+    band roles for auto, a learning rate that makes the loss NaN) leave no empty runs/ behind."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    one = shutil.copytree(park_chips, tmp_path / "forest")
+    table = pq.read_table(one / "manifest.parquet")
+    pq.write_table(table.filter(np.array(table["label"].to_pylist()) == "Forest"), one / "manifest.parquet")
+    for mode in ("finetune", "spectral", "features"):
+        one_line(capsys, ["train", "--manifest", one, "--mode", mode, "--quiet"], "manifest.parquet",
+                 "the 'train' split holds one class (Forest): a classifier needs chips of at least two")
+        assert not (tmp_path / "runs").exists()
+    one_line(capsys, ["train", "--manifest", park_chips, "--mode", "auto", "--band-roles", "red", "green"],
+             "--band-roles gives 2 role(s) for chips of 4 band(s)")
+    assert not (tmp_path / "runs").exists()
+    assert main(["train", "--manifest", str(park_chips), "--lr", "1e30", "--epochs", "1", "--input-size", "32",
+                 "--no-onnx", "--quiet"]) == 2
+    assert "the loss became nan in epoch 1: lower the learning rate" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

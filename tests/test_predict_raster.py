@@ -179,7 +179,8 @@ def test_bad_input(zion_bundle, tmp_path, capsys):
     out = str(tmp_path / "m.tif")
     base = ["predict", str(bundle), "--quiet", "--out", out]
     cases = [
-        (["--image", images[0]], "bundle's chips had 3 bands"),
+        (["--image", images[0]], "the bundle reads 3 bands (band 1 of landsat_b4.tif, band 1 of landsat_b3.tif, band "
+                                  "1 of landsat_b2.tif, as its chips were cut); the imagery stacks 1 band in 1 file"),
         (["--image", *images, "--bands", "1"], "band mismatch: the bundle reads 3 bands, the imagery gives 1"),
         (["--image", *images, "--stride", "100m"], "must divide the tile"),
         (["--image", str(tmp_path / "nocrs.tif")], "has no CRS"),

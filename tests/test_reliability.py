@@ -3,6 +3,7 @@ paths, empty results, and every out-of-range number refused at parse time."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -176,7 +177,8 @@ def test_empty_results_are_errors_that_say_why(zion_bundle, tmp_path, capsys):
 
 
 def test_nodata_dominated_rejections_name_max_nodata(tmp_path, capsys):
-    """Imagery with nodata declared as 255 and scattered white pixels: the summary points to --max-nodata."""
+    """Imagery with nodata declared as 255 and scattered white pixels: the summary points to --max-nodata and
+    --nodata none."""
     zion = need_data("zion")
     rng = np.random.default_rng(0)
     with rasterio.open(zion / "landsat_b4.tif") as src:
@@ -187,7 +189,7 @@ def test_nodata_dominated_rejections_name_max_nodata(tmp_path, capsys):
     assert main(["chips", "--quiet", "--image", str(image), "--labels", str(zion / "nlcd2011.tif"), "--scheme",
                  "nlcd-grouped", "--rule", "purity:0.5", "--out", str(tmp_path / "chips")]) == 0
     out = capsys.readouterr().out
-    assert "rejected for nodata pixels" in out and "--max-nodata" in out
+    assert "rejected for nodata" in out and "--max-nodata" in out and "--nodata none" in out
 
 
 def test_small_things(zion_bundle, tmp_path, capsys):
@@ -221,6 +223,7 @@ BAD_NUMBERS = [
     (["train", "--manifest", "m", "--batch-size", "0"], "--batch-size"),
     (["train", "--manifest", "m", "--lr", "-1"], "--lr"),
     (["train", "--manifest", "m", "--input-size", "0"], "--input-size"),
+    (["train", "--manifest", "m", "--input-size", "100000"], "--input-size"),
     (["train", "--manifest", "m", "--epochs", "nan"], "--epochs"),
     (["train", "--manifest", "m", "--sample-frac", "0"], "--sample-frac"),
     (["predict", "b", "--image", "a.tif", "--out", "m.tif", "--batch-size", "0"], "--batch-size"),
@@ -232,6 +235,13 @@ BAD_NUMBERS = [
     (["acquire", "--catalog", "c.json", "--bbox", "0", "0", "1", "1", "--assets", "b", "--out", "o", "--resolution",
       "1e309"], "--resolution"),
     (["crf", "p.tif", "--image", "a.tif", "--out", "r.tif", "--downscale", "0"], "--downscale"),
+    (["chips", "--image", "a.tif", "--labels", "b.tif", "--out", "o", "--nodata", "white"], "--nodata"),
+    (["predict", "b", "--image", "a.tif", "--out", "m.tif", "--nodata", "inf"], "--nodata"),
+    (["crf", "p.tif", "--image", "a.tif", "--out", "r.tif", "--nodata", "nan"], "--nodata"),
+    (["label", "--image", "a.tif", "--scribbles", "s.gpkg", "--out", "d.tif", "--nodata", "-"], "--nodata"),
+    (["doctor", "--image", "a.tif", "--nodata", "1e999"], "--nodata"),
+    (["export-onnx", "b", "--opset", "-1"], "--opset"),
+    (["import", "tree", "--out", "o", "--seed", "-3"], "--seed"),
     (["label", "--image", "a.tif", "--serve", "--classes", "a", "b", "--out", "d.tif", "--port", "70000"], "--port"),
 ]
 
@@ -268,7 +278,30 @@ MISSING = [
     (["map", "nope.tif", "--out", "m.png"], "nope.tif"),
     (["change", "nope_a.tif", "nope_b.tif", "--out", "o"], "nope_a.tif"),
     (["runs", "compare", "nope_run"], "nope_run"),
+    (["acquire", "--catalog", "nope/catalog.json", "--bbox", "0", "0", "1", "1", "--assets", "b", "--out", "o"],
+     "nope/catalog.json"),
+    (["import", "nope_tree", "--out", "o"], "nope_tree"),
+    (["label", "--image", "nope.tif", "--scribbles", "nope.gpkg", "--out", "d.tif"], "nope"),
+    (["crf", "nope.probs.tif", "--image", "nope.tif", "--out", "r.tif"], "nope"),
 ]
+NO_INPUTS = {"demo", "schemes"}
+"""Commands that read no file of the user's. `doctor` reports a missing file as a problem in its report (see
+test_doctor_says_what_a_run_will_meet)."""
+
+
+def test_every_command_has_its_bad_inputs_in_the_tables():
+    """The tables keep themselves: a new command fails here until it has a missing-input case and a bad number."""
+    from landcover.cli import build_parser
+
+    parser = build_parser()
+    commands = set(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+    missing, numbers = {a[0] for a, _ in MISSING}, {a[0] for a, _ in BAD_NUMBERS}
+    assert commands - NO_INPUTS - {"doctor"} <= missing, sorted(commands - NO_INPUTS - {"doctor"} - missing)
+    numeric = {c for c in commands if any(a.type is not None and a.type.__qualname__.endswith("parse")
+                                          for a in next(a for a in parser._actions
+                                                        if isinstance(a, argparse._SubParsersAction))
+                                          .choices[c]._actions)}
+    assert numeric <= numbers, f"add a bad number for {sorted(numeric - numbers)} to BAD_NUMBERS"
 
 
 @pytest.mark.parametrize(("argv", "named"), MISSING, ids=[a[0] for a, _ in MISSING])
@@ -295,5 +328,7 @@ def test_doctor_says_what_a_run_will_meet(zion_bundle, tmp_path, capsys):
                              src.transform)
     assert main(["doctor", "--image", str(blank), "--labels", str(naip), "--bundle", str(bundle)]) == 2
     out = capsys.readouterr().out
-    assert "warning: imagery nodata: 100.0%" in out and "cover 0.0% of the imagery" in out
-    assert "reads 3 band(s), the imagery gives 1" in out and "problem(s): the run would stop" in out
+    assert "problem: imagery nodata: every pixel read is nodata (nodata values [None]): nothing" in out
+    assert "cover 0.0% of the imagery" in out and "problem(s): the run would stop" in out
+    assert "the bundle reads 3 bands (band 1 of landsat_b4.tif, band 1 of landsat_b3.tif, band 1 of " in out
+    assert "the imagery stacks 1 band in 1 file(s): name the 3 to read, in that order, with --bands" in out

@@ -77,6 +77,9 @@ def test_tfrecord_shards_of_a_given_size(tmp_path, zion, zion_images, shard_chip
     reference, _ = read_manifest(shard_chips / "manifest.parquet")
     counts = frame["path"].value_counts()
     assert info["format"] == "tfrecord" and info["shard_size"] == 50 and counts.max() == 50
+    assert len(counts) == -(-len(frame) // 50) and counts.min() == len(frame) - 50 * (len(counts) - 1)  # merged
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-{i:05d}.tfrecord" for i in range(len(counts))]
+    assert not (out / STATE_DIR).exists()
     assert all(p.endswith(".tfrecord") for p in counts.index)
     records = {s["chip_id"]: s for s in read_tfrecord(sorted(out.glob("shards/*.tfrecord")))}
     assert len(records) == len(frame)

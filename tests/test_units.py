@@ -40,7 +40,9 @@ def test_user_scheme_file_and_its_errors(tmp_path):
 
 def test_lengths():
     assert parse_length("480m") == (480.0, "m") and parse_length("16px") == (16.0, "px")
-    assert parse_length("250") == (250.0, "m")
+    assert parse_length("0") == (0.0, "px")
+    with pytest.raises(LandcoverError, match=r"tile size '480' has no unit: write 480m \(metres\) or 480px"):
+        parse_length("480", "tile size")
     assert to_pixels((480, "m"), 30, "tile") == 16
     with pytest.raises(LandcoverError, match="smaller than one pixel"):
         to_pixels((10, "m"), 30, "tile")

@@ -90,8 +90,10 @@ def acquire_area(catalog: str, out: str | Path, assets: list[str], *, collection
             aoi: str | None = None, bbox: list[float] | None = None, datetime: str | None = None,
             max_cloud: float | None = None, crs: str | None = None, resolution: float | None = None,
             mask: str | None = None, composite: str = "median", resampling: str = "nearest",
-            engine: Engine | str | None = None, retries: int = 3, progress: bool = True) -> AcquireResult:
-    """Imagery (or labels) for an area from a STAC catalog, composited per pixel into `out`/composite.tif."""
+            engine: Engine | str | None = None, retries: int = 3, overwrite: bool = False,
+            progress: bool = True) -> AcquireResult:
+    """Imagery (or labels) for an area from a STAC catalog, composited per pixel into `out`/composite.tif.
+    A finished `out` is rewritten by the same request; another request on it needs `overwrite`."""
     started = time.perf_counter()
     method = parse_method(composite)
     if resampling not in RESAMPLINGS:
@@ -121,12 +123,14 @@ def acquire_area(catalog: str, out: str | Path, assets: list[str], *, collection
     grid = output_grid(items, assets, area, by_area, target_crs, resolution, source.signing, retries)
     bands = asset_bands(items, assets, source.signing, retries)
     nodata = _output_nodata(bands.dtype, bands.nodata)
+    fingerprint = {"catalog": source.source, "items": [i.id for i in items], "assets": assets,
+                   "mask": mask or "none", "grid": grid.to_dict(), "area": grid.area is not None,
+                   "resampling": resampling, "bands": bands.names, "dtype": bands.dtype}
+    request = _digest({**fingerprint, "composite": method.describe()})
     with output_lock(out):
+        _check_earlier(out, request, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         state = out / ".acquire"
-        fingerprint = {"catalog": source.source, "items": [i.id for i in items], "assets": assets,
-                       "mask": mask or "none", "grid": grid.to_dict(), "area": grid.area is not None,
-                       "resampling": resampling, "bands": bands.names, "dtype": bands.dtype}
         resumed = _prepare_state(state, fingerprint)
         job = FetchJob(grid, bands, cloud_mask, resampling, source.signing, str(state), retries)
         windows = _fetch(job, items, engine, progress)
@@ -136,7 +140,7 @@ def acquire_area(catalog: str, out: str | Path, assets: list[str], *, collection
         files, stacks, count = _write_outputs(out, state, cjob, engine, categorical, progress)
         used = [i for i, w in zip(items, windows, strict=True) if w is not None]
         _write_records(out, source.source, search, grid, items, windows, method,
-                       cloud_mask.describe() if cloud_mask else "none", files, stacks)
+                       cloud_mask.describe() if cloud_mask else "none", files, stacks, request)
         shutil.rmtree(state)
     inside = count[1] if count[1] else grid.width * grid.height
     return AcquireResult(out, source.describe(), search.describe(), used, cloudy, grid.to_dict(), method.describe(),
@@ -168,9 +172,39 @@ def _output_nodata(dtype: str, nodata: float | None) -> float:
     return 0 if kind.kind == "u" else int(np.iinfo(kind).min)
 
 
+OUTPUTS = ("composite.tif", "valid_count.tif", "items.json", "composite.json", "items")
+
+
+def _digest(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+def _check_earlier(out: Path, digest: str, overwrite: bool) -> None:
+    """Refuse to write over another request's finished output, or into a folder of other files, without
+    `overwrite`; with it, the earlier outputs go (other files stay)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    record = out / "items.json"
+    earlier = json.loads(record.read_text()).get("request") if record.is_file() else None
+    if not overwrite:
+        if record.is_file() and earlier != digest:
+            raise LandcoverError("holds the output of a different acquire request (other assets, area, dates, grid "
+                                 "or composite): pass --overwrite to replace it, or choose a new folder", out)
+        if not record.is_file() and not (out / ".acquire").is_dir():
+            raise LandcoverError("holds other files, not an acquire's output: choose a new or empty folder, or pass "
+                                 "--overwrite to write beside them", out)
+    if overwrite and earlier != digest:
+        for name in OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
 def _prepare_state(state: Path, fingerprint: dict) -> set[int]:
     """The work folder of this request: a different request's is cleared; returns the items already fetched."""
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    digest = _digest(fingerprint)
     record = state / "job.json"
     if state.exists() and (not record.exists() or json.loads(record.read_text()).get("digest") != digest):
         shutil.rmtree(state)
@@ -249,11 +283,13 @@ def _safe(name: str) -> str:
 
 
 def _write_records(out: Path, catalog: str, search: Search, grid: OutputGrid, items: list[FoundItem],
-                   windows: list, method: Method, mask: str, files: dict[str, str], stacks: list[str]) -> None:
-    """items.json (the items used, their hrefs unsigned) and the STAC item of each output raster."""
+                   windows: list, method: Method, mask: str, files: dict[str, str], stacks: list[str],
+                   request: str) -> None:
+    """items.json (the items used, their hrefs unsigned, the request's digest) and the STAC item of each output
+    raster."""
     used = [i for i, w in zip(items, windows, strict=True) if w is not None]
     record = {"catalog": catalog, "search": search.describe(), "composite": method.describe(),
-              "mask": mask, "items": [i.to_dict() for i in used]}
+              "mask": mask, "request": request, "items": [i.to_dict() for i in used]}
     if stacks:
         for entry, stack in zip(record["items"], stacks, strict=True):
             entry["output"] = str(Path(stack).relative_to(out))

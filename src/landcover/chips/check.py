@@ -3,7 +3,6 @@ CRSs, nodata shares, band counts against a bundle, overlaps of imagery, labels a
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -12,17 +11,24 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import shapely
+from rasterio.windows import Window
 
+from landcover.bundle import load_bundle
 from landcover.chips.cut import read_aoi
+from landcover.chips.folder import FEW_NODATA
 from landcover.chips.labels import LabelRaster, summarise_codes
 from landcover.errors import LandcoverError
 from landcover.geo.grid import footprint, make_grid, parse_length, scene_footprint
-from landcover.geo.raster import Scene, crs_name
+from landcover.geo.raster import NODATA_NONE, Scene, crs_name
 from landcover.schemes import load_scheme
 
 SAMPLE_PX = 512
 """Imagery is sampled at most this many pixels a side to measure its nodata share."""
 NODATA_WARN = 0.5
+SPECK_BUDGET_PX = 4096 * 4096
+"""At most this many pixels are read at full resolution to find nodata specks."""
+SPECK_WARN = 0.05
+"""Specks in this share of the sampled tiles are a warning."""
 
 
 @dataclass
@@ -42,22 +48,26 @@ class CheckReport:
     def summary(self) -> str:
         """One line per finding, then the verdict."""
         lines = [f"{level}: {text}" for level, text in self.findings]
-        verdict = "no problem found" if not self.problems else f"{self.problems} problem(s): the run would stop"
+        warnings = sum(level == "warning" for level, _ in self.findings)
+        verdict = (f"{self.problems} problem(s): the run would stop" if self.problems else
+                   f"no problem found, {warnings} warning(s) to read" if warnings else "no problem found")
         return "\n".join([*lines, verdict])
 
 
 def check_inputs(image: list[str | Path], *, bands: list[int] | None = None, labels: str | Path | None = None,
                  scheme: str | Path | None = None, aoi: str | Path | None = None, bundle: str | Path | None = None,
-                 tile_size: str = "480m", fmt: str = "png", out: str | Path | None = None) -> CheckReport:
+                 tile_size: str = "480m", fmt: str = "png", out: str | Path | None = None,
+                 nodata: float | str | None = None) -> CheckReport:
     """Inspect a run's inputs and say what will happen: the imagery (CRS, resolution, bands, nodata share), the
     labels and AOI (CRS, overlap with the imagery, codes the scheme lacks), a bundle (band count, resolution:
-    read directly or warped) and, with `out`, the chips planned against the free disk there.
+    read directly or warped) and, with `out`, the chips planned against the free disk there. `nodata` (a value or
+    'none') replaces the imagery's declared nodata value, as the run's --nodata would.
 
         print(check_inputs(["b2.tif", "b3.tif"], labels="nlcd.tif", scheme="nlcd-grouped", out="chips/").summary())
     """
     report = CheckReport()
     try:
-        scene = Scene.open([str(p) for p in image], bands)
+        scene = Scene.open([str(p) for p in image], bands, nodata=nodata)
     except LandcoverError as exc:
         report.add("problem", str(exc))
         return report
@@ -66,14 +76,23 @@ def check_inputs(image: list[str | Path], *, bands: list[int] | None = None, lab
     report.add("ok", f"imagery: {len(scene.paths)} file(s), {scene.count} band(s) {scene.dtype}, {scene.width} x "
                      f"{scene.height} px of {scene.res[0]:g} {unit} on {crs_name(scene.crs)}{utm}")
     share = nodata_share(scene)
-    level = "warning" if share > NODATA_WARN else "ok"
-    report.add(level, f"imagery nodata: {100 * share:.1f}% of the pixels (nodata values {list(scene.nodata)}"
-                      + ("; tiles with nodata pixels are rejected unless --max-nodata allows them)" if share else ")"))
+    values = "--nodata none: no nodata value" if nodata == NODATA_NONE else f"nodata values {list(scene.nodata)}"
+    if share >= 1:
+        report.add("problem", f"imagery nodata: every pixel read is nodata ({values}): nothing to chip or predict"
+                              + ("; if that value is real data, pass --nodata none"
+                                 if any(v is not None for v in scene.nodata) else ""))
+    else:
+        report.add("warning" if share > NODATA_WARN else "ok", f"imagery nodata: {100 * share:.1f}% of the pixels "
+                   f"({values}" + ("; tiles with nodata pixels are rejected unless --max-nodata allows them)"
+                                   if share else ")"))
     try:
         grid = make_grid([scene], parse_length(tile_size, "tile size"))
     except LandcoverError as exc:
         report.add("problem", str(exc))
         return report
+    if 0 < share < 1:
+        _check_specks(report, scene, round(grid.tile * grid.res / scene.res[0]) if not scene.crs.is_geographic
+                      else grid.tile)
     area = scene_footprint(scene, grid.crs)
     if labels is not None:
         area = _check_labels(report, labels, scheme, scene, grid, area)
@@ -87,7 +106,7 @@ def check_inputs(image: list[str | Path], *, bands: list[int] | None = None, lab
         except LandcoverError as exc:
             report.add("problem", str(exc))
     if bundle is not None:
-        _check_bundle(report, Path(bundle), scene)
+        _check_bundle(report, Path(bundle), scene, [str(p) for p in image], bands)
     if out is not None and area.area > 0:
         _check_disk(report, Path(out), area.area, grid.tile, scene, fmt, grid.tile * grid.res)
     return report
@@ -110,6 +129,44 @@ def nodata_share(scene: Scene) -> float:
         else:
             missing &= data == nodata
     return float((missing | nan).mean())
+
+
+def nodata_specks(scene: Scene, tile_px: int, budget: int = SPECK_BUDGET_PX) -> tuple[int, int, int]:
+    """Rows of tiles of `tile_px` read at full resolution, evenly spread over the scene (all of them if the scene
+    holds at most `budget` pixels): (tiles holding data, tiles whose nodata pixels are under FEW_NODATA of them and
+    touch none of their edges: specks inside the data, not a collar or a wedge that runs on past the tile, and the
+    nodata pixels in those tiles)."""
+    side = max(1, min(tile_px, scene.width, scene.height))
+    cols, rows = scene.width // side, scene.height // side
+    picked = np.unique(np.linspace(0, rows - 1, max(1, min(rows, budget // (side * scene.width)))).round())
+    data = specks = speck_px = 0
+    for row in picked.astype(int):
+        _, valid = scene.read(Window(0, row * side, cols * side, side))
+        for missing in np.split(~valid, cols, axis=1):
+            n = int(missing.sum())
+            if n == missing.size:
+                continue
+            data += 1
+            edges = missing[0].any() or missing[-1].any() or missing[:, 0].any() or missing[:, -1].any()
+            if 0 < n < FEW_NODATA * missing.size and not edges:
+                specks += 1
+                speck_px += n
+    return data, specks, speck_px
+
+
+def _check_specks(report: CheckReport, scene: Scene, tile_px: int) -> None:
+    """Nodata scattered inside the data: a warning naming --nodata none and --max-nodata when it would cost
+    tiles."""
+    data, specks, pixels = nodata_specks(scene, tile_px)
+    if not specks:
+        return
+    report.add("warning" if specks >= SPECK_WARN * data else "ok",
+               f"imagery nodata in specks: {specks} of {data} tiles of {tile_px} px read "
+               f"({100 * specks / data:.0f}%) hold nodata in under {100 * FEW_NODATA:g}% of their pixels, scattered "
+               f"inside the data ({pixels:,} pixels), not a collar: chips would reject them. Pixels at the declared "
+               "nodata value may be real (white sand or roofs at 255 in an 8-bit photo): --nodata none reads every "
+               "pixel as data, "
+               "--max-nodata N keeps tiles with up to N nodata pixels")
 
 
 def _check_labels(report: CheckReport, labels: str | Path, scheme: str | Path | None, scene: Scene, grid,
@@ -136,22 +193,52 @@ def _check_labels(report: CheckReport, labels: str | Path, scheme: str | Path | 
     return label_area.intersection(area)
 
 
-def _check_bundle(report: CheckReport, bundle: Path, scene: Scene) -> None:
-    """The bands a bundle reads against the imagery's, and whether predict reads it directly or warps it."""
+def _check_bundle(report: CheckReport, bundle: Path, scene: Scene, images: list[str],
+                  bands: list[int] | None) -> None:
+    """The bundle loads as predict would load it (weights included), the bands it reads against the imagery's, and
+    whether predict reads the imagery directly or warps it."""
     try:
-        meta = json.loads((bundle / "model.json").read_text())
-    except (OSError, ValueError):
-        report.add("problem", f"{bundle}: not a model bundle (model.json missing or unreadable)")
+        loaded = load_bundle(bundle)
+        picks = pick_bands(loaded.chip, images, bands)
+    except LandcoverError as exc:
+        report.add("problem", str(exc))
         return
-    chip = meta.get("chip", {})
-    need = len(chip.get("source_bands") or []) or max(meta["input"]["bands"]) + 1
-    report.add("ok" if scene.count >= need else "problem",
-               f"bundle {bundle}: reads {need} band(s), the imagery gives {scene.count}")
+    chip = loaded.chip
+    need = max(loaded.input.bands) + 1
+    given = len(picks)
+    report.add("ok" if given >= need else "problem",
+               f"bundle {bundle}: reads {need} band(s), the imagery gives {given}"
+               + (f" (stack bands {picks})" if picks != list(range(1, given + 1)) else ""))
     res = float(chip.get("res", 0))
     if scene.crs.is_geographic or not math.isclose(scene.res[0], res, rel_tol=1e-3):
         report.add("ok", f"predict will warp the imagery on the fly to the bundle's {res:g} m")
     else:
         report.add("ok", f"predict will read the imagery directly (the bundle's {res:g} m)")
+
+
+def pick_bands(chip: dict, images: list[str], bands: list[int] | None) -> list[int]:
+    """1-based stack bands that make a bundle's chip bands (`chip`: its model.json's "chip"): --bands, else the
+    bands the chips were cut from, found by file name and band; a stack that cannot give them is refused in
+    plain words."""
+    if bands:
+        return list(bands)
+    stack = Scene.open(images)
+    source = chip.get("source_bands")
+    files = chip.get("source_files") or []
+    if source and len(files) == len(images):
+        offsets: dict[int, int] = {}
+        for pos, (fi, _) in enumerate(stack.band_sources):
+            offsets.setdefault(fi, pos)
+        picks = [offsets.get(fi, -stack.count) + b for fi, b in source]
+        if all(1 <= p <= stack.count and stack.band_sources[p - 1] == (fi, b)
+               for p, (fi, b) in zip(picks, source, strict=True)):
+            return picks
+    if not source or stack.count == len(source):
+        return list(range(1, stack.count + 1))
+    cut = ", ".join(f"band {b} of {files[fi] if fi < len(files) else f'file {fi + 1}'}" for fi, b in source)
+    raise LandcoverError(f"the bundle reads {len(source)} bands ({cut}, as its chips were cut); the imagery stacks "
+                         f"{stack.count} band{'' if stack.count == 1 else 's'} in {len(images)} file(s): name the {len(source)} to read, in that "
+                         f"order, with --bands (1-based over the stack)", ", ".join(images))
 
 
 def _check_disk(report: CheckReport, out: Path, area_m2: float, tile_px: int, scene: Scene, fmt: str,

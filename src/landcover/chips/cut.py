@@ -22,6 +22,9 @@ from rasterio.windows import Window
 from landcover.atomic import check_output, replacing, write_text
 from landcover.bounds import COUNT
 from landcover.chips.folder import (
+    FEW_NODATA,
+    FEW_NODATA_KEY,
+    STATE_DIR,
     ChipsResult,
     finished_run,
     manifest_frame,
@@ -32,7 +35,7 @@ from landcover.chips.folder import (
 from landcover.chips.labels import LabelRaster, LabelVector, read_layer, summarise_codes
 from landcover.chips.pairs import write_classified_tiles
 from landcover.chips.rules import REJECTIONS, Rules, judge, judge_fixed, judge_mask
-from landcover.chips.shards import SHARD_FORMATS, write_block_shards
+from landcover.chips.shards import SHARD_FORMATS, merge_shards, write_block_shards
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid, footprint, on_lattice, scene_footprint
@@ -120,8 +123,8 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
 
     Layout `folders` writes `<class>/<key>.<fmt>`; `pairs` writes `images/<key>.tif` and `labels/<key>.tif`
     (segmentation masks) with the Classified Tiles metadata; `shards` writes `shards/<block>.tar` (fmt
-    'webdataset') or `.tfrecord`, one per block or per `shard_size` chips. A point layer as labels centres a
-    tile on each point. A run that keeps no chip is an error saying why (`allow_empty` writes the empty manifest)."""
+    'webdataset') or `.tfrecord`, one per block, or `shards/shard-00000.tar`... of `shard_size` chips each. A
+    point layer as labels centres a tile on each point. A run that keeps no chip is an error saying why (`allow_empty` writes the empty manifest)."""
     check_output(out, "folder")
     _check_output_options(scenes, labels, fmt, layout, resampling)
     for value, name in ((block_tiles, "--block-tiles"), (shard_size, "--shard-size")):
@@ -198,6 +201,9 @@ def _run(job: ChipJob, blocks: list[Block], rejected: Counter, info: dict, finge
                              f"{rejection_counts(rejected)}){'; ' + hint if hint else ''}; --allow-empty writes an "
                              "empty manifest instead", out)
     grid, scheme, scenes, layout = job.grid, job.scheme, job.scenes, job.layout
+    if layout == "shards" and job.shard_size:
+        records.sort(key=lambda row: row["chip_id"])
+        merge_shards(out, state, job.fmt, job.shard_size, records)
     manifest = manifest_frame(records, grid)
     info.update(fingerprint=fingerprint, counts=manifest["label"].value_counts().sort_index().to_dict(),
                 rejected={r: rejected[r] for r in REJECTIONS})
@@ -328,6 +334,8 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
             verdict = judge(job.rules, key, core, None if found is None else found[i], nodata_px)
         if verdict.reason:
             rejected[verdict.reason] += 1
+            if verdict.reason == "nodata" and nodata_px < FEW_NODATA * grid.chip ** 2:
+                rejected[FEW_NODATA_KEY] += 1
             continue
         cls = job.scheme.by_id(verdict.label_id) if verdict.label_id != INVALID else None
         row = {"chip_id": key, "label": cls.name if cls else None, "label_id": cls.id if cls else None,
@@ -353,7 +361,8 @@ def process_block(job: ChipJob, block: Block) -> tuple[str, list[dict], dict, in
             _write_once(job, scene, pixels[:, chip[0], chip[1]], chip_transform, row["path"])
         rows.append(row)
     if chips:
-        write_block_shards(Path(job.out), block.id, job.fmt, job.shard_size, rows, chips)
+        # with a shard size, a block's shard is kept with the run's state until every block is done
+        write_block_shards(Path(job.out) / (STATE_DIR if job.shard_size else ""), block.id, job.fmt, rows, chips)
     return block.id, rows, dict(rejected), len(block.xs)
 
 

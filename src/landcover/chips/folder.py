@@ -48,12 +48,27 @@ def rejection_counts(rejected: Counter) -> str:
     return ", ".join(f"{reason} {rejected[reason]}" for reason in REJECTIONS if rejected[reason]) or "none"
 
 
+FEW_NODATA = 0.01
+"""A tile rejected for nodata in under this share of its pixels holds specks, not a collar or a wedge."""
+FEW_NODATA_KEY = "nodata_few"
+"""The count of such tiles, kept beside the rejections (not a rejection of its own)."""
+
+
 def nodata_hint(rejected: Counter) -> str | None:
-    """A hint when nodata pixels rejected most of the tiles that lay in the imagery."""
-    judged = sum(n for reason, n in rejected.items() if reason not in ("outside_aoi", "outside_scene"))
+    """A hint when most tiles rejected for nodata hold only a few nodata pixels (real pixels at the declared nodata
+    value, e.g. white sand at 255) and they are a tenth or more of the rejections in the imagery; or when nodata
+    pixels rejected most of the tiles that lay in the imagery."""
+    judged = sum(n for reason, n in rejected.items() if reason in REJECTIONS
+                 and reason not in ("outside_aoi", "outside_scene"))
+    few = rejected[FEW_NODATA_KEY]
+    if few * 2 > rejected["nodata"] and rejected["nodata"] * 10 >= judged:
+        return (f"{few} tiles were rejected for nodata in under {100 * FEW_NODATA:g}% of their pixels: scattered "
+                "pixels at the declared nodata value are often real (white sand or roofs at 255 in an 8-bit photo): "
+                "--nodata none "
+                "reads every pixel as data, --max-nodata N keeps tiles with up to N nodata pixels")
     if rejected["nodata"] and rejected["nodata"] * 2 > judged:
         return (f"{rejected['nodata']} tiles were rejected for nodata pixels: --max-nodata N keeps tiles with up to N "
-                "nodata pixels (check the imagery's declared nodata value too)")
+                "nodata pixels (check the imagery's declared nodata value too: --nodata VALUE|none overrides it)")
     return None
 
 

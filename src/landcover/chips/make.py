@@ -38,7 +38,8 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
                burn_attribute: str | None = None, burn_value: int | None = None, class_name: str = "feature",
                all_touched: bool = False, background: str | None = None, strict: bool = False,
                scheme: str | PathLike | None = None,
-               bands: list[int] | None = None, aoi: PathLike | None = None, regions: str | list[str] | None = None,
+               bands: list[int] | None = None, nodata: float | str | None = None, aoi: PathLike | None = None,
+               regions: str | list[str] | None = None,
                tile_size: str | float = "480m", overlap: str | float = "0px", padding: str | float = "0px",
                crs: str | None = None, resolution: float | None = None, resampling: str = "bilinear",
                rules: str | list[str] | None = None, max_nodata: int = 0, keep: float = 1.0, seed: int = 0,
@@ -64,7 +65,7 @@ def make_chips(image: PathLike | Sequence[PathLike] | Sequence[Sequence[PathLike
     """
     if (labels is None) == (labels_vector is None):
         raise LandcoverError("give one of labels (a raster) or labels_vector (a vector layer)")
-    scenes = [Scene.open(paths, bands) for paths in scene_paths(image)]
+    scenes = [Scene.open(paths, bands, nodata=nodata) for paths in scene_paths(image)]
     if isinstance(regions, str):
         regions = [regions]
     if regions and len(regions) not in (1, len(scenes)):

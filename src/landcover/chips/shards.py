@@ -1,7 +1,9 @@
 """Chips cut straight into shards (`--layout shards`): the worker that cuts a block of tiles encodes its chips
-into one WebDataset tar or TFRecord file (or one per `shard_size` chips), so a run creates a few dozen files
-instead of one per chip. Each chip's manifest row records its shard (`path`), its `key` there, and the byte range
-of its pixels (`byte_offset`, `byte_count`), so training and export read any chip without scanning the shard.
+into one WebDataset tar or TFRecord file, so a run creates a few dozen files instead of one per chip; with a
+`shard_size`, the blocks' shards are kept with the run's state and dealt, once every block is done, into shards of
+that many chips (copied byte for byte). Each chip's manifest row records its shard (`path`), its `key` there,
+and the byte range of its pixels (`byte_offset`, `byte_count`), so training and export read any chip without
+scanning the shard.
 
 Pixels are stored as they are read, in the imagery's dtype with all bands (as `--format tif` stores them):
 a `.npy` member in a tar (beside `.cls` and `.json`, the members `landcover export --format webdataset` writes),
@@ -27,50 +29,58 @@ RECORD_HEADER = 12
 """Bytes before a TFRecord record's data: its length (8) and the length's CRC (4)."""
 
 
-def shard_groups(n_chips: int, shard_size: int | None) -> list[range]:
-    """A block's chips (by position) dealt into shards: all in one, or `shard_size` at a time."""
-    size = shard_size or max(1, n_chips)
-    return [range(start, min(start + size, n_chips)) for start in range(0, n_chips, size)]
-
-
-def shard_name(block_id: str, index: int, groups: int, fmt: str) -> str:
-    """A shard's path in the chips folder: shards/<block>.tar, or shards/<block>-<i>.tar for several."""
-    stem = block_id if groups == 1 else f"{block_id}-{index:04d}"
+def shard_name(stem: str, fmt: str) -> str:
+    """A shard's path in its folder: shards/<block>.tar (one a block), or shards/shard-00000.tar (of a size)."""
     return f"{SHARD_DIR}/{stem}{SUFFIXES[fmt]}"
 
 
-def write_block_shards(out: Path, block_id: str, fmt: str, shard_size: int | None, rows: list[dict],
-                       chips: list[np.ndarray]) -> None:
-    """Write a block's chips (manifest rows and their pixels, in order) into its shards, each under a temporary
+def write_block_shards(out: Path, block_id: str, fmt: str, rows: list[dict], chips: list[np.ndarray]) -> None:
+    """Write a block's chips (manifest rows and their pixels, in order) into one shard under `out`, under a temporary
     name and then renamed; record each chip's shard, key, byte_offset and byte_count in its row."""
-    groups = shard_groups(len(rows), shard_size)
+    payloads = [npy_bytes(chip) if fmt == "webdataset" else encode_example({
+        "image/chip_id": [row["chip_id"]], "image/class/label": [row["label_id"]],
+        "image/class/text": [row["label"] or ""], "image/format": [b"raw"], **array_features("image", chip)})
+        for row, chip in zip(rows, chips, strict=True)]
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    _write_shard(out, shard_name(block_id, fmt), fmt, rows, payloads)
+
+
+def merge_shards(out: Path, blocks: Path, fmt: str, shard_size: int, rows: list[dict]) -> None:
+    """Deal the chips of the blocks' shards (under `blocks`, as `rows` record them) into shards of `shard_size`
+    chips under `out`, in row order, their payloads copied byte for byte; the rows then point at them."""
     (out / SHARD_DIR).mkdir(exist_ok=True)
-    for index, group in enumerate(groups):
-        name = shard_name(block_id, index, len(groups), fmt)
-        parts: list[bytes] = []
-        position = 0
-        for number, i in enumerate(group):
-            row = rows[i]
-            if fmt == "webdataset":
-                key = sample_key(row["chip_id"])
-                data = npy_bytes(chips[i])
-                members = [tar_member(f"{key}.npy", data), tar_member(f"{key}.cls", str(row["label_id"]).encode()),
-                           tar_member(f"{key}.json", _meta_json(row))]
-                offset = position + len(members[0]) - padded_size(len(data))
-            else:
-                key = str(number)
-                data = encode_example({"image/chip_id": [row["chip_id"]], "image/class/label": [row["label_id"]],
-                                       "image/class/text": [row["label"] or ""], "image/format": [b"raw"],
-                                       **array_features("image", chips[i])})
-                members = [frame_record(data)]
-                offset = position + RECORD_HEADER
-            row.update(path=name, key=key, byte_offset=offset, byte_count=len(data))
-            parts += members
-            position += sum(len(m) for m in members)
+    for index, start in enumerate(range(0, len(rows), shard_size)):
+        group = rows[start:start + shard_size]
+        payloads = []
+        for row in group:
+            with open(blocks / row["path"], "rb") as f:
+                f.seek(row["byte_offset"])
+                payloads.append(f.read(row["byte_count"]))
+        _write_shard(out, shard_name(f"shard-{index:05d}", fmt), fmt, group, payloads)
+
+
+def _write_shard(out: Path, name: str, fmt: str, rows: list[dict], payloads: list[bytes]) -> None:
+    """One shard: each chip's payload (its .npy, or its tf.train.Example) framed as a tar member with .cls and
+    .json beside it, or as a TFRecord record."""
+    parts: list[bytes] = []
+    position = 0
+    for number, (row, data) in enumerate(zip(rows, payloads, strict=True)):
         if fmt == "webdataset":
-            parts.append(TAR_END)
-        with replacing(out / name) as tmp:
-            tmp.write_bytes(b"".join(parts))
+            key = sample_key(row["chip_id"])
+            members = [tar_member(f"{key}.npy", data), tar_member(f"{key}.cls", str(row["label_id"]).encode()),
+                       tar_member(f"{key}.json", _meta_json(row))]
+            offset = position + len(members[0]) - padded_size(len(data))
+        else:
+            key = str(number)
+            members = [frame_record(data)]
+            offset = position + RECORD_HEADER
+        row.update(path=name, key=key, byte_offset=offset, byte_count=len(data))
+        parts += members
+        position += sum(len(m) for m in members)
+    if fmt == "webdataset":
+        parts.append(TAR_END)
+    with replacing(out / name) as tmp:
+        tmp.write_bytes(b"".join(parts))
 
 
 def _meta_json(row: dict) -> bytes:

@@ -53,6 +53,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "labels), the one closest in time to DATE, or none (one stack per item in OUT/items)")
     p.add_argument("--retries", type=WHOLE.parse, default=3, help="tries after a failed remote read (default 3)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier acquire's output made by a different request, or write into a folder "
+                        "of other files")
     engine_options(p)
 
     def run(args: argparse.Namespace) -> None:
@@ -61,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         result = acquire_area(args.catalog, args.out, args.assets, collections=args.collection, aoi=args.aoi,
                          bbox=args.bbox, datetime=args.datetime, max_cloud=args.max_cloud, crs=args.crs,
                          resolution=args.resolution, mask=args.mask, composite=args.composite,
-                         resampling=args.resampling, retries=args.retries,
+                         resampling=args.resampling, retries=args.retries, overwrite=args.overwrite,
                          engine=Engine.choose(args.engine, args.workers, args.ray_address), progress=not args.quiet)
         print(result.summary())
 

@@ -27,6 +27,23 @@ def engine_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return g
 
 
+def nodata_option(p: argparse.ArgumentParser) -> None:
+    """--nodata VALUE|none: the imagery's nodata value, over what its files declare."""
+    def parse(text: str) -> float | str:
+        from landcover.errors import LandcoverError
+        from landcover.geo.raster import parse_nodata
+
+        try:
+            return parse_nodata(text)
+        except LandcoverError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("--nodata ")) from None
+
+    p.add_argument("--nodata", type=parse, metavar="VALUE|none",
+                   help="the imagery's nodata value instead of the one its files declare (as GDAL's -srcnodata); "
+                        "none: every pixel is data (a mask or alpha band still counts), e.g. for a photo whose "
+                        "white pixels equal its declared nodata 255")
+
+
 def warnings_as_lines(func, *args, **kwargs):
     """Call func; print each user warning it raises as one `warning:` line on stderr (libraries' deprecation
     notices, e.g. rasterio's own use of affine, are not the user's business)."""

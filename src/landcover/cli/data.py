@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from landcover.bounds import COUNT, FRACTION, POSITIVE, SHARE, WHOLE
-from landcover.cli.common import engine_options, warnings_as_lines
+from landcover.cli.common import engine_options, nodata_option, warnings_as_lines
 from landcover.engine import Engine
 
 CHIPS_EXAMPLE = """example:
@@ -69,6 +69,7 @@ def _chips_parser(sub: argparse._SubParsersAction) -> None:
                         "default points:3 for class folders from a raster or polygons, none for pairs")
     g.add_argument("--max-nodata", type=WHOLE.parse, default=0, metavar="N",
                    help="reject tiles with more than N nodata imagery pixels (default 0)")
+    nodata_option(g)
     g.add_argument("--keep", type=SHARE.parse, default=1.0, metavar="F",
                    help="keep a random fraction F of passing tiles")
     g.add_argument("--seed", type=WHOLE.parse, default=0, help="seed for --keep (default 0)")
@@ -83,7 +84,8 @@ def _chips_parser(sub: argparse._SubParsersAction) -> None:
                         "georeferenced (default: png for folders, tif for pairs); shards: webdataset (default) or "
                         "tfrecord, all bands in the native dtype")
     g.add_argument("--shard-size", type=COUNT.parse, metavar="N",
-                   help="shards: at most N chips a shard (default: one shard per block of tiles)")
+                   help="shards: N chips a shard (the last holds the rest), dealt once every block is cut "
+                        "(default: one shard per block of tiles)")
     g.add_argument("--min-labelled", type=FRACTION.parse, default=0.0, metavar="F",
                    help="pairs: reject tiles whose mask has less than a fraction F of labelled pixels")
     g.add_argument("--keep-empty", action="store_true", help="pairs: also keep tiles with no labelled pixel")
@@ -104,7 +106,7 @@ def _run_chips(args: argparse.Namespace) -> None:
         make_chips, args.image, args.out, labels=args.labels, labels_vector=args.labels_vector,
         burn_attribute=args.burn_attribute, burn_value=args.burn_value, class_name=args.class_name,
         all_touched=args.all_touched, background=args.background, strict=args.strict, scheme=args.scheme,
-        bands=args.bands, aoi=args.aoi,
+        bands=args.bands, nodata=args.nodata, aoi=args.aoi,
         regions=args.region, tile_size=args.tile_size, overlap=args.overlap, padding=args.padding, crs=args.crs,
         resolution=args.resolution, resampling=args.resampling, rules=args.rule, max_nodata=args.max_nodata,
         keep=args.keep, seed=args.seed, layout=args.layout, fmt=args.format, min_labelled=args.min_labelled,
@@ -307,12 +309,14 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", default="480m", help="tile side for the planned chips (default 480m)")
     p.add_argument("--format", default="png", choices=["png", "tif"], help="chip format planned (default png)")
     p.add_argument("--out", metavar="DIR", help="where the chips would go (checks the free disk there)")
+    nodata_option(p)
 
     def run(args: argparse.Namespace) -> int:
         from landcover.chips.check import check_inputs
 
         report = check_inputs(args.image, bands=args.bands, labels=args.labels, scheme=args.scheme, aoi=args.aoi,
-                              bundle=args.bundle, tile_size=args.tile_size, fmt=args.format, out=args.out)
+                              bundle=args.bundle, tile_size=args.tile_size, fmt=args.format, out=args.out,
+                              nodata=args.nodata)
         print(report.summary())
         return 2 if report.problems else 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from landcover.bounds import COUNT, POSITIVE, WHOLE, Bound
-from landcover.cli.common import engine_options
+from landcover.cli.common import engine_options, nodata_option
 from landcover.cli.predict import crf_options, crf_settings
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
@@ -38,6 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the dense labels (.tif)")
     p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1-based stack bands the CRF compares (default the first three)")
+    nodata_option(p)
     p.add_argument("--median", type=WHOLE.parse, default=0, metavar="N",
                    help="median-filter the refined probabilities over N x N cells of the CRF's grid (odd; 0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -62,7 +63,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             raise LandcoverError("give --scribbles FILE, or draw them in the browser with --serve")
 
         result = label_raster(args.image, args.scribbles, args.out, class_field=args.class_field,
-                              scheme=args.scheme, bands=args.bands, settings=crf_settings(args), median=args.median,
+                              scheme=args.scheme, bands=args.bands, nodata=args.nodata, settings=crf_settings(args),
+                              median=args.median,
                               engine=Engine.choose(args.engine, args.workers, args.ray_address),
                               overwrite=args.overwrite, progress=not args.quiet)
         print(result.summary())
@@ -78,7 +80,8 @@ def _serve(args: argparse.Namespace) -> None:
     from landcover.label.server import LabelSession, make_server, serve, session_classes
 
     session = LabelSession(args.image, Path(args.out), session_classes(args.scheme, args.classes), bands=args.bands,
-                           settings=crf_settings(args), median=args.median, overwrite=args.overwrite)
+                           nodata=args.nodata, settings=crf_settings(args), median=args.median,
+                           overwrite=args.overwrite)
     try:
         server = make_server(session, args.port, idle_seconds=60 * args.idle_minutes)
     except BaseException:

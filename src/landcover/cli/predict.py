@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, WHOLE, Bound
-from landcover.cli.common import engine_options
+from landcover.cli.common import engine_options, nodata_option
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 
@@ -52,6 +52,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("rasters (--image)")
     g.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1-based stack bands that make the chips' bands (default: those the chips were cut from)")
+    nodata_option(g)
     g.add_argument("--stride", help="step between windows, m or px, dividing the tile (default: the tile; "
                                     "smaller steps overlap windows and average their probabilities)")
     g.add_argument("--aoi", metavar="VECTOR", help="map only cells whose centre lies inside these polygons")
@@ -166,7 +167,7 @@ def map_request(args: argparse.Namespace, **fields: object):
 
     engine = Engine.choose(args.engine, args.workers, args.ray_address)
     return MapRequest.of(None, {"crf": crf_settings(args), "engine": engine,
-                                "probabilities": args.probabilities, "overwrite": args.overwrite,
+                                "probabilities": args.probabilities, "overwrite": args.overwrite, "nodata": args.nodata,
                                 "progress": not args.quiet, **fields})
 
 
@@ -181,6 +182,7 @@ def _crf_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the refined class map (.tif)")
     p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1-based stack bands the appearance kernel compares (default: the display bands)")
+    nodata_option(p)
     p.add_argument("--probabilities", action="store_true", help="also write the refined probabilities")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     crf_options(p)

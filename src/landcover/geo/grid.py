@@ -32,11 +32,15 @@ def area_text(hectares: float) -> str:
 
 
 def parse_length(text: str | float, what: str = "size") -> tuple[float, str]:
-    """'480m' -> (480.0, 'm'); '16px' -> (16.0, 'px'); a bare number is metres."""
+    """'480m' -> (480.0, 'm'); '16px' -> (16.0, 'px'); a number without its unit is refused (metres and pixels
+    differ 30-fold on Landsat, 300-fold on a 10 cm photo), except 0."""
     match = _LENGTH.match(str(text))
     if not match:
         raise LandcoverError(f"{what} {text!r} is not a length like '480m' or '16px'")
-    return float(match.group(1)), match.group(2) or "m"
+    value, unit = float(match.group(1)), match.group(2)
+    if unit is None and value != 0:
+        raise LandcoverError(f"{what} {text!r} has no unit: write {value:g}m (metres) or {value:g}px (pixels)")
+    return value, unit or "px"
 
 
 def to_pixels(length: tuple[float, str], res: float, what: str) -> int:

@@ -185,6 +185,24 @@ def require_crs(src: rasterio.DatasetReader) -> CRS:
     return src.crs
 
 
+NODATA_NONE = "none"
+"""`--nodata none`: every pixel is data (a mask or alpha band still counts)."""
+
+
+def parse_nodata(text: str | float | None) -> float | str | None:
+    """`--nodata VALUE|none`: a number overrides the files' declared nodata value (as GDAL's -srcnodata does),
+    'none' reads every pixel as data; None keeps what the files declare."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == NODATA_NONE):
+        return None if text is None else NODATA_NONE
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise LandcoverError(f"--nodata {text!r} is not a pixel value (e.g. 0, 255, -9999) or none") from None
+    if not np.isfinite(value):
+        raise LandcoverError(f"--nodata {text!r} is not a finite pixel value or none (NaN pixels are always nodata)")
+    return value
+
+
 @dataclass(frozen=True)
 class Scene:
     """One imagery source: rasters on one grid stacked into bands, a subset of them picked."""
@@ -199,10 +217,14 @@ class Scene:
     height: int
     dtype: str
     nodata: tuple[float | None, ...]
+    nodata_override: float | str | None = None
+    """`--nodata`: a value read as nodata in every band instead of the files' own, or 'none'; None: the files'."""
 
     @classmethod
-    def open(cls, paths: list[str | Path], bands: list[int] | None = None, name: str | None = None) -> Scene:
-        """Stack the files in order; `bands` (1-based over the stack) picks and orders bands."""
+    def open(cls, paths: list[str | Path], bands: list[int] | None = None, name: str | None = None,
+             nodata: float | str | None = None) -> Scene:
+        """Stack the files in order; `bands` (1-based over the stack) picks and orders bands; `nodata` (a value, or
+        'none') replaces the nodata value the files declare."""
         if not paths:
             raise LandcoverError("a scene needs at least one raster")
         stacked: list[tuple[int, int]] = []
@@ -238,7 +260,9 @@ class Scene:
             width=width,
             height=height,
             dtype=str(np.result_type(*[dtypes[b - 1] for b in picks])),
-            nodata=tuple(nodatas[b - 1] for b in picks),
+            nodata=tuple(nodatas[b - 1] if nodata is None else None if nodata == NODATA_NONE else float(nodata)
+                         for b in picks),
+            nodata_override=nodata,
         )
 
     @property
@@ -290,9 +314,13 @@ class Scene:
         for fi, picks in self._by_file().items():
             def warp(src: rasterio.DatasetReader, p: list = picks) -> np.ndarray:
                 """The picked bands warped, then the validity mask (alpha or the dataset mask) as a last band."""
-                alpha = src.nodata is None and ColorInterp.alpha not in src.colorinterp  # RGBA files have their own
+                own = ColorInterp.alpha in src.colorinterp  # RGBA files have their own
+                extra = {}
+                if self.nodata_override is not None:  # the declared value replaced (or dropped): -srcnodata
+                    extra["src_nodata"] = None if self.nodata_override == NODATA_NONE else self.nodata_override
+                alpha = not own and (src.nodata is None or self.nodata_override is not None)
                 with WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                               resampling=resampling, add_alpha=alpha) as vrt:
+                               resampling=resampling, add_alpha=alpha, **extra) as vrt:
                     mask = vrt.read(vrt.count) if alpha else vrt.dataset_mask()
                     return np.concatenate([vrt.read([b for _, b in p]), (mask > 0)[None].astype(self.dtype)])
 

@@ -59,7 +59,8 @@ class LabelResult:
 
 def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Path, class_field: str | None = None,
                  scheme: str | ClassScheme | None = None, bands: list[int] | None = None,
-                 settings: CrfSettings | None = None, median: int = 0, block: int = CRF_BLOCK_PX,
+                 nodata: float | str | None = None, settings: CrfSettings | None = None, median: int = 0,
+                 block: int = CRF_BLOCK_PX,
                  engine: Engine | str | None = None, overwrite: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print) -> LabelResult:
     """Dense labels for every pixel of an image from scribbles (a vector layer whose `class_field` names each
@@ -79,7 +80,7 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     picks = bands or list(range(1, min(scene.count, 3) + 1))
     if max(picks) > scene.count:
         raise LandcoverError(f"--bands {picks}: the imagery has {scene.count} bands", images[0])
-    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
+    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem, nodata=nodata)
     marks = read_scribbles(scribbles, scene.crs, class_field, scheme)
     evidence = out.with_name(f".{out.name}.scribbles.tif")
     state = out.with_name(f".{out.name}.landcover-state")

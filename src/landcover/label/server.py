@@ -60,6 +60,7 @@ class LabelSession:
     out: Path
     classes: list[dict]
     bands: list[int] | None = None
+    nodata: float | str | None = None
     settings: CrfSettings = field(default_factory=CrfSettings)
     median: int = 0
     overwrite: bool = False
@@ -71,7 +72,7 @@ class LabelSession:
     def __post_init__(self):
         scene = Scene.open(self.images)
         picks = self.bands or list(range(1, min(scene.count, 3) + 1))
-        self.scene = Scene.open(self.images, bands=picks, name=Path(self.images[0]).stem)
+        self.scene = Scene.open(self.images, bands=picks, name=Path(self.images[0]).stem, nodata=self.nodata)
         self.bands = picks
         scale = max(self.scene.width, self.scene.height) / DISPLAY_PX
         self.scale = max(scale, 1.0)
@@ -138,7 +139,8 @@ class LabelSession:
             scheme = parse_scheme({"name": "page", "classes": [{"name": c["name"], "code": i + 1, "color": c["color"]}
                                                                for i, c in enumerate(self.classes)]})
             result = label_raster(self.images, strokes, out, class_field="class", scheme=scheme, bands=self.bands,
-                                  settings=self.settings, median=self.median, overwrite=True, progress=False,
+                                  nodata=self.nodata, settings=self.settings, median=self.median, overwrite=True,
+                                  progress=False,
                                   log=lambda _: None)
             with rasterio.open(out) as src:
                 labels = src.read(1, out_shape=self.display, resampling=Resampling.nearest)

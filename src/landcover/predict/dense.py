@@ -57,7 +57,7 @@ def refine_raster(probabilities: str | Path, images: list[str | Path], out: str 
               "zero): no evidence there, the CRF gives them the classes around them")
     scene = Scene.open(images)
     picks = list(r.bands) if r.bands else _display_bands(tags, scene.count)
-    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
+    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem, nodata=r.nodata)
     crs, transform, height, width = check_same_grid(probabilities, scene)
     job = CrfJob(probabilities, None, scene, scene_stretch(scene), r.crf, crs, transform, height, width,
                  len(classes), r.probabilities, r.crf_block)
@@ -95,11 +95,11 @@ def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | 
         first_result = None
     else:
         first_result = predict_raster(bundle_path, images, first, replace(r, probabilities=True))
-    picks, scene = open_scene(bundle, images, r.bands)
+    picks, scene = open_scene(bundle, images, r.bands, r.nodata)
     crs, transform, height, width, _ = pixel_grid(scene, float(bundle.chip["res"]))
     rgb = bundle.chip.get("rgb_bands")
     look = [picks[bundle.input.bands[i]] for i in rgb] if rgb and len(rgb) == 3 else picks[:3]
-    appearance = Scene.open(images, bands=look, name=Path(images[0]).stem)
+    appearance = Scene.open(images, bands=look, name=Path(images[0]).stem, nodata=r.nodata)
     aoi = None
     if r.aoi is not None:
         from landcover.chips.cut import read_aoi
@@ -141,7 +141,8 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
             "LANDCOVER_CRF": json.dumps(s.to_dict()), "LANDCOVER_TASK": "dense"}
     drafts = {"map": state / "map.tif", "probabilities": state / "probs.tif"}
     stamp = fingerprint([job.probabilities], images, {
-        "bands": picks, "crs": job.crs.to_wkt(), "transform": list(job.transform)[:6], "size": [job.height, job.width],
+        "bands": picks, "nodata": job.scene.nodata_override, "crs": job.crs.to_wkt(),
+        "transform": list(job.transform)[:6], "size": [job.height, job.width],
         "block": job.block, "settings": job.settings.to_dict(), "threshold": job.threshold,
         "probs": job.probabilities_out, "aoi": None if job.aoi is None else hashlib.sha256(job.aoi.wkb).hexdigest()})
     with output_lock(out), kept_only_when_started(state):

@@ -15,6 +15,7 @@ from rasterio.enums import Resampling
 
 from landcover.atomic import write_text
 from landcover.bundle import Bundle
+from landcover.chips.check import pick_bands
 from landcover.errors import LandcoverError
 from landcover.geo.grid import area_text
 from landcover.geo.raster import Scene, open_raster
@@ -64,28 +65,6 @@ class RasterResult:
             lines.append(f"agreement with truth ({name}): {score['agreement']:.3f} over {score['n_cells']} cells")
         lines += [f"{k}: {v}" for k, v in self.files.items() if k != "map"]
         return "\n".join(lines)
-
-
-def pick_bands(bundle: Bundle, images: list[str], bands: list[int] | None) -> list[int]:
-    """1-based stack bands that make the bundle's chip bands: --bands, else the bands the chips were cut from."""
-    if bands:
-        return list(bands)
-    stack = Scene.open(images)
-    source = bundle.chip.get("source_bands")
-    if source and len(bundle.chip.get("source_files") or []) == len(images):
-        offsets: dict[int, int] = {}
-        for pos, (fi, _) in enumerate(stack.band_sources):
-            offsets.setdefault(fi, pos)
-        picks = [offsets.get(fi, -stack.count) + b for fi, b in source]
-        if all(1 <= p <= stack.count and stack.band_sources[p - 1] == (fi, b)
-               for p, (fi, b) in zip(picks, source, strict=True)):
-            return picks
-    if not source or stack.count == len(source):
-        return list(range(1, stack.count + 1))
-    need = len(source)
-    raise LandcoverError(f"the bundle's chips had {need} bands (cut from {bundle.chip.get('source_files')} as "
-                         f"{source}); the imagery stacks {stack.count}: pick them with --bands",
-                         ", ".join(images))
 
 
 @contextmanager
@@ -157,11 +136,12 @@ def check_truth(truth: str | Path | None, truth_scheme: str | None, resampling: 
         raise LandcoverError(f"unknown resampling {resampling!r}")
 
 
-def open_scene(bundle: Bundle, images: list[str], bands: list[int] | None) -> tuple[list[int], Scene]:
-    """The stack bands that make the bundle's chip bands (`pick_bands`) and the scene of them, refusing imagery
-    with fewer bands than the bundle reads."""
-    picks = pick_bands(bundle, images, bands)
-    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem)
+def open_scene(bundle: Bundle, images: list[str], bands: list[int] | None,
+               nodata: float | str | None = None) -> tuple[list[int], Scene]:
+    """The stack bands that make the bundle's chip bands (`pick_bands`) and the scene of them (`nodata` over the
+    files' own), refusing imagery with fewer bands than the bundle reads."""
+    picks = pick_bands(bundle.chip, images, bands)
+    scene = Scene.open(images, bands=picks, name=Path(images[0]).stem, nodata=nodata)
     need = max(bundle.input.bands) + 1
     if scene.count < need:
         raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",

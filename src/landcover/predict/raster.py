@@ -115,7 +115,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
         raise LandcoverError("--window and --overlap are for segmentation bundles: a tile classifier's windows are "
                              "its tiles (--stride overlaps them)")
     log, every = r.log, r.decimate
-    picks, scene = open_scene(bundle, images, r.bands)
+    picks, scene = open_scene(bundle, images, r.bands, r.nodata)
     grid = _grid(bundle, scene, r.stride)
     job = _job(bundle, scene, grid, runtime, r.resampling, r.batch_size or BATCH_TILES, r.max_nodata, engine)
     reading = _reading(job)
@@ -129,7 +129,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     log(f"runtime: {runtime} ({why})")
     files = output_files(out, r.smooth, r.probabilities)
     stamp = fingerprint([job.bundle], images, {
-        "bands": picks, "grid": job.grid.to_dict(), "aoi": str(r.aoi), "max_nodata": job.max_nodata,
+        "bands": picks, "nodata": r.nodata, "grid": job.grid.to_dict(), "aoi": str(r.aoi), "max_nodata": job.max_nodata,
         "runtime": job.runtime, "resampling": job.resampling, "block_windows": r.block_windows,
         **({"every": every} if every > 1 else {})})
     state = out.with_name(f".{out.name}.landcover-state")

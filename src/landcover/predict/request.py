@@ -30,6 +30,8 @@ class MapRequest:
     the bands the appearance kernel compares."""
     aoi: str | Path | None = None
     """Map only cells (pixels) inside these polygons."""
+    nodata: float | str | None = None
+    """The imagery's nodata value over the one its files declare, or 'none' (every pixel is data)."""
     probabilities: bool = False
     """Also write per-class probabilities (<out>.probs.tif)."""
     truth: str | Path | None = None

@@ -21,7 +21,7 @@ SCHEDULES = ("none", "step", "exponential", "cosine")
 HEADS = ("logreg", "rf", "gbt")
 """Classical heads: logistic regression, random forest, gradient-boosted trees (classes weighted by frequency)."""
 BOUNDS: dict[str, Bound] = {
-    "input_size": Bound(8, integer=True), "sample_frac": SHARE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+    "input_size": Bound(8, 2048, integer=True), "sample_frac": SHARE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
     "momentum": FRACTION, "step_size": COUNT, "gamma": POSITIVE, "epochs": COUNT, "batch_size": COUNT,
     "workers": WHOLE, "early_stopping": WHOLE, "checkpoint_every": COUNT, "seed": WHOLE,
 }

@@ -103,6 +103,10 @@ class Run(Splits):
             if unknown:
                 raise LandcoverError(f"classes {unknown} are not in the manifest's scheme "
                                      f"{info['scheme'].get('name')!r}", dataset.path)
+        present = sorted(set(self.train.frame["label"]))
+        if len(present) < 2:
+            raise LandcoverError(f"the {config.train_split!r} split holds one class ({', '.join(present) or 'none'}):"
+                                 " a classifier needs chips of at least two", self.train.path)
         first = self.train.read(0)
         bands, rgb = input_bands(config, first.shape[0], self.train.path)
         self.rgb_bands = rgb

@@ -54,6 +54,23 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
         raise LandcoverError("nothing to resume (no checkpoints/last)", out)
     check_output(out, "folder")
     rank = int(os.environ.get("RANK", 0))
+    new_runs = not out.parent.exists()
+    try:
+        _train(config, out, resume, overwrite, progress, rank)
+    except BaseException:
+        if rank == 0 and new_runs and out.parent.is_dir() and not any(out.parent.iterdir()):
+            out.parent.rmdir()  # a refused first run leaves no empty runs/ behind
+        raise
+    if config.mlflow_uri and rank == 0:
+        from landcover.train.tracking import log_to_mlflow
+
+        run_id = log_to_mlflow(config.mlflow_uri, out, config.to_dict(), read_metrics(out))
+        if progress:
+            print(f"logged to MLflow ({config.mlflow_uri}): run {run_id}")
+    return out
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, overwrite: bool, progress: bool, rank: int) -> None:
     with output_lock(out) if rank == 0 else contextlib.nullcontext():
         torch.manual_seed(config.seed)
         # checks before writing (auto: each candidate checks its own)
@@ -79,13 +96,6 @@ def train_model(manifest: str | Path | None = None, *, config: str | Path | Trai
             raise
         if rank == 0 and config.mode != "auto":  # auto copies its chosen candidate's graph
             _write_graph(out, config.onnx)
-    if config.mlflow_uri and rank == 0:
-        from landcover.train.tracking import log_to_mlflow
-
-        run_id = log_to_mlflow(config.mlflow_uri, out, config.to_dict(), read_metrics(out))
-        if progress:
-            print(f"logged to MLflow ({config.mlflow_uri}): run {run_id}")
-    return out
 
 
 def _resumable(out: Path) -> bool:
