@@ -13,6 +13,9 @@ present):
      ce+dice, AdamW, cosine schedule, flips and 90-degree turns), the best epoch by validation mIoU;
   2. a per-pixel random forest on the four band values and NDVI, fitted on every labelled pixel of the train
      pairs (50 trees, each on a quarter of them), the classical approach;
+  2b. landcover's pixel model (`train --task pixels`: a forest on bands, indices and multi-scale filter
+     responses), scored on each test pair's window read with the filters' reach; it and the U-Net then map the
+     whole Zion scene (pixels per second, the same process);
   3. the tile map of the demo (#5): 480 m chips labelled by points:3, each in the split of the pair that holds
      it, frozen Lite0 features at 64 px + logistic regression, the scene predicted with a 240 m stride; each
      pixel takes its cell's class;
@@ -141,6 +144,34 @@ def random_forest(pairs: Path, quick: bool) -> dict:
     predicted = [forest.predict(pixel_features(test.read(i)[0])).reshape(truth[i].shape) for i in range(len(test))]
     return {"method": "random forest per pixel (4 bands + NDVI)", "train_pixels": len(y), "train_s": seconds,
             **scores_of(truth, predicted, names)}
+
+
+def pixel_model(pairs: Path, work: Path) -> dict:
+    """`landcover train --task pixels` (the forest on per-pixel filter features), scored per pixel on the test pairs
+    (each pair's window read with the filters' reach, as `landcover evaluate` does); then the Zion scene mapped by it
+    and by the U-Net run above, one after the other in this process, pixels per second."""
+    from landcover.segment.evaluate import evaluate_segmentation
+
+    seconds = run_cli("train", "--quiet", "--task", "pixels", "--manifest", str(pairs), "--runs", str(work / "runs"),
+                      "--name", "pixels", "--overwrite")
+    scores, _ = evaluate_segmentation(work / "runs" / "pixels" / "bundle", pairs, "test", work / "eval-pixels",
+                                      progress=False)
+    confusion = np.array(scores["confusion"])
+    support = dict(zip(scores["iou"], confusion.sum(axis=1).tolist(), strict=True))
+    common = [n for n, k in support.items() if k >= COMMON_PIXELS]
+    z = zion()
+    images = [str(z / f"landsat_b{b}.tif") for b in (2, 3, 4, 5)]
+    rates = {}
+    for name in ("pixels", "unet"):
+        bundle = work / "runs" / name / "bundle"
+        if bundle.exists():
+            mapped = run_cli("predict", str(bundle), "--image", *images, "--out", str(work / f"zion-{name}.tif"),
+                             "--quiet", "--overwrite")
+            rates[name] = 1428 * 1128 / mapped
+    return {"method": "landcover pixel model (forest on 102 per-pixel filter features)", "train_s": seconds,
+            "pixel_accuracy": scores["pixel_accuracy"], "miou": scores["miou"], "iou": scores["iou"],
+            "support": support, "miou_common": float(np.mean([scores["iou"][n] or 0.0 for n in common])),
+            "pixels": scores["pixels"], "zion_pixels_per_s": rates}
 
 
 def tile_map(pairs: Path, work: Path) -> dict:
@@ -339,6 +370,7 @@ def accuracy(args: argparse.Namespace, epochs: int, out: Path, work: Path, resul
     methods = {}
     for name, fn in (("landcover", lambda: ours(pairs, work, epochs)),
                      ("random forest", lambda: random_forest(pairs, args.quick)),
+                     ("pixel model", lambda: pixel_model(pairs, work)),
                      ("tile map", lambda: tile_map(pairs, work)),
                      ("torchgeo", lambda: torchgeo_run(pairs, work, epochs))):
         methods[name] = fn()

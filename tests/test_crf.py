@@ -228,3 +228,34 @@ def test_bad_input_is_one_line(seg_dense, zion_seg_run, zion_images, tmp_path, c
 
     with pytest.raises(LandcoverError, match=r"--downscale 0 must be in \(0, 1\]"):
         refine_raster(seg_dense.with_name("zion.pixels.probs.tif"), zion_images, out, crf=CrfSettings(downscale=0))
+
+
+def test_crf_settings_in_metres_and_by_resolution(capsys):
+    """Kernel widths in metres become pixels of the CRF's grid; unset settings follow the imagery's pixel size; the
+    seeds' numbers are the 'seed' preset; the CLI takes both spellings and refuses a bad one in one line."""
+    import argparse
+
+    from landcover.cli.predict import crf_options, crf_settings
+    from landcover.errors import LandcoverError
+    from landcover.segment.crf import CrfSettings
+    from landcover.segment.crfdefaults import CrfChoice, defaults_for
+
+    assert [defaults_for(r).downscale for r in (0.1, 0.6, 1, 4.9, 5, 30)] == [0.25, 0.25, 0.5, 0.5, 1, 1]
+    landsat = CrfChoice().resolve(30.0)
+    assert landsat.downscale == 1 and landsat.sxy_gaussian * 30 == 90 and landsat.sxy_bilateral * 30 == 1800
+    photo = CrfChoice().resolve(0.1)  # 0.25 x: CRF pixels of 0.4 m
+    assert photo.sxy_gaussian * 0.4 == pytest.approx(1.2)
+    assert CrfChoice("seed").resolve(30.0) == CrfSettings()
+    given = CrfChoice("auto", (("sxy_gaussian", "90m"), ("downscale", 0.5), ("sxy_bilateral", 7.0))).resolve(30.0)
+    assert given.sxy_gaussian == 1.5 and given.sxy_bilateral == 7.0 and given.compat_bilateral == 10
+    with pytest.raises(LandcoverError, match="--sxy-gaussian '-3m' must be > 0"):
+        CrfChoice("auto", (("sxy_gaussian", "-3m"),)).resolve(30.0)
+    parser = argparse.ArgumentParser()
+    crf_options(parser)
+    args = parser.parse_args(["--sxy-gaussian", "90m", "--crf-preset", "seed", "--iterations", "5"])
+    choice = crf_settings(args)
+    assert choice.preset == "seed" and dict(choice.given) == {"sxy_gaussian": "90m", "iterations": 5}
+    assert choice.resolve(30.0).sxy_gaussian == pytest.approx(90 / 120)  # the seeds' 0.25 x grid: 120 m pixels
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sxy-gaussian", "wide"])
+    assert "'wide' is not a length in metres" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from landcover.atomic import temp_path, write_text
 from landcover.errors import LandcoverError, refuse_pickle
 from landcover.models.backbones import build_model, pooled_features
 from landcover.models.heads import load_head, save_head
+from landcover.models.pixelfeatures import PixelFeatures
 from landcover.models.segmenters import build_segmenter
 from landcover.models.spectral import SpectralSpec
 from landcover.version import __version__
@@ -71,8 +72,8 @@ class Bundle:
 
     kind: str
     """'finetune' (a whole network), 'features' (a frozen backbone and a classical head), 'spectral' (a classical
-    head on spectral features, no network) or 'fused' (a frozen backbone's features and spectral features into one
-    classical head)."""
+    head on spectral features, no network), 'fused' (a frozen backbone's features and spectral features into one
+    classical head) or 'pixels' (a classical head on per-pixel filter features, no network)."""
     architecture: str
     """Classification: the backbone; segmentation: the decoder."""
     classes: list[dict]
@@ -87,11 +88,19 @@ class Bundle:
     model: torch.nn.Module | None = field(default=None, repr=False)
     head: object | None = field(default=None, repr=False)
     task: str = "classification"
-    """'classification' (a class per chip) or 'segmentation' (a class per pixel)."""
+    """'classification' (a class per chip), 'segmentation' (a network, a class per pixel) or 'pixels' (the pixel
+    model, a class per pixel)."""
     encoder: str | None = None
     """Segmentation: the decoder's backbone."""
     spectral: SpectralSpec | None = None
     """'spectral' and 'fused' bundles: how chips become the spectral features their head reads."""
+    pixels: PixelFeatures | None = None
+    """'pixels' bundles: how a window becomes the per-pixel features their head reads."""
+
+    @property
+    def per_pixel(self) -> bool:
+        """Whether the bundle gives a class per pixel (a segmentation network or the pixel model)."""
+        return self.task in ("segmentation", "pixels")
 
     @property
     def n_classes(self) -> int:
@@ -108,6 +117,7 @@ class Bundle:
             "weights": "weights.safetensors" if self.kind == "finetune" else None,
             "head": None if self.kind == "finetune" else "head",
             "spectral": self.spectral.to_dict() if self.spectral else None,
+            "pixels": self.pixels.to_dict() if self.pixels else None,
         }
 
     def require_classifier(self, what: str) -> None:
@@ -119,7 +129,9 @@ class Bundle:
     @torch.no_grad()
     def predict_proba(self, raw: torch.Tensor) -> np.ndarray:
         """Class probabilities for a batch of raw chips (n, bands, h, w): (n, n_classes) for a classifier,
-        (n, n_classes, h, w) for a segmentation network."""
+        (n, n_classes, h, w) for a segmentation network or the pixel model (NaN pixels: no data)."""
+        if self.kind == "pixels":
+            return self.pixel_proba(np.asarray(raw, np.float32))
         if self.model is None:  # spectral: no network
             return self.head_proba(None, raw)
         x = self.input.prepare(raw).contiguous(memory_format=torch.channels_last)  # 1.6x faster convs on CPU
@@ -127,6 +139,16 @@ class Bundle:
         if self.kind == "finetune":
             return torch.softmax(self.model(x), dim=1).numpy()
         return self.head_proba(pooled_features(self.model, x).numpy(), raw)
+
+    def pixel_proba(self, raw: np.ndarray) -> np.ndarray:
+        """The pixel model's probabilities (n, n_classes, h, w) for windows (n, bands, h, w) at the bundle's
+        resolution; a window's edges lack the context a larger read gives (read with `pixels.halo_px` more)."""
+        out = np.empty((len(raw), self.n_classes, *raw.shape[2:]), np.float32)
+        for i, window in enumerate(raw):
+            features = self.pixels.compute(window[list(self.input.bands)], None, float(self.chip["res"]))
+            p = self.head.predict_proba(features.reshape(len(features), -1).T)
+            out[i] = np.nan_to_num(p, nan=1.0 / self.n_classes).T.reshape(self.n_classes, *raw.shape[2:])
+        return out
 
     def head_proba(self, features: np.ndarray | None, raw: torch.Tensor) -> np.ndarray:
         """The head's probabilities from the network's pooled features (None for spectral bundles) and, for
@@ -197,8 +219,9 @@ def load_bundle(path: str | Path) -> Bundle:
     bundle = Bundle(meta["kind"], meta["architecture"], meta["classes"], spec, meta["chip"],
                     meta.get("provenance", {}), meta.get("backbone_weights", "none"), path,
                     task=meta.get("task", "classification"), encoder=meta.get("encoder"),
-                    spectral=SpectralSpec.from_dict(meta["spectral"]) if meta.get("spectral") else None)
-    if bundle.kind == "spectral":
+                    spectral=SpectralSpec.from_dict(meta["spectral"]) if meta.get("spectral") else None,
+                    pixels=PixelFeatures.from_dict(meta["pixels"]) if meta.get("pixels") else None)
+    if bundle.kind in ("spectral", "pixels"):
         bundle.head = load_head(path / "head")
         return bundle
     if bundle.kind == "finetune":

@@ -84,7 +84,8 @@ def export_onnx(bundle_path: str | Path, opset: int = 17, check: bool = True) ->
     bundle = load_bundle(bundle_path)
     folder = Path(bundle.path)
     if bundle.model is None:
-        raise LandcoverError("a spectral bundle has no network to export (its head runs on numpy)", bundle.path)
+        raise LandcoverError(f"a {bundle.kind} bundle has no network to export (its head runs on numpy)",
+                             bundle.path)
     net = (_Probabilities if bundle.kind == "finetune" else _Features)(bundle.model).eval()
     output = "probabilities" if bundle.kind == "finetune" else "features"
     size, bands = bundle.input.size, len(bundle.input.bands)

@@ -237,8 +237,9 @@ def pick_bands(chip: dict, images: list[str], bands: list[int] | None) -> list[i
         return list(range(1, stack.count + 1))
     cut = ", ".join(f"band {b} of {files[fi] if fi < len(files) else f'file {fi + 1}'}" for fi, b in source)
     raise LandcoverError(f"the bundle reads {len(source)} bands ({cut}, as its chips were cut); the imagery stacks "
-                         f"{stack.count} band{'' if stack.count == 1 else 's'} in {len(images)} file(s): name the {len(source)} to read, in that "
-                         f"order, with --bands (1-based over the stack)", ", ".join(images))
+                         f"{stack.count} band{'' if stack.count == 1 else 's'} in {len(images)} file(s): name the "
+                         f"{len(source)} to read, in that order, with --bands (1-based over the stack)",
+                         ", ".join(images))
 
 
 def _check_disk(report: CheckReport, out: Path, area_m2: float, tile_px: int, scene: Scene, fmt: str,

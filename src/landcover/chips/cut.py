@@ -124,7 +124,8 @@ def cut_chips(scenes: list[Scene], labels: LabelRaster | LabelVector, scheme: Cl
     Layout `folders` writes `<class>/<key>.<fmt>`; `pairs` writes `images/<key>.tif` and `labels/<key>.tif`
     (segmentation masks) with the Classified Tiles metadata; `shards` writes `shards/<block>.tar` (fmt
     'webdataset') or `.tfrecord`, one per block, or `shards/shard-00000.tar`... of `shard_size` chips each. A
-    point layer as labels centres a tile on each point. A run that keeps no chip is an error saying why (`allow_empty` writes the empty manifest)."""
+    point layer as labels centres a tile on each point. A run that keeps no chip is an error saying why
+    (`allow_empty` writes the empty manifest)."""
     check_output(out, "folder")
     _check_output_options(scenes, labels, fmt, layout, resampling)
     for value, name in ((block_tiles, "--block-tiles"), (shard_size, "--shard-size")):

@@ -133,8 +133,8 @@ def segment_stage(zion: Path, images: list[Path], out: Path, progress: bool) -> 
 
 def dense_stage(zion: Path, images: list[Path], out: Path, bundle: Path, progress: bool) -> None:
     """Stage 9: the hybrid dense map (the stage-4 classifier on every tile, confident tiles as evidence, the dense
-    CRF at the seeds' settings) inside the park at 30 m, drawn beside the tile map, and both maps assessed against
-    NLCD 2011 (accuracies and area estimates with 95% confidence intervals)."""
+    CRF at its settings for 30 m imagery) inside the park at 30 m, drawn beside the tile map, and both maps
+    assessed against NLCD 2011 (accuracies and area estimates with 95% confidence intervals)."""
     from landcover.maps.accuracy import assess_map
     from landcover.predict.dense import predict_dense
 

@@ -39,6 +39,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1-based stack bands the CRF compares (default the first three)")
     nodata_option(p)
+    p.add_argument("--model", choices=["pixels", "none"], default="pixels",
+                   help="pixels (default): the pixel model, trained on the scribbled pixels of every image band, gives "
+                        "the CRF its evidence where nobody scribbled; none: the CRF spreads the scribbles alone (far "
+                        "from them it has only ties, which a few short strokes can tip into one class everywhere)")
     p.add_argument("--median", type=WHOLE.parse, default=0, metavar="N",
                    help="median-filter the refined probabilities over N x N cells of the CRF's grid (odd; 0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -64,7 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
         result = label_raster(args.image, args.scribbles, args.out, class_field=args.class_field,
                               scheme=args.scheme, bands=args.bands, nodata=args.nodata, settings=crf_settings(args),
-                              median=args.median,
+                              median=args.median, model=args.model,
                               engine=Engine.choose(args.engine, args.workers, args.ray_address),
                               overwrite=args.overwrite, progress=not args.quiet)
         print(result.summary())

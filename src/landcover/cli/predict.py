@@ -80,6 +80,9 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="hybrid: classify every N-th tile in each direction (default 1: all)")
     d.add_argument("--threshold", type=FRACTION.parse, metavar="P",
                    help="hybrid: tiles whose top probability is >= P are evidence, the rest unknown (default 0.5)")
+    d.add_argument("--evidence-model", choices=["pixels", "none"],
+                   help="hybrid: none (default): the confident tiles alone are evidence; pixels: they train the pixel "
+                        "model, whose probabilities are the CRF's evidence everywhere")
     crf_options(p)
     engine_options(p)
 
@@ -92,9 +95,10 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
             print(result.summary())
             return
         dense = args.dense or args.crf
-        crf_given = [k for k in CRF_OPTIONS if getattr(args, k) is not None]
-        if not dense and (args.decimate or args.threshold is not None or crf_given):
-            raise LandcoverError("--decimate, --threshold and the CRF settings are for dense maps: add --dense crf")
+        crf_given = [k for k in (*CRF_OPTIONS, "crf_preset") if getattr(args, k) is not None]
+        if not dense and (args.decimate or args.threshold is not None or args.evidence_model or crf_given):
+            raise LandcoverError("--decimate, --threshold, --evidence-model and the CRF settings are for dense maps: "
+                                 "add --dense crf")
         if dense and (args.smooth or args.truth):
             raise LandcoverError("--smooth and --truth are for tile and per-pixel maps: score a dense map with "
                                  "`landcover evaluate MAP --truth ...`")
@@ -102,7 +106,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                               truth=args.truth, truth_scheme=args.scheme, max_nodata=args.max_nodata,
                               batch_size=args.batch_size, runtime=args.runtime, resampling=args.resampling,
                               allow_empty=args.allow_empty, window=args.window, overlap=args.overlap,
-                              decimate=args.decimate or 1, threshold=0.5 if args.threshold is None else args.threshold)
+                              decimate=args.decimate or 1, threshold=0.5 if args.threshold is None else args.threshold,
+                              evidence_model=args.evidence_model or "none")
         if dense:
             from landcover.predict.dense import predict_dense
 
@@ -125,26 +130,35 @@ bands (else the first three), stretched to 0..255. Defaults are the seeds' (Busc
 
 
 def crf_options(p: argparse.ArgumentParser) -> None:
-    """The CRF's settings as options (defaults: landcover.segment.crf.CrfSettings)."""
-    from landcover.segment.crf import CrfSettings
-
-    s = CrfSettings()
-    g = p.add_argument_group("dense CRF settings")
+    """The CRF's settings as options (defaults: by the imagery's resolution, landcover.segment.crfdefaults)."""
+    g = p.add_argument_group("dense CRF settings (defaults chosen from the imagery's pixel size: see docs/predict.md)")
+    g.add_argument("--crf-preset", choices=["auto", "seed"],
+                   help="auto (default): settings by the imagery's resolution; seed: the seeds' numbers (kernels 60 "
+                        "px on a grid downscaled by 0.25, made for 0.1 m photographs); the options below override")
     g.add_argument("--downscale", type=SHARE.parse, metavar="F",
-                   help=f"run the CRF on the image resampled by F, labels upscaled back (default {s.downscale:g}; "
-                        "1: full resolution)")
-    g.add_argument("--sxy-gaussian", type=POSITIVE.parse, metavar="PX",
-                   help=f"smoothness kernel width, px of the CRF's grid (default {s.sxy_gaussian:g})")
+                   help="run the CRF on the image resampled by F, labels upscaled back (1: full resolution)")
+    g.add_argument("--sxy-gaussian", type=width, metavar="LENGTH",
+                   help="smoothness kernel width: metres ('90m') or px of the CRF's grid (a plain number)")
     g.add_argument("--compat-gaussian", type=NON_NEGATIVE.parse, metavar="W",
-                   help=f"smoothness Potts weight (default {s.compat_gaussian:g}; 0 drops the kernel)")
-    g.add_argument("--sxy-bilateral", type=POSITIVE.parse, metavar="PX",
-                   help=f"appearance kernel width, px of the CRF's grid (default {s.sxy_bilateral:g})")
-    g.add_argument("--srgb", type=POSITIVE.parse, metavar="LEVELS",
-                   help=f"appearance kernel band width, 8-bit levels (default {s.srgb:g})")
+                   help="smoothness Potts weight (0 drops the kernel)")
+    g.add_argument("--sxy-bilateral", type=width, metavar="LENGTH",
+                   help="appearance kernel width: metres ('1800m') or px of the CRF's grid")
+    g.add_argument("--srgb", type=POSITIVE.parse, metavar="LEVELS", help="appearance kernel band width, 8-bit levels")
     g.add_argument("--compat-bilateral", type=NON_NEGATIVE.parse, metavar="W",
-                   help=f"appearance Potts weight (default {s.compat_bilateral:g}; 0 drops the kernel)")
-    g.add_argument("--iterations", type=WHOLE.parse, metavar="N",
-                   help=f"mean-field iterations (default {s.iterations})")
+                   help="appearance Potts weight (0 drops the kernel)")
+    g.add_argument("--iterations", type=WHOLE.parse, metavar="N", help="mean-field iterations")
+
+
+def width(text: str) -> float | str:
+    """A kernel width: '90m' (kept as text, turned into pixels once the grid is known) or CRF pixels (> 0)."""
+    text = text.strip()
+    try:
+        value = float(text[:-1] if text.endswith("m") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length in metres ('90m') or pixels (3)") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} is out of range: it must be > 0")
+    return text if text.endswith("m") else value
 
 
 CRF_OPTIONS = ("downscale", "sxy_gaussian", "compat_gaussian", "sxy_bilateral", "srgb", "compat_bilateral",
@@ -152,12 +166,11 @@ CRF_OPTIONS = ("downscale", "sxy_gaussian", "compat_gaussian", "sxy_bilateral", 
 
 
 def crf_settings(args: argparse.Namespace):
-    """The CrfSettings the options give (defaults where not given)."""
-    from dataclasses import replace
+    """The CrfChoice the options give: the preset, and the settings given over it."""
+    from landcover.segment.crfdefaults import CrfChoice
 
-    from landcover.segment.crf import CrfSettings
-
-    return replace(CrfSettings(), **{k: getattr(args, k) for k in CRF_OPTIONS if getattr(args, k) is not None})
+    return CrfChoice(args.crf_preset or "auto",
+                     tuple((k, getattr(args, k)) for k in CRF_OPTIONS if getattr(args, k) is not None))
 
 
 def map_request(args: argparse.Namespace, **fields: object):

@@ -41,9 +41,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--runs", help="folder of runs (default runs)")
     g.add_argument("--name", help="run name (default: mode-architecture-time)")
     g = p.add_argument_group("model")
-    g.add_argument("--task", choices=["classification", "segmentation"],
-                   help="classification (a class per chip, default) or segmentation (a class per pixel, from "
-                        "`landcover chips --layout pairs`)")
+    g.add_argument("--task", choices=["classification", "segmentation", "pixels"],
+                   help="classification (a class per chip, default); segmentation (a network, a class per pixel, "
+                        "from `landcover chips --layout pairs`); pixels (the pixel model: a classical head on "
+                        "per-pixel band, index and multi-scale filter features, from the same pairs: seconds to "
+                        "train)")
     g.add_argument("--mode", choices=MODES,
                    help="finetune (default): the whole network; features: frozen network features + a classical "
                         "head; spectral: band statistics and indices (NDVI, NDWI, ...) + a head, no network; fused: "
@@ -62,10 +64,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--input-size", type=BOUNDS["input_size"].parse,
                    help="model input size in pixels (default: the backbone's)")
     g.add_argument("--head", choices=HEADS,
-                   help="features, spectral and fused: the classical head: logistic regression, random forest or "
-                        "gradient-boosted trees with balanced class weights (default rf for spectral, else logreg)")
+                   help="features, spectral, fused and pixels: the classical head: logistic regression, random forest "
+                        "or gradient-boosted trees with balanced class weights (default rf for spectral and pixels, "
+                        "else logreg)")
     g.add_argument("--sample-frac", type=BOUNDS["sample_frac"].parse,
                    help="features mode: fraction of training chips to use")
+    g.add_argument("--scales", nargs="+", metavar="LENGTH",
+                   help="pixels: the filters' scales, e.g. 30m 60m 120m 240m (default 1, 2, 4 and 8 pixels of the "
+                        "imagery, kept in metres)")
+    g.add_argument("--pixels-per-class", type=BOUNDS["pixels_per_class"].parse, metavar="N",
+                   help="pixels: labelled pixels sampled per class (default 20000; all of a rarer class)")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--train-from", help="head, last-block, all (default), or a layer name")
     g.add_argument("--freeze-bn", action="store_true", default=None, help="keep BatchNorm statistics frozen")
@@ -98,7 +106,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                  "encoder", "loss", "architecture", "weights", "input_size", "head", "sample_frac", "train_from",
                  "freeze_bn", "optimizer", "lr", "weight_decay", "schedule", "step_size", "gamma", "epochs",
                  "batch_size", "workers", "augment", "class_weights", "early_stopping", "checkpoint_every", "seed",
-                 "mlflow_uri", "onnx", "band_roles")
+                 "mlflow_uri", "onnx", "band_roles", "scales", "pixels_per_class")
         out = train_model(config=args.config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                           **{n: getattr(args, n) for n in names})
         summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
@@ -150,7 +158,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
             raise LandcoverError("scoring a bundle needs --manifest (and --split)", target)
         from landcover.bundle import bundle_task
 
-        if bundle_task(args.target) == "segmentation":
+        if bundle_task(args.target) in ("segmentation", "pixels"):
             from landcover.segment.evaluate import evaluate_segmentation, summary
 
             scores, out = evaluate_segmentation(args.target, args.manifest, args.split, args.out,

@@ -19,11 +19,8 @@ from rasterio.windows import Window
 from landcover.errors import LandcoverError
 from landcover.geo.raster import open_raster, require_crs
 from landcover.maps.classmap import NODATA, PROB_SCALE
+from landcover.predict.evidence import CONFIDENCE, STRIP_ROWS
 from landcover.schemes import ClassScheme, load_scheme
-
-STRIP_ROWS = 1024
-CONFIDENCE = 0.9
-"""The probability a scribbled pixel gives its class (the rest shared by the others): the seeds' gt_prob kind."""
 
 
 @dataclass

@@ -35,6 +35,7 @@ from landcover.geo.raster import Scene
 from landcover.maps.classmap import hex_rgb
 from landcover.schemes import load_scheme, parse_scheme
 from landcover.segment.crf import CrfSettings
+from landcover.segment.crfdefaults import CrfChoice
 
 DISPLAY_PX = 2048
 MAX_BODY = 5 * 1024 * 1024
@@ -61,7 +62,7 @@ class LabelSession:
     classes: list[dict]
     bands: list[int] | None = None
     nodata: float | str | None = None
-    settings: CrfSettings = field(default_factory=CrfSettings)
+    settings: CrfSettings | CrfChoice = field(default_factory=CrfChoice)
     median: int = 0
     overwrite: bool = False
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="landcover-label-")))

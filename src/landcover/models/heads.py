@@ -69,6 +69,7 @@ from safetensors.numpy import load_file, save_file
 
 from landcover.atomic import replacing, write_text
 from landcover.errors import LandcoverError, refuse_pickle
+from landcover.models.trees import boosted_sum, forest_sum
 
 FORMAT = "landcover-head"
 VERSION = 1
@@ -156,13 +157,9 @@ class ForestHead(Head):
         return len(self.arrays["node_offsets"]) - 1
 
     def _proba_present(self, X: np.ndarray) -> np.ndarray:
-        a = self.arrays
-        # scikit-learn compares float32 features with float64 thresholds; do the same for identical splits.
-        X = X.astype(np.float32).astype(np.float64)
-        total = np.zeros((len(X), len(self.classes)))
-        for t in range(self.n_trees):
-            total += a["value"][_leaves(a, t, X)]
-        return total / self.n_trees
+        # scikit-learn compares float32 features with float64 thresholds (the kernel widens each as it reads it)
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        return forest_sum(X, *_tree_arrays(self.arrays), self.arrays["value"]) / self.n_trees
 
 
 class BoostedHead(Head):
@@ -173,10 +170,8 @@ class BoostedHead(Head):
 
     def _proba_present(self, X: np.ndarray) -> np.ndarray:
         a = self.arrays
-        X = X.astype(np.float64)  # histogram boosting compares float64 features with its thresholds
-        raw = np.tile(a["baseline"], (len(X), 1))
-        for t, output in enumerate(a["tree_output"]):
-            raw[:, output] += a["value"][_leaves(a, t, X)]
+        X = np.ascontiguousarray(X, dtype=np.float64)  # histogram boosting compares float64 features
+        raw = boosted_sum(X, *_tree_arrays(a), a["value"], a["tree_output"], a["baseline"])
         if raw.shape[1] == 1:
             p = np.exp(-np.logaddexp(0.0, -raw[:, 0]))  # sigmoid, without overflow for large |raw|
             return np.stack([1.0 - p, p], axis=1)
@@ -185,30 +180,20 @@ class BoostedHead(Head):
         return raw / raw.sum(axis=1, keepdims=True)
 
 
-def _leaves(a: dict[str, np.ndarray], t: int, X: np.ndarray) -> np.ndarray:
-    """The node (index into the stored node arrays) where each row of X ends in tree t."""
-    lo, hi = a["node_offsets"][t], a["node_offsets"][t + 1]
-    left, right = a["children_left"][lo:hi], a["children_right"][lo:hi]
-    feature, threshold = a["feature"][lo:hi], a["threshold"][lo:hi]
-    nan_left = a["missing_go_to_left"][lo:hi].astype(bool)
-    node = np.zeros(len(X), dtype=np.int64)
-    active = np.arange(len(X))[left[node] != -1]
-    while len(active):
-        n = node[active]
-        x = X[active, feature[n]]
-        go_left = np.where(np.isnan(x), nan_left[n], x <= threshold[n])
-        node[active] = np.where(go_left, left[n], right[n])
-        active = active[left[node[active]] != -1]
-    return lo + node
+def _tree_arrays(a: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The node arrays the tree kernels walk (offsets, children, feature, threshold, NaN direction)."""
+    return (a["node_offsets"], a["children_left"].astype(np.int32), a["children_right"].astype(np.int32),
+            a["feature"].astype(np.int32), a["threshold"], a["missing_go_to_left"].astype(np.bool_))
 
 
 HEAD_TYPES: dict[str, type[Head]] = {"logreg": LogisticHead, "rf": ForestHead, "gbt": BoostedHead}
 
 
-def fit_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0, **params) -> Head:
-    """Fit a 'logreg', 'rf' or 'gbt' head on features X and label ids y (scikit-learn parameters as keywords).
-    'gbt' weighs classes inversely to their frequency unless told otherwise: the rare classes count in training as
-    they do in the macro-F1 it is judged by."""
+def fit_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
+             sample_weight: np.ndarray | None = None, **params) -> Head:
+    """Fit a 'logreg', 'rf' or 'gbt' head on features X and label ids y (scikit-learn parameters as keywords;
+    `sample_weight` per row). 'gbt' weighs classes inversely to their frequency unless told otherwise: the rare
+    classes count in training as they do in the macro-F1 it is judged by."""
     X, y = _check_training(kind, X, y, n_classes)
     try:
         if kind == "logreg":
@@ -231,7 +216,9 @@ def fit_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int 
     except TypeError as exc:
         raise LandcoverError(f"bad parameter for the {kind} head ({exc})") from None
     try:
-        estimator.fit(X, y)
+        weights = {} if sample_weight is None else {
+            "logisticregression__sample_weight" if kind == "logreg" else "sample_weight": sample_weight}
+        estimator.fit(X, y, **weights)
     except ValueError as exc:
         raise LandcoverError(f"cannot fit the {kind} head ({str(exc).splitlines()[0]})") from None
     head = from_sklearn(estimator, n_classes, params={**params, "seed": seed})

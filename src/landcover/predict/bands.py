@@ -69,6 +69,8 @@ class PixelJob:
     n_classes: int
     probabilities: bool
     aoi: shapely.Geometry | None = None
+    nodata_nan: bool = False
+    """Hand the runtime NaN where the imagery has no data (the pixel model's filters then leave it out)."""
 
     @property
     def step(self) -> int:
@@ -182,6 +184,8 @@ def _read(job: PixelJob, row: int, col: int, height: int, width: int) -> tuple[n
                                           Resampling[job.resampling])
     if job.png:
         pixels = job.stretch.apply(pixels) if job.stretch else pixels.astype(np.uint8)
+    if job.nodata_nan:
+        pixels = np.where(valid, pixels, np.nan).astype(np.float32)
     if job.aoi is not None:
         x, y = job.transform * (c0, r0)
         valid &= ~geometry_mask([job.aoi], (h, w), Affine(job.transform.a, 0, x, 0, job.transform.e, y))

@@ -31,8 +31,9 @@ from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene, open_raster, same_crs
 from landcover.geo.stretch import Stretch
 from landcover.maps.classmap import NODATA, PROB_SCALE, scale_probabilities
-from landcover.predict.request import CRF_BLOCK_PX
+from landcover.predict.request import CRF_BLOCK_PX, check_crf
 from landcover.segment.crf import CrfSettings, dense_crf
+from landcover.segment.crfdefaults import CrfChoice, resolve_crf
 
 EVIDENCE_STRIP = 1024
 """Rows of a probability raster read at once when its evidence is counted."""
@@ -66,6 +67,8 @@ class CrfJob:
     """A median filter of this size over each class's refined probabilities on the CRF's grid (0: none)."""
     threads: int | None = None
     """numba threads per worker (None: all cores, in-process): a pool's workers share the cores."""
+    fixed: str | None = None
+    """An evidence raster on the map's grid (`label`'s scribbles): its marked pixels keep their class in the map."""
 
     @property
     def crf_transform(self) -> Affine:
@@ -124,6 +127,14 @@ def probability_scale(src: rasterio.DatasetReader) -> float:
                          f"{src.dtypes[0]}", src.name)
 
 
+def crf_for(settings: CrfSettings | CrfChoice | None, crs: CRS, transform: Affine) -> CrfSettings:
+    """The CRF's settings on a grid (its CRS and transform): given ones as they are, a choice resolved for the
+    grid's pixel size (`landcover.segment.crfdefaults`), and checked."""
+    resolved = resolve_crf(settings, abs(transform.a), crs.is_geographic)
+    check_crf(resolved)
+    return resolved
+
+
 def missing_evidence(path: str) -> tuple[int, int]:
     """(cells with data, of which hold no probabilities: NaN in a band, or all zero) of a probability raster, read
     in strips: what `refine_raster` says before the CRF, and refuses when nothing is left."""
@@ -166,6 +177,10 @@ def run_rows(job: CrfJob, index: int) -> CrfRows:
             corner = job.transform * Affine.translation(x0, y0)
             known &= ~geometry_mask([job.aoi], (y1 - y0, x1 - x0), corner)
         classes[:, x0:x1] = np.where(known, refined.argmax(axis=0), NODATA)
+        if job.fixed is not None:  # what a person drew stays what they drew
+            with rasterio.open(job.fixed) as src:
+                marks = src.read(window=Window(x0, y0, x1 - x0, y1 - y0))
+            classes[:, x0:x1] = np.where(marks[0] != NODATA, marks.argmax(axis=0), classes[:, x0:x1])
         if probs is not None:
             probs[:, :, x0:x1] = scale_probabilities(refined, known)
     return CrfRows(index, y0, classes, probs, job.block_cols, time.perf_counter() - started)

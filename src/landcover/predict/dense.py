@@ -24,7 +24,8 @@ from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, raster_classes, start_draft, write_rows
 from landcover.predict.bands import pixel_grid, window_threads
-from landcover.predict.crf import CrfJob, check_same_grid, missing_evidence, run_rows
+from landcover.predict.crf import CrfJob, check_same_grid, crf_for, missing_evidence, run_rows
+from landcover.predict.evidence import TileMarks, fit_marks, write_model_evidence
 from landcover.predict.outputs import (
     RasterResult,
     check_map_name,
@@ -59,7 +60,8 @@ def refine_raster(probabilities: str | Path, images: list[str | Path], out: str 
     picks = list(r.bands) if r.bands else _display_bands(tags, scene.count)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem, nodata=r.nodata)
     crs, transform, height, width = check_same_grid(probabilities, scene)
-    job = CrfJob(probabilities, None, scene, scene_stretch(scene), r.crf, crs, transform, height, width,
+    job = CrfJob(probabilities, None, scene, scene_stretch(scene), crf_for(r.crf, crs, transform), crs, transform,
+                 height, width,
                  len(classes), r.probabilities, r.crf_block)
     tags = {**{k: v for k, v in tags.items() if k.startswith("LANDCOVER_")}, "LANDCOVER_REFINED_FROM":
             str(Path(probabilities).resolve())}
@@ -82,7 +84,7 @@ def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | 
     out = Path(out)
     r = replace(r, engine=r.runner)
     bundle = load_bundle(bundle_path)
-    segmentation = bundle.task == "segmentation"
+    segmentation = bundle.per_pixel
     if segmentation and r.decimate != 1:
         raise LandcoverError("--decimate is for tile classifiers: a segmentation bundle maps every pixel")
     images = [str(p) for p in images]
@@ -105,18 +107,33 @@ def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | 
         from landcover.chips.cut import read_aoi
 
         aoi = read_aoi(r.aoi, crs)
-    job = CrfJob(str(first_files["probabilities"]), None if segmentation else r.threshold, appearance,
-                 scene_stretch(appearance), r.crf, crs, transform, height, width, bundle.n_classes,
+    evidence, threshold = str(first_files["probabilities"]), None if segmentation else r.threshold
+    model_evidence = out.with_name(f".{out.name}.model.tif")
+    if not segmentation and r.evidence_model == "pixels":  # confident tiles train the pixel model: its evidence
+        if not (state.exists() and model_evidence.exists()):
+            marks = TileMarks(evidence, bundle.classes, r.threshold)
+            t0 = time.perf_counter()
+            spec, head = fit_marks(scene, marks)
+            with replacing(model_evidence) as tmp:
+                write_model_evidence(scene, marks, spec, head, tmp)
+            r.log(f"pixel model: trained on the confident tiles' pixels ({len(spec.names)} features), mapped in "
+                  f"{time.perf_counter() - t0:.1f} s: its probabilities are the CRF's evidence")
+        evidence, threshold = str(model_evidence), None
+    job = CrfJob(evidence, threshold, appearance,
+                 scene_stretch(appearance), crf_for(r.crf, crs, transform), crs, transform, height, width,
+                 bundle.n_classes,
                  r.probabilities, r.crf_block, aoi)
     tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()), "LANDCOVER_DENSE": "crf",
             "LANDCOVER_REFINED_FROM": first.name, "LANDCOVER_DISPLAY_BANDS": json.dumps(look)}
     if segmentation:
         r.log(f"per-pixel probabilities refined by the CRF over {height} x {width} px")
     else:
-        tags.update(LANDCOVER_DECIMATE=str(r.decimate), LANDCOVER_THRESHOLD=f"{r.threshold:g}")
+        tags.update(LANDCOVER_DECIMATE=str(r.decimate), LANDCOVER_THRESHOLD=f"{r.threshold:g}",
+                    LANDCOVER_EVIDENCE_MODEL=r.evidence_model)
         r.log(f"hybrid: tiles classified every {r.decimate} in each direction, confident ones (p >= "
               f"{r.threshold:g}) the evidence; CRF over {height} x {width} px")
     result = run_crf(job, bundle.classes, images, look, out, tags, r)
+    model_evidence.unlink(missing_ok=True)
     if first_result is not None:
         result.seconds += first_result.seconds
     return result

@@ -43,6 +43,8 @@ from landcover.predict.outputs import (
 from landcover.predict.request import MapRequest
 from landcover.progress import progress_bar
 
+PIXEL_MODEL_WINDOW_PX = 1024
+"""The pixel model's default window: its features take 4 bytes x ~100 per pixel, 0.4 GB for a 1024 px window."""
 BATCH_PIXELS = 8 * 256 * 256
 """Default pixels per batch: 2 windows of 512 px (about as many pixels as 500 classification tiles of 32)."""
 
@@ -154,18 +156,24 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
     res = float(bundle.chip["res"])
     window, overlap, aoi = r.window, r.overlap, r.aoi
     crs, transform, height, width, direct = pixel_grid(scene, res)
-    size = to_pixels(parse_length(window, "window"), res, "window") if window else WINDOW_PX
+    model = bundle.kind == "pixels"  # the pixel model: filters need `halo` px of context, not a network's quarter
+    size = to_pixels(parse_length(window, "window"), res, "window") if window else (
+        PIXEL_MODEL_WINDOW_PX if model else WINDOW_PX)
     if size < STRIDE or size % STRIDE:
         raise LandcoverError(f"--window {window} must be a multiple of {STRIDE} px (the encoder halves it five "
                              "times)")
-    margin = to_pixels(parse_length(overlap, "overlap"), res, "overlap") if overlap else size // 4
+    default_margin = min(size // 2, 2 * bundle.pixels.halo_px(res)) if model else size // 4
+    margin = to_pixels(parse_length(overlap, "overlap"), res, "overlap") if overlap else default_margin
     if not 0 <= margin <= size // 2:
         raise LandcoverError(f"--overlap {overlap} must be between 0 and half the window ({size // 2} px)")
     whole = -(-max(height, width) // STRIDE) * STRIDE
+    if model and not window and size < whole:  # windows that share the map evenly: no window mostly past its edge
+        count = -(-(max(height, width) - margin) // (size - margin))
+        size = min(size, -(-(-(-(max(height, width) - margin) // count) + margin) // STRIDE) * STRIDE)
     if size > whole:  # a window past the map would mostly compute padding (4096 px on a 1428 px map: 9x the work)
         r.log(f"--window {window}: one window of {whole} px covers the {height} x {width} px map")
-        size, margin = whole, min(margin, whole // (2 if overlap else 4))
-    batch_size = r.batch_size or max(1, BATCH_PIXELS // size ** 2)
+        size, margin = whole, min(margin, whole // 2 if overlap or model else whole // 4)
+    batch_size = r.batch_size or (1 if model else max(1, BATCH_PIXELS // size ** 2))
     stretch = None
     png = bundle_reads_png(bundle)
     if png and np.dtype(scene.dtype) != np.uint8:
@@ -179,7 +187,7 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
             raise LandcoverError(f"the imagery ({scene.paths[0]}) does not overlap the AOI", aoi)
     return PixelJob(str(Path(bundle.path).resolve()), r.runtime, scene, png, stretch, crs, transform, height, width,
                     direct, r.resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
-                    bundle.n_classes, r.probabilities, geom)
+                    bundle.n_classes, r.probabilities, geom, nodata_nan=model)
 
 
 def _write_band(job: PixelJob, result: BandResult, done: dict, drafts: dict[str, Path]) -> None:

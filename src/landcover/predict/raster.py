@@ -107,7 +107,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
     check_truth(r.truth, r.truth_scheme, r.resampling)
     bundle = load_bundle(bundle_path)
     runtime, why = choose_runtime(bundle, r.runtime)
-    if bundle.task == "segmentation":
+    if bundle.per_pixel:
         check_pixel_options(r)
         return predict_pixels(bundle, images, out, replace(r, runtime=runtime, engine=engine), why)
     bundle.require_classifier("prediction")

@@ -96,11 +96,12 @@ def choose_runtime(bundle: Bundle, runtime: str = "auto") -> tuple[str, str]:
         raise LandcoverError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     if runtime == "torch":
         return "torch", "asked for"
-    if bundle.kind == "spectral":  # band statistics and a head: numpy, no network to export
+    if bundle.kind in ("spectral", "pixels"):  # features and a head: numpy, no network to export
         if runtime == "onnx":
-            raise LandcoverError("a spectral bundle has no network: its head runs on numpy (leave out --runtime)",
-                                 bundle.path)
-        return "torch", "a spectral bundle: band statistics and a head, on numpy"
+            raise LandcoverError(f"a {bundle.kind} bundle has no network: its head runs on numpy (leave out "
+                                 "--runtime)", bundle.path)
+        what = "band statistics" if bundle.kind == "spectral" else "per-pixel filter features"
+        return "torch", f"a {bundle.kind} bundle: {what} and a head, on numpy"
     if bundle.path is None:
         if runtime == "onnx":
             raise LandcoverError("the onnx runtime needs a saved bundle (its model.onnx lives in the bundle folder)")

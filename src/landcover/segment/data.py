@@ -7,14 +7,19 @@ a tile) train correctly. Augmentation moves image and mask together through the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
 
 from landcover.datasets.chips import PRELOAD_BYTES, read_chip
 from landcover.errors import LandcoverError
+from landcover.geo.raster import Scene
 from landcover.manifest import read_manifest
 
 IGNORE = -1
@@ -82,6 +87,43 @@ class PairDataset(torch.utils.data.Dataset):
         if self.augment:
             x, y = symmetry(x, y, int(torch.randint(0, 8, ())))
         return x, y
+
+
+def source_scene(dataset: PairDataset, name: str) -> Scene:
+    """The imagery a manifest's scene `name` was cut from, its bands as the chips hold them."""
+    for scene in dataset.info.get("scenes") or []:
+        if scene.get("name") == name:
+            paths = [Path(p) if Path(p).exists() else dataset.root / p for p in scene["paths"]]
+            missing = [str(p) for p in paths if not p.exists()]
+            if missing:
+                raise LandcoverError(f"the pixel model reads the pairs' windows from the imagery they were cut from, "
+                                     f"and {missing[0]} is not there", dataset.path)
+            stack = Scene.open(paths)
+            offsets: dict[int, int] = {}
+            for pos, (fi, _) in enumerate(stack.band_sources):
+                offsets.setdefault(fi, pos)
+            return Scene.open(paths, [offsets[fi] + b for fi, b in scene["bands"]], name=name)
+    raise LandcoverError(f"the manifest does not record scene {name!r} (cut the pairs with `landcover chips`)",
+                         dataset.path)
+
+
+def pair_windows(dataset: PairDataset, halo: int, bands: tuple[int, ...] | None = None
+                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Each pair's window read from its imagery with `halo` px around it: (index, pixels (bands, h, w), valid),
+    `bands` (0-based chip bands) picked, or all."""
+    scenes: dict[str, Scene] = {}
+    frame = dataset.frame
+    for i in range(len(frame)):
+        name = frame["scene"].iat[i]
+        if name not in scenes:
+            scenes[name] = source_scene(dataset, name)
+        scene = scenes[name]
+        res, size = float(frame["res"].iat[i]), int(frame["size_px"].iat[i])
+        left, _, _, top = frame.geometry.iat[i].bounds
+        transform = Affine(res, 0, left - halo * res, 0, -res, top + halo * res)
+        pixels, valid = scene.read_warped(CRS.from_user_input(frame["crs"].iat[i]), transform, size + 2 * halo,
+                                          size + 2 * halo, Resampling.bilinear)
+        yield i, pixels if bands is None else pixels[list(bands)], valid
 
 
 def symmetry(x: torch.Tensor, y: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:

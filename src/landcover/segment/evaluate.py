@@ -15,7 +15,7 @@ from landcover.bundle import Bundle, load_bundle
 from landcover.errors import LandcoverError
 from landcover.plots import confusion_matrix
 from landcover.progress import progress_bar
-from landcover.segment.data import PairDataset
+from landcover.segment.data import PairDataset, pair_windows
 from landcover.segment.metrics import add_to_confusion, pixel_scores
 
 FIGURE_TILES = 4
@@ -32,7 +32,7 @@ def evaluate_segmentation(bundle_path: str | Path, manifest: str | Path, split: 
         scores["miou"], scores["iou"]["Forest"]
     """
     bundle = load_bundle(bundle_path)
-    if bundle.task != "segmentation":
+    if not bundle.per_pixel:
         raise LandcoverError("is a classification bundle: score it with `landcover evaluate` on class chips",
                              bundle.path)
     dataset = PairDataset(manifest, split)
@@ -40,11 +40,22 @@ def evaluate_segmentation(bundle_path: str | Path, manifest: str | Path, split: 
     check_pairs(bundle, dataset)
     confusion = np.zeros((len(names), len(names)), np.int64)
     predictions = []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for raw, target in progress_bar(loader, desc="evaluate", unit="batch", enabled=progress, leave=False):
-        predicted = bundle.predict_proba(raw).argmax(1)
-        add_to_confusion(confusion, target.numpy(), predicted)
-        predictions.append(predicted.astype(np.uint8))
+    if bundle.kind == "pixels":  # its filters read each pair's window from the imagery, with their context
+        halo = bundle.pixels.halo_px(float(bundle.chip["res"]))
+        for i, pixels, _ in progress_bar(pair_windows(dataset, halo),
+                                         total=len(dataset), desc="evaluate", unit="tile", enabled=progress,
+                                         leave=False):
+            target = dataset.read(i)[1]
+            p = bundle.pixel_proba(pixels[None].astype(np.float32))[0]
+            predicted = p[:, halo:halo + target.shape[0], halo:halo + target.shape[1]].argmax(0)[None]
+            add_to_confusion(confusion, target, predicted)
+            predictions.append(predicted.astype(np.uint8))
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for raw, target in progress_bar(loader, desc="evaluate", unit="batch", enabled=progress, leave=False):
+            predicted = bundle.predict_proba(raw).argmax(1)
+            add_to_confusion(confusion, target.numpy(), predicted)
+            predictions.append(predicted.astype(np.uint8))
     scores = {"bundle": str(Path(bundle_path).resolve()), "manifest": str(dataset.path), "split": split,
               "tiles": len(dataset), **pixel_scores(confusion, names)}
     out = Path(out) if out else Path(bundle_path).parent / f"eval-{split}"

@@ -12,7 +12,7 @@ from landcover.bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, WHO
 from landcover.errors import LandcoverError
 from landcover.segment import LOSSES
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "pixels")
 MODES = ("finetune", "features", "spectral", "fused", "auto")
 """Classification modes: the whole network; frozen features + a head; spectral features + a head; both into one
 head; and auto (spectral, fused, spectral-gbt and finetune compared on the validation split)."""
@@ -23,7 +23,7 @@ HEADS = ("logreg", "rf", "gbt")
 BOUNDS: dict[str, Bound] = {
     "input_size": Bound(8, 2048, integer=True), "sample_frac": SHARE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
     "momentum": FRACTION, "step_size": COUNT, "gamma": POSITIVE, "epochs": COUNT, "batch_size": COUNT,
-    "workers": WHOLE, "early_stopping": WHOLE, "checkpoint_every": COUNT, "seed": WHOLE,
+    "workers": WHOLE, "early_stopping": WHOLE, "checkpoint_every": COUNT, "seed": WHOLE, "pixels_per_class": COUNT,
 }
 """The valid range of every numeric setting (the CLI checks flags against the same ranges)."""
 
@@ -37,7 +37,8 @@ class TrainConfig:
     runs: str = "runs"
     name: str | None = None
     task: str = "classification"
-    """'classification' (a class per chip) or 'segmentation' (a class per pixel, from image/mask pairs)."""
+    """'classification' (a class per chip), 'segmentation' (a network, a class per pixel, from image/mask pairs) or
+    'pixels' (a classical head on per-pixel filter features, from image/mask pairs)."""
     mode: str = "finetune"
     architecture: str | None = None
     """Classification: the backbone (default efficientnet-lite0); segmentation: the decoder (unet, fpn,
@@ -56,7 +57,12 @@ class TrainConfig:
     input_size: int | None = None
     """Model input size (default: the backbone's pretraining size)."""
     head: str | None = None
-    """features, spectral, fused: 'logreg', 'rf' or 'gbt' (default rf for spectral, else logreg)."""
+    """features, spectral, fused, pixels: 'logreg', 'rf' or 'gbt' (default rf for spectral and pixels, else
+    logreg)."""
+    scales: list[str] | None = None
+    """pixels: the filters' scales, lengths such as '30m' (default 1, 2, 4 and 8 pixels of the imagery)."""
+    pixels_per_class: int = 20000
+    """pixels: labelled pixels sampled per class for training (all of a class that has fewer)."""
     band_roles: list[str] | None = None
     """spectral, fused: each chip band's role (blue, green, red, nir, swir1, swir2, '-'); default: what the chips'
     source files say."""
@@ -110,15 +116,17 @@ class TrainConfig:
     def check(self) -> None:
         """Refuse settings that cannot work, before anything runs."""
         if self.architecture is None:
-            self.architecture = "unet" if self.task == "segmentation" else "efficientnet-lite0"
+            self.architecture = {"segmentation": "unet", "pixels": "filters"}.get(self.task, "efficientnet-lite0")
         if self.head is None:
-            self.head = "rf" if self.mode == "spectral" else "logreg"
+            self.head = "rf" if self.task == "pixels" or self.mode == "spectral" else "logreg"
         from landcover.models.spectral import check_roles  # here: landcover.models imports torch, the CLI need not
 
         check_roles(self.band_roles or ())
         if self.task == "segmentation" and self.mode != "finetune":
             raise LandcoverError("segmentation trains the whole network: leave out --mode (features is for "
                                  "classification)")
+        if self.task == "pixels" and self.mode != "finetune":
+            raise LandcoverError("--task pixels fits a head (--head) on per-pixel features: leave out --mode")
         for value, allowed, what in ((self.task, TASKS, "task"), (self.loss, LOSSES, "loss"),
                                      (self.mode, MODES, "mode"), (self.optimizer, OPTIMIZERS, "optimizer"),
                                      (self.schedule, SCHEDULES, "schedule"), (self.head, HEADS, "head"),

@@ -64,7 +64,8 @@ def compare(runs: list[str | Path], out: str | Path | None = None) -> tuple[pd.D
 
 def run_dir(config: TrainConfig) -> Path:
     """The run's folder: runs/<name> (name defaults to mode-architecture-time)."""
-    name = config.name or f"{config.mode}-{config.architecture}-{time.strftime('%Y%m%d-%H%M%S')}"
+    kind = f"pixels-{config.head}" if config.task == "pixels" else f"{config.mode}-{config.architecture}"
+    name = config.name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(config.runs) / name
 
 

@@ -21,6 +21,7 @@ from landcover.train.auto import train_auto
 from landcover.train.config import TrainConfig
 from landcover.train.finetune import fine_tune
 from landcover.train.frozen import fit_features
+from landcover.train.pixels import train_pixels
 from landcover.train.run import Run
 from landcover.train.runs import dump_json, read_metrics, run_dir
 from landcover.train.segmentation import SegmentationRun, train_segmentation
@@ -74,8 +75,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, overwrite: bool, progre
     with output_lock(out) if rank == 0 else contextlib.nullcontext():
         torch.manual_seed(config.seed)
         # checks before writing (auto: each candidate checks its own)
-        run = (SegmentationRun(config) if config.task == "segmentation" else None if config.mode == "auto"
-               else Run(config))
+        run = (SegmentationRun(config) if config.task == "segmentation"
+               else None if config.mode == "auto" or config.task == "pixels" else Run(config))
         if rank == 0:
             if overwrite:
                 shutil.rmtree(out, ignore_errors=True)
@@ -84,6 +85,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, overwrite: bool, progre
         try:
             if config.task == "segmentation":
                 train_segmentation(run, out, resume, progress)
+            elif config.task == "pixels":
+                train_pixels(config, out, progress)
             elif config.mode == "auto":
                 train_auto(config, out, progress, train_model)
             elif config.mode in ("features", "spectral", "fused"):
@@ -110,8 +113,8 @@ def _write_graph(out: Path, wanted: bool) -> None:
     the bundle still runs on torch."""
     if not wanted:
         note = "not written (--no-onnx): predict runs on torch"
-    elif json.loads((out / "bundle" / "model.json").read_text())["kind"] == "spectral":
-        note = "not written (a spectral bundle has no network: its head runs on numpy)"
+    elif (kind := json.loads((out / "bundle" / "model.json").read_text())["kind"]) in ("spectral", "pixels"):
+        note = f"not written (a {kind} bundle has no network: its head runs on numpy)"
     else:
         try:
             import onnx  # noqa: F401

@@ -1,0 +1,142 @@
+"""Per-pixel features of the pixel model (`train --task pixels`): what a classical head reads at every pixel.
+
+Channels: the bands as read, then the normalised difference indices their roles allow (NDVI, NDWI, ... as
+`landcover.models.spectral` defines them). For each channel: its value, and at each scale sigma (a length in
+metres, turned into pixels of the grid the features are computed on):
+  smooth     the Gaussian-smoothed value G_sigma * c
+  gradient   |grad (G_sigma * c)| x sigma: edges at that scale (central differences of the smoothed channel)
+  log        -sigma^2 laplacian(G_sigma * c): blobs brighter than around them at that scale (Laplacian of Gaussian)
+  std        sqrt(G_sigma * c^2 - (G_sigma * c)^2): local texture
+This is the filter-bank idea of interactive pixel classifiers such as ilastik's: a forest on smoothed and
+differentiated responses at a few scales tells a field from a forest by texture and a road from a roof by shape,
+which one pixel's bands cannot. The default scales are 1, 2, 4 and 8 pixels of the training imagery, stored in
+metres, so a bundle computes the same features at prediction as in training whatever the resolution it is fed.
+
+Invalid pixels (nodata) are filled with the mean of the valid ones before filtering and their features are NaN
+(what the heads send down the tree's missing-value branch). A block needs `halo_px` pixels of context on each
+side to give the values the whole raster would give: callers read windows with that margin.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from landcover.errors import LandcoverError
+from landcover.models.spectral import check_roles, indices_for
+
+FILTERS = ("smooth", "gradient", "log", "std")
+SCALES_PX = (1.0, 2.0, 4.0, 8.0)
+"""Default scales, in pixels of the training imagery (stored in metres)."""
+TRUNCATE = 3.0
+"""Gaussian kernels are cut at this many sigmas: the halo a block needs is TRUNCATE x the largest sigma (+1 for the
+differences)."""
+
+
+@dataclass(frozen=True)
+class PixelFeatures:
+    """How a window of bands becomes per-pixel features: the bands (named, with roles), the indices, the scales."""
+
+    band_names: tuple[str, ...]
+    roles: tuple[str | None, ...]
+    indices: tuple[tuple[str, int, int], ...]
+    scales_m: tuple[float, ...]
+
+    @classmethod
+    def create(cls, band_names: Sequence[str], roles: Sequence[str | None], scales_m: Sequence[float]) -> PixelFeatures:
+        if len(roles) != len(band_names):
+            raise LandcoverError(f"{len(roles)} band roles for {len(band_names)} bands")
+        check_roles(roles)
+        if not scales_m or any(not (math.isfinite(s) and s > 0) for s in scales_m):
+            raise LandcoverError(f"pixel feature scales must be lengths > 0, got {list(scales_m)}")
+        roles = tuple(None if r in (None, "-") else r for r in roles)
+        return cls(tuple(band_names), roles, indices_for(roles), tuple(sorted(float(s) for s in scales_m)))
+
+    @property
+    def channels(self) -> list[str]:
+        return [*self.band_names, *(name for name, _, _ in self.indices)]
+
+    @property
+    def names(self) -> list[str]:
+        """Feature names in order: every channel's value, then per scale and filter ('ndvi_std_60m')."""
+        out = list(self.channels)
+        for scale in self.scales_m:
+            out += [f"{c}_{f}_{scale:g}m" for c in self.channels for f in FILTERS]
+        return out
+
+    def to_dict(self) -> dict:
+        return {"band_names": list(self.band_names), "roles": list(self.roles),
+                "indices": [list(i) for i in self.indices], "scales_m": list(self.scales_m), "filters": list(FILTERS),
+                "truncate": TRUNCATE, "features": self.names}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PixelFeatures:
+        if data.get("filters", list(FILTERS)) != list(FILTERS) or data.get("truncate", TRUNCATE) != TRUNCATE:
+            raise LandcoverError(f"the bundle's pixel features ({data.get('filters')}, truncate "
+                                 f"{data.get('truncate')}) are not this landcover's: upgrade landcover")
+        return cls(tuple(data["band_names"]), tuple(data["roles"]), tuple(tuple(i) for i in data["indices"]),
+                   tuple(float(s) for s in data["scales_m"]))
+
+    def halo_px(self, res: float) -> int:
+        """Pixels of context a block needs on each side at ground resolution `res` (metres per pixel)."""
+        return math.ceil(TRUNCATE * max(self.scales_m) / res) + 1
+
+    def compute(self, pixels: np.ndarray, valid: np.ndarray | None, res: float, threads: int | None = None
+                ) -> np.ndarray:
+        """(bands, h, w) pixels and (h, w) validity at `res` metres per pixel -> (features, h, w) float32; the
+        channels are filtered on `threads` threads (default: every core; the filters release the GIL)."""
+        if pixels.ndim != 3 or pixels.shape[0] != len(self.band_names):
+            raise LandcoverError(f"pixel features of {len(self.band_names)}-band imagery: got {pixels.shape}")
+        data = pixels.astype(np.float32)
+        ok = np.isfinite(data).all(axis=0) if valid is None else valid & np.isfinite(data).all(axis=0)
+        channels = list(data)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for _, a, b in self.indices:
+                total = data[a] + data[b]
+                channels.append(np.where(total != 0, (data[a] - data[b]) / total, 0).astype(np.float32))
+        n = len(channels)
+        out = np.empty((len(self.names), *data.shape[1:]), np.float32)
+
+        def filtered(k: int) -> None:
+            out[k] = c = _filled(channels[k], ok)
+            for j, scale in enumerate(self.scales_m):
+                sigma = scale / res
+                at = n + 4 * (j * n + k)
+                smooth = ndimage.gaussian_filter(c, sigma, truncate=TRUNCATE)
+                gy, gx = np.gradient(smooth)
+                out[at] = smooth
+                out[at + 1] = np.hypot(gx, gy) * sigma
+                out[at + 2] = _laplacian(smooth) * -(sigma * sigma)
+                square = ndimage.gaussian_filter(c * c, sigma, truncate=TRUNCATE)
+                out[at + 3] = np.sqrt(np.maximum(square - smooth * smooth, 0))
+
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+            list(pool.map(filtered, range(n)))
+        if not ok.all():
+            out[:, ~ok] = np.nan
+        return out
+
+
+def _filled(channel: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """The channel with invalid pixels set to the valid ones' mean (0 when none is valid)."""
+    if ok.all():
+        return channel
+    mean = float(channel[ok].mean()) if ok.any() else 0.0
+    return np.where(ok, channel, mean).astype(np.float32)
+
+
+def _laplacian(a: np.ndarray) -> np.ndarray:
+    """The 5-point Laplacian, edges replicated."""
+    p = np.pad(a, 1, mode="edge")
+    return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * a
+
+
+def default_scales(res: float) -> tuple[float, ...]:
+    """The default scales in metres for imagery of `res` metres per pixel."""
+    return tuple(s * res for s in SCALES_PX)

@@ -1,0 +1,131 @@
+"""The pixel model (`train --task pixels`): a classical head on per-pixel filter features
+(`landcover.models.pixelfeatures`), trained from the image/mask pairs of a split manifest.
+
+Each pair's window is read from the imagery the pairs were cut from, with `halo_px` of context around it, so a
+pixel's features are the ones a whole-raster prediction computes (not those of a 64 px chip cut off at its edges).
+Labelled pixels are sampled per class (all of a class with fewer than `pixels_per_class`, a random share of the
+others: stratified), the head is fitted on the training split's sample and scored on every labelled pixel of the
+validation split (pixel accuracy, mIoU). The split is the manifest's own (`landcover split` by spatial blocks).
+`fit_pixel_head` is the same fit on features and class ids in memory (the labelling page's scribbles).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from landcover.bundle import Bundle, InputSpec, save_bundle
+from landcover.errors import LandcoverError
+from landcover.geo.grid import parse_length
+from landcover.models.heads import Head, fit_head
+from landcover.models.pixelfeatures import PixelFeatures, default_scales
+from landcover.progress import progress_bar
+from landcover.segment.data import IGNORE, PairDataset, pair_windows
+from landcover.segment.metrics import add_to_confusion, pixel_scores
+from landcover.train.config import TrainConfig
+from landcover.train.run import chip_facts, input_bands, provenance, scheme_classes
+from landcover.train.runs import dump_json
+from landcover.train.spectral import spectral_spec
+
+HEAD_PARAMS = {"rf": {"n_estimators": 40, "min_samples_leaf": 10, "n_jobs": -1},
+               "gbt": {"max_iter": 150, "learning_rate": 0.1, "early_stopping": False, "class_weight": None},
+               "logreg": {}}
+"""The heads' settings for per-pixel features (a hundred thousand rows and more). The pixels are weighted back to
+their classes' shares (the sample is stratified). On Zion (bench/segmentation.py's split, 102 features, 92k pixels),
+test blocks: 60 trees with leaves of >= 2 pixels score pixel accuracy 0.741, mIoU (classes >= 1,000 px) 0.448 and
+map 4.2 s/Mpx; leaves of >= 10: 0.748 / 0.450, 3.4 s/Mpx; 30 such trees 0.746 / 0.449, 1.6 s/Mpx; boosted trees
+0.701 / 0.421. The forest of 40 is between the last two."""
+
+
+def pixel_spec(dataset: PairDataset, bands: tuple[int, ...], roles: list[str] | None, scales: list[str] | None,
+               res: float) -> PixelFeatures:
+    """The features a config asks for: the picked bands named and given roles as spectral bundles do (config
+    band_roles, else what the source files say), at config scales (default 1, 2, 4, 8 pixels of `res`)."""
+    first = dataset.root / dataset.frame["path"].iat[0]
+    n = dataset.read(0)[0].shape[0]
+    spectral = spectral_spec(dataset.info, n, first, roles)
+    scales_m = [_metres(s, res) for s in scales] if scales else default_scales(res)
+    return PixelFeatures.create([spectral.band_names[b] for b in bands], [spectral.roles[b] for b in bands],
+                                scales_m)
+
+
+def _metres(text: str, res: float) -> float:
+    value, unit = parse_length(text, "--scales")
+    return value * res if unit == "px" else value
+
+
+def split_pixels(dataset: PairDataset, spec: PixelFeatures, bands: tuple[int, ...], keep: np.ndarray | None,
+                 seed: int, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n, F) and class ids (n,) of a split's labelled pixels: a share `keep[class]` of each class (all
+    with keep None)."""
+    res = float(dataset.frame["res"].iat[0])
+    halo = spec.halo_px(res)
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for i, pixels, valid in progress_bar(pair_windows(dataset, halo, bands), total=len(dataset), desc=desc,
+                                         unit="tile", enabled=progress, leave=False):
+        target = dataset.read(i)[1]
+        chosen = target != IGNORE
+        if keep is not None:
+            chosen &= rng.random(target.shape) < keep[np.clip(target, 0, None)]
+        if not chosen.any():
+            continue
+        features = spec.compute(pixels, valid, res)[:, halo:halo + target.shape[0], halo:halo + target.shape[1]]
+        xs.append(features[:, chosen].T)
+        ys.append(target[chosen])
+    if not xs:
+        raise LandcoverError(f"the {desc} split has no labelled pixel", dataset.path)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def fit_pixel_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
+                   sample_weight: np.ndarray | None = None) -> Head:
+    """A head fitted on per-pixel features with the settings for many rows (HEAD_PARAMS)."""
+    return fit_head(kind, X, y, n_classes, seed=seed, sample_weight=sample_weight, **HEAD_PARAMS[kind])
+
+
+def train_pixels(config: TrainConfig, out: Path, progress: bool) -> None:
+    """Sample, fit, score on the validation split, write the bundle and summary.json."""
+    started = time.perf_counter()
+    train, val = PairDataset(config.manifest, config.train_split), PairDataset(config.manifest, config.val_split)
+    classes = scheme_classes(train.info)
+    first = train.read(0)[0]
+    bands, rgb = input_bands(config, first.shape[0], train.path)
+    res = float(train.frame["res"].iat[0])
+    spec = pixel_spec(train, bands, config.band_roles, config.scales, res)
+    counts = np.zeros(len(classes), np.int64)
+    for i in range(len(train)):
+        target = train.read(i)[1]
+        counts += np.bincount(target[target != IGNORE], minlength=len(classes))
+    if (counts > 0).sum() < 2:
+        raise LandcoverError(f"the {config.train_split!r} split labels {(counts > 0).sum()} class(es): a pixel model "
+                             "needs at least two", train.path)
+    keep = np.minimum(1.0, config.pixels_per_class / np.maximum(counts, 1))
+    X, y = split_pixels(train, spec, bands, keep, config.seed, progress, config.train_split)
+    sampled = time.perf_counter()
+    head = fit_pixel_head(config.head, X, y, len(classes), config.seed, sample_weight=1 / keep[y])
+    fitted = time.perf_counter()
+    Xv, yv = split_pixels(val, spec, bands, None, config.seed, progress, config.val_split)
+    confusion = add_to_confusion(np.zeros((len(classes),) * 2, np.int64), yv,
+                                 head.predict_proba(Xv).argmax(1))
+    scores = pixel_scores(confusion, [c["name"] for c in classes])
+    n = len(bands)
+    bundle = Bundle("pixels", "filters", classes, InputSpec(bands, (0.0,) * n, (1.0,) * n, (0.0,) * n, (1.0,) * n,
+                                                           int(first.shape[-1]), resize=False),
+                    chip_facts(train.frame, first, rgb, train.info),
+                    provenance(config, train.path, len(train), len(val)), head=head, task="pixels", pixels=spec)
+    save_bundle(bundle, out / "bundle")
+    dump_json(out / "summary.json", {
+        "task": "pixels", "head": config.head, "features": len(spec.names), "scales_m": list(spec.scales_m),
+        "train_pixels": len(y), "train_pixels_per_class": {c["name"]: int((y == k).sum())
+                                                                 for k, c in enumerate(classes)},
+        "val_pixels": len(yv), "val_pixel_accuracy": scores["pixel_accuracy"], "val_miou": scores["miou"],
+        "val_iou": scores["iou"], "seconds": {"features": round(sampled - started, 2),
+                                             "fit": round(fitted - sampled, 2),
+                                             "total": round(time.perf_counter() - started, 2)}})
+    if progress:
+        print(f"validation pixel accuracy {scores['pixel_accuracy']:.3f}, mIoU {scores['miou']:.3f} on "
+              f"{len(yv):,} pixels; {len(y):,} training pixels, {len(spec.names)} features; "
+              f"{time.perf_counter() - started:.1f} s")

@@ -1,0 +1,100 @@
+"""The pixel model (#28): per-pixel filter features in metres, computed in blocks with a halo exactly as over the
+whole raster; `train --task pixels` on real Zion pairs; its bundle scored per pixel, mapping whole rasters, with no
+pickle and no network; the tree kernels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import need_data
+
+from landcover.bundle import load_bundle
+from landcover.cli import main
+from landcover.maps.classmap import read_class_map
+from landcover.models.pixelfeatures import PixelFeatures, default_scales
+
+
+@pytest.fixture(scope="module")
+def pixel_run(zion_pairs, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("pixel-runs")
+    assert main(["train", "--quiet", "--task", "pixels", "--manifest", str(zion_pairs), "--runs", str(runs),
+                 "--name", "px", "--pixels-per-class", "4000"]) == 0
+    return runs / "px"
+
+
+def test_features_of_a_block_with_its_halo_equal_the_whole_rasters(zion_crop):
+    """Metres, not pixels: the same scales in metres at 30 m are 1, 2, 4, 8 px; a block read with halo_px of context
+    gives the whole crop's features in its core."""
+    pixels = np.stack([rasterio.open(p).read(1) for p in zion_crop]).astype(np.float32)
+    spec = PixelFeatures.create(["blue", "green", "red", "nir"], ["blue", "green", "red", "nir"], default_scales(30))
+    assert spec.scales_m == (30.0, 60.0, 120.0, 240.0) and spec.halo_px(30.0) == 25
+    assert [i[0] for i in spec.indices] == ["ndvi", "ndwi"] and len(spec.names) == 6 * (1 + 4 * 4)
+    whole = spec.compute(pixels, None, 30.0)
+    halo = spec.halo_px(30.0)
+    r0, r1, c0, c1 = 100, 180, 150, 260
+    block = spec.compute(pixels[:, r0 - halo:r1 + halo, c0 - halo:c1 + halo], None, 30.0)
+    np.testing.assert_allclose(block[:, halo:-halo, halo:-halo], whole[:, r0:r1, c0:c1], rtol=1e-4, atol=1e-3)
+    # the same features on a 15 m grid of the same ground need twice the pixels of halo
+    assert spec.halo_px(15.0) == 49
+
+
+def test_the_pixel_model_trains_scores_and_maps_a_raster(pixel_run, zion_pairs, zion_crop, tmp_path, capsys):
+    summary = json.loads((pixel_run / "summary.json").read_text())
+    assert summary["task"] == "pixels" and summary["features"] == 102 and summary["scales_m"] == [30, 60, 120, 240]
+    assert summary["val_pixel_accuracy"] > 0.6 and summary["seconds"]["total"] < 60
+    bundle = pixel_run / "bundle"
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["task"] == "pixels" and meta["kind"] == "pixels" and meta["pixels"]["features"][-1] == "ndwi_std_240m"
+    assert not [p for p in bundle.rglob("*") if p.suffix in (".pkl", ".pt", ".pickle")]
+    capsys.readouterr()
+    assert main(["evaluate", str(bundle), "--manifest", str(zion_pairs), "--split", "test",
+                 "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["pixel_accuracy"] > 0.6 and report["pixels"] > 10000
+    truth = need_data("zion", "nlcd2011.tif")
+    out = tmp_path / "map.tif"
+    assert main(["predict", str(bundle), "--image", *zion_crop, "--out", str(out), "--probabilities", "--truth",
+                 str(truth), "--scheme", "nlcd-grouped", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "per-pixel filter features and a head, on numpy" in said
+    agreement = float(said.split("agreement with truth (map): ")[1].split()[0])
+    assert agreement > 0.6
+    classes = read_class_map(out)
+    with rasterio.open(zion_crop[0]) as src:
+        assert classes.data.shape == src.shape and classes.transform == src.transform
+    assert (classes.data != 255).all() and (tmp_path / "map.probs.tif").exists()
+    loaded = load_bundle(bundle)
+    assert loaded.per_pixel and loaded.model is None
+    assert main(["export-onnx", str(bundle)]) == 2
+    assert "a pixels bundle has no network to export" in capsys.readouterr().err
+
+
+def test_windows_blend_into_the_map_one_window_gives(pixel_run, zion_crop, tmp_path):
+    """Windows of 256 px overlapping by the filters' reach agree with one window over the crop (edges left out)."""
+    from landcover.predict.raster import predict_raster
+
+    for name, window in (("one", "448px"), ("many", "256px")):
+        predict_raster(pixel_run / "bundle", zion_crop, tmp_path / f"{name}.tif", window=window, progress=False,
+                       log=lambda _: None)
+    one, many = read_class_map(tmp_path / "one.tif").data, read_class_map(tmp_path / "many.tif").data
+    assert (one[25:-25, 25:-25] == many[25:-25, 25:-25]).mean() > 0.97
+
+
+def test_tree_kernels_give_scikit_learns_probabilities():
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    from landcover.models.heads import from_sklearn
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 12)).astype(np.float32)
+    X[rng.random(X.shape) < 0.02] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 3]) > 0).astype(int) + (np.nan_to_num(X[:, 5]) > 1)
+    for estimator in (RandomForestClassifier(20, min_samples_leaf=3, random_state=0),
+                      HistGradientBoostingClassifier(max_iter=30, random_state=0)):
+        Xf = np.nan_to_num(X) if isinstance(estimator, RandomForestClassifier) else X
+        estimator.fit(Xf, y)
+        head = from_sklearn(estimator, 3)
+        np.testing.assert_allclose(head.predict_proba(Xf), estimator.predict_proba(Xf), atol=1e-9)
