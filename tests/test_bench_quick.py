@@ -92,7 +92,8 @@ def test_segmentation_bench(tmp_path):
     result = json.loads((tmp_path / "segmentation.json").read_text())
     assert result["quick"] and result["epochs"] == 1 and result["pairs"]["test"] > 10
     methods = result["methods"]
-    assert set(methods) == {"landcover", "random forest", "tile map", "torchgeo"}
+    assert set(methods) == {"landcover", "random forest", "pixel model", "tile map", "torchgeo"}
+    assert methods["pixel model"]["zion_pixels_per_s"]["pixels"] > 0
     for name, scores in methods.items():
         if name == "torchgeo" and "skipped" in scores:  # TorchGeo is the bench extra, not a dev dependency
             continue
