@@ -115,3 +115,17 @@ def test_crf_bench(tmp_path):
             assert row["agreement"] >= 0.98
     assert result["hybrid"]["km2"] > 1000 and result["hybrid"]["km2_per_hour"] > 0
     assert not list(tmp_path.glob("work-*")), "the bench left its work folder"
+
+
+def test_annotate_bench(tmp_path):
+    need_data("zion")
+    run_bench("annotate", tmp_path)
+    result = json.loads((tmp_path / "annotate.json").read_text())
+    zion = result["tasks"]["zion"]
+    assert result["quick"] and zion["clickable"] > 100_000 and zion["scored"] > 100_000
+    for strategy in ("random", "suggested"):
+        curve = zion["curves"][strategy]
+        assert [c["clicks"] for c in curve] == [10, 20, 30] and all(0 < c["accuracy"] <= 1 for c in curve)
+    first = [zion["curves"][s][0]["accuracy"] for s in ("random", "suggested")]
+    assert first[0] == first[1]  # the same first round
+    assert 0.5 < zion["reference"]["accuracy"] <= 1 and (tmp_path / "annotate.png").stat().st_size > 10_000

@@ -25,6 +25,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene
 from landcover.maps.classmap import NODATA, PROB_SCALE
 from landcover.models.heads import Head
@@ -36,7 +37,7 @@ STRIP_ROWS = 1024
 CONFIDENCE = 0.9
 """The probability a labelled pixel gives its class (the rest shared by the others): the seeds' gt_prob kind."""
 MAX_TRAINING_PIXELS = 200_000
-"""Scribbled pixels beyond this many are sampled down (per class, in proportion) before the fit."""
+"""Labelled pixels beyond this many are sampled down at random (the classes keep their shares) before the fit."""
 
 
 class Marks(Protocol):
@@ -96,6 +97,9 @@ def fit_marks(scene: Scene, marks: Marks, seed: int = 0) -> tuple[PixelFeatures,
         features = spec.compute(pixels, valid, res)[:, at:at + rows]
         xs.append(features[:, seen].T)
         ys.append(ids[seen].astype(np.int64))
+    if not xs:
+        raise LandcoverError("no labelled pixel falls on the image's valid pixels: nothing to train the pixel model "
+                             "on", scene.paths[0])
     X, y = np.concatenate(xs), np.concatenate(ys)
     if len(y) > MAX_TRAINING_PIXELS:
         keep = np.random.default_rng(seed).choice(len(y), MAX_TRAINING_PIXELS, replace=False)

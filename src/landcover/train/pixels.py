@@ -82,8 +82,12 @@ def split_pixels(dataset: PairDataset, spec: PixelFeatures, bands: tuple[int, ..
 
 def fit_pixel_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
                    sample_weight: np.ndarray | None = None) -> Head:
-    """A head fitted on per-pixel features with the settings for many rows (HEAD_PARAMS)."""
-    return fit_head(kind, X, y, n_classes, seed=seed, sample_weight=sample_weight, **HEAD_PARAMS[kind])
+    """A head fitted on per-pixel features with the settings for many rows (HEAD_PARAMS); a forest's leaves shrink
+    with the rows (one pixel each below 2,000: a few dozen clicks must still split)."""
+    params = dict(HEAD_PARAMS[kind])
+    if kind == "rf":
+        params["min_samples_leaf"] = max(1, min(params["min_samples_leaf"], len(y) // 2000))
+    return fit_head(kind, X, y, n_classes, seed=seed, sample_weight=sample_weight, **params)
 
 
 def train_pixels(config: TrainConfig, out: Path, progress: bool) -> None:

@@ -1,0 +1,227 @@
+"""How many clicks a good map costs: a simulated annotator labels pixels for the pixel model, round after round.
+
+Run from the repository root:  python bench/annotate.py [--out bench/results] [--rounds 10] [--clicks 20]
+`--quick` (what CI runs): 3 rounds of 10 clicks, Zion only: it checks the bench works; not figures of record.
+
+Data (real): Zion (Landsat 8 bands 2-5, 30 m) inside the park, labels NLCD 2011 grouped (nearest onto the
+imagery's grid): the park's blocks of 32 x 32 px (960 m) are dealt alternately into a clickable half and a scored
+half, like a chessboard. North Carolina (Landsat 7, 6 bands, 28.5 m): clicks fall inside the 34 labelled polygons
+(their class), scores are the ~750 labelled points on the image.
+
+A click is one labelled pixel, labelled with the truth. Each round adds `--clicks` clicks, retrains the pixel model
+(landcover's: a forest on per-pixel band, index and filter features, computed once for the scene, as the
+labelling page would) on every click so far and re-maps the scored pixels. Strategies, both starting from the same
+random first round:
+  random     clicks drawn at random from the clickable pixels;
+  suggested  the model proposes: among a random sample of clickable pixels, those it is least sure of (lowest top
+             probability), taken in turn at least `SPREAD_PX` from each other and from earlier clicks;
+and a reference: the same model trained on the clickable half's labelled pixels (sampled per class as
+`train --task pixels` does). Timings: retraining on the round's clicks, and re-mapping a 1-megapixel view from its
+features. Writes <out>/annotate.json and annotate.png (accuracy against clicks, both strategies, both datasets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, data_folder, load, machine, say, zion, zion_images
+
+from landcover.geo.raster import Scene
+from landcover.predict.evidence import scene_features
+from landcover.train.pixels import fit_pixel_head
+
+BLOCK_PX = 32
+SPREAD_PX = 8
+"""Suggested clicks of one round lie at least this far from each other and from earlier clicks (240 m at 30 m)."""
+CANDIDATES = 20_000
+"""Clickable pixels the model is asked about each round."""
+REFERENCE_PER_CLASS = 20_000
+
+
+def scene_arrays(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel's features (pixels, features) float32 and validity, computed once for the whole scene."""
+    from rasterio.windows import Window
+
+    pixels, valid = scene.read(Window(0, 0, scene.width, scene.height))
+    spec = scene_features(scene)
+    features = spec.compute(pixels, valid, scene.res[0])
+    return features.reshape(len(features), -1).T.copy(), valid.ravel()
+
+
+def zion_task() -> dict:
+    """Zion: features, NLCD grouped on the imagery's grid, clickable and scored pixels (a chessboard of blocks)."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import geometry_mask
+    from rasterio.warp import Resampling, reproject
+
+    from landcover.schemes import load_scheme
+
+    folder = zion()
+    scene = Scene.open(zion_images(folder))
+    X, valid = scene_arrays(scene)
+    with rasterio.open(folder / "nlcd2011.tif") as src:
+        codes = np.zeros((scene.height, scene.width), np.uint16)
+        reproject(rasterio.band(src, 1), codes, dst_transform=scene.transform, dst_crs=scene.crs,
+                  resampling=Resampling.nearest)
+    scheme = load_scheme("nlcd-grouped")
+    truth = scheme.lookup()[codes].astype(np.int64).ravel()
+    park = gpd.read_file(folder / "zion.gpkg").to_crs(scene.crs)
+    inside = ~geometry_mask(park.geometry, (scene.height, scene.width), scene.transform)
+    rows, cols = np.indices((scene.height, scene.width))
+    board = ((rows // BLOCK_PX + cols // BLOCK_PX) % 2 == 0).ravel()
+    known = valid & inside.ravel() & (truth < len(scheme.classes))
+    return {"name": "zion", "X": X, "truth": truth, "clickable": np.flatnonzero(known & board),
+            "scored": np.flatnonzero(known & ~board), "n_classes": len(scheme.classes), "width": scene.width}
+
+
+def nc_task() -> dict:
+    """North Carolina: clicks inside the labelled polygons, scores on the labelled points."""
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    folder = data_folder("landsat_nc", "lsat7_2000_10.tif", "landsat96_points.shp", "landsat96_polygons.shp")
+    scene = Scene.open([str(folder / f"lsat7_2000_{b}.tif") for b in (10, 20, 30, 40, 50, 70)])
+    X, valid = scene_arrays(scene)
+    polygons = gpd.read_file(folder / "landsat96_polygons.shp").to_crs(scene.crs.to_wkt())
+    names = sorted(set(polygons["label"]))
+    burned = rasterize(zip(polygons.geometry, polygons["label"].map(names.index) + 1, strict=True),
+                       out_shape=(scene.height, scene.width), transform=scene.transform, fill=0,
+                       dtype="int32").ravel() - 1
+    points = gpd.read_file(folder / "landsat96_points.shp").to_crs(scene.crs.to_wkt())
+    points = points[points["label"].isin(names)]
+    cols, rows = ~scene.transform * (points.geometry.x.values, points.geometry.y.values)
+    rows, cols = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    on = (rows >= 0) & (rows < scene.height) & (cols >= 0) & (cols < scene.width)
+    scored = rows[on] * scene.width + cols[on]
+    truth = burned.copy()
+    truth[scored] = points["label"].map(names.index).values[on]
+    return {"name": "nc", "X": X, "truth": truth, "clickable": np.flatnonzero(valid & (burned >= 0)),
+            "scored": scored[valid[scored]], "n_classes": len(names), "width": scene.width}
+
+
+def fit(task: dict, picked: np.ndarray, seed: int):
+    return fit_pixel_head("rf", task["X"][picked], task["truth"][picked], task["n_classes"], seed)
+
+
+def accuracy(task: dict, head) -> float:
+    scored = task["scored"]
+    return float((head.predict_proba(task["X"][scored]).argmax(1) == task["truth"][scored]).mean())
+
+
+def suggest(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k clickable pixels the model is least sure of, spread out (the least sure of the rest where the clickable
+    pixels are too few to keep them apart: NC's polygons)."""
+    pool = rng.choice(task["clickable"], min(CANDIDATES, len(task["clickable"])), replace=False)
+    pool = np.setdiff1d(pool, taken)
+    sure = head.predict_proba(task["X"][pool]).max(axis=1)
+    width = task["width"]
+    chosen: list[int] = []
+    placed = [(int(p) // width, int(p) % width) for p in taken]
+    order = pool[np.argsort(sure)]
+    for p in order:
+        r, c = int(p) // width, int(p) % width
+        if all(abs(r - a) >= SPREAD_PX or abs(c - b) >= SPREAD_PX for a, b in placed):
+            chosen.append(int(p))
+            placed.append((r, c))
+            if len(chosen) == k:
+                break
+    rest = [int(p) for p in order if int(p) not in set(chosen)]
+    return np.array(chosen + rest[:k - len(chosen)], np.int64)
+
+
+def run_task(task: dict, rounds: int, clicks: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    first = rng.choice(task["clickable"], clicks, replace=False)
+    curves: dict[str, list[dict]] = {}
+    for strategy in ("random", "suggested"):
+        srng = np.random.default_rng(seed + 1)
+        taken = first.copy()
+        curve = []
+        head = None
+        for round_ in range(rounds):
+            if round_:
+                if strategy == "random":
+                    more = srng.choice(np.setdiff1d(task["clickable"], taken), clicks, replace=False)
+                else:
+                    more = suggest(task, head, taken, clicks, srng)
+                taken = np.concatenate([taken, more])
+            t0 = time.perf_counter()
+            head = fit(task, taken, seed)
+            retrain = time.perf_counter() - t0
+            curve.append({"clicks": len(taken), "accuracy": accuracy(task, head), "retrain_s": round(retrain, 3)})
+            say(f"{task['name']} {strategy}: {len(taken)} clicks, accuracy {curve[-1]['accuracy']:.3f}")
+        curves[strategy] = curve
+    truth = task["truth"][task["clickable"]]
+    counts = np.bincount(truth, minlength=task["n_classes"])
+    keep = np.minimum(1.0, REFERENCE_PER_CLASS / np.maximum(counts, 1))
+    picked = task["clickable"][rng.random(len(truth)) < keep[truth]]
+    reference = fit_pixel_head("rf", task["X"][picked], task["truth"][picked], task["n_classes"], seed,
+                               sample_weight=1 / keep[task["truth"][picked]])
+    view = task["X"][:1_000_000] if len(task["X"]) >= 1_000_000 else np.resize(task["X"], (1_000_000,
+                                                                                         task["X"].shape[1]))
+    t0 = time.perf_counter()
+    head.predict_proba(view)
+    remap = time.perf_counter() - t0
+    return {"clickable": len(task["clickable"]), "scored": len(task["scored"]), "curves": curves,
+            "reference": {"pixels": len(picked), "accuracy": accuracy(task, reference)},
+            "remap_1mpx_s": round(remap, 3)}
+
+
+def figure(results: dict, out: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(results["tasks"]), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(results["tasks"]), squeeze=False)[0]
+    for ax, (name, r) in zip(axes, results["tasks"].items(), strict=True):
+        for strategy, curve in r["curves"].items():
+            ax.plot([c["clicks"] for c in curve], [c["accuracy"] for c in curve], marker="o", label=strategy)
+        ax.axhline(r["reference"]["accuracy"], color="grey", ls="--", label="every clickable pixel")
+        ax.set_title(name)
+        ax.set_xlabel("clicks")
+        ax.set_ylabel("accuracy on the scored pixels")
+        ax.legend(fontsize=8)
+    fig.savefig(out, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 10 clicks, Zion only (not of record)")
+    args = parser.parse_args(argv)
+    rounds, clicks = (3, 10) if args.quick else (args.rounds, args.clicks)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"quick": args.quick, "rounds": rounds, "clicks_per_round": clicks, "load_before": load(),
+               "machine": machine("scikit-learn", "numba"), "tasks": {}}
+    for make in (zion_task,) if args.quick else (zion_task, nc_task):
+        t0 = time.perf_counter()
+        task = make()
+        say(f"{task['name']}: features of {len(task['X']):,} pixels in {time.perf_counter() - t0:.1f} s")
+        results["tasks"][task["name"]] = run_task(task, rounds, clicks, args.seed)
+        results["tasks"][task["name"]]["features_s"] = round(time.perf_counter() - t0, 1)
+    (out / "annotate.json").write_text(json.dumps(results, indent=2))
+    figure(results, out / "annotate.png")
+    for name, r in results["tasks"].items():
+        last = {s: c[-1] for s, c in r["curves"].items()}
+        print(f"{name}: after {last['random']['clicks']} clicks random {last['random']['accuracy']:.3f}, suggested "
+              f"{last['suggested']['accuracy']:.3f}; every clickable pixel {r['reference']['accuracy']:.3f}; "
+              f"retrain {max(c['retrain_s'] for c in r['curves']['suggested']):.2f} s, re-map 1 Mpx "
+              f"{r['remap_1mpx_s']:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
