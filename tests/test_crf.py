@@ -248,7 +248,7 @@ def test_crf_settings_in_metres_and_by_resolution(capsys):
     assert CrfChoice("seed").resolve(30.0) == CrfSettings()
     given = CrfChoice("auto", (("sxy_gaussian", "90m"), ("downscale", 0.5), ("sxy_bilateral", 7.0))).resolve(30.0)
     assert given.sxy_gaussian == 1.5 and given.sxy_bilateral == 7.0 and given.compat_bilateral == 10
-    with pytest.raises(LandcoverError, match="--sxy-gaussian '-3m' must be > 0"):
+    with pytest.raises(LandcoverError, match="--sxy-gaussian '-3m' is out of range: it must be > 0"):
         CrfChoice("auto", (("sxy_gaussian", "-3m"),)).resolve(30.0)
     parser = argparse.ArgumentParser()
     crf_options(parser)

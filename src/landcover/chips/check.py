@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 from landcover.bundle import load_bundle
 from landcover.chips.cut import read_aoi
-from landcover.chips.folder import FEW_NODATA
+from landcover.chips.folder import FEW_NODATA, SPECK_ADVICE
 from landcover.chips.labels import LabelRaster, summarise_codes
 from landcover.errors import LandcoverError
 from landcover.geo.grid import footprint, make_grid, parse_length, scene_footprint
@@ -163,10 +163,7 @@ def _check_specks(report: CheckReport, scene: Scene, tile_px: int) -> None:
     report.add("warning" if specks >= SPECK_WARN * data else "ok",
                f"imagery nodata in specks: {specks} of {data} tiles of {tile_px} px read "
                f"({100 * specks / data:.0f}%) hold nodata in under {100 * FEW_NODATA:g}% of their pixels, scattered "
-               f"inside the data ({pixels:,} pixels), not a collar: chips would reject them. Pixels at the declared "
-               "nodata value may be real (white sand or roofs at 255 in an 8-bit photo): --nodata none reads every "
-               "pixel as data, "
-               "--max-nodata N keeps tiles with up to N nodata pixels")
+               f"inside the data ({pixels:,} pixels), not a collar: chips would reject them; {SPECK_ADVICE}")
 
 
 def _check_labels(report: CheckReport, labels: str | Path, scheme: str | Path | None, scene: Scene, grid,

@@ -52,6 +52,9 @@ FEW_NODATA = 0.01
 """A tile rejected for nodata in under this share of its pixels holds specks, not a collar or a wedge."""
 FEW_NODATA_KEY = "nodata_few"
 """The count of such tiles, kept beside the rejections (not a rejection of its own)."""
+SPECK_ADVICE = ("pixels at the declared nodata value may be real (white sand or roofs at 255 in an 8-bit photo): "
+                "--nodata none reads every pixel as data, --max-nodata N keeps tiles with up to N nodata pixels")
+"""What chips' summary and doctor say of nodata in specks."""
 
 
 def nodata_hint(rejected: Counter) -> str | None:
@@ -63,9 +66,7 @@ def nodata_hint(rejected: Counter) -> str | None:
     few = rejected[FEW_NODATA_KEY]
     if few * 2 > rejected["nodata"] and rejected["nodata"] * 10 >= judged:
         return (f"{few} tiles were rejected for nodata in under {100 * FEW_NODATA:g}% of their pixels: scattered "
-                "pixels at the declared nodata value are often real (white sand or roofs at 255 in an 8-bit photo): "
-                "--nodata none "
-                "reads every pixel as data, --max-nodata N keeps tiles with up to N nodata pixels")
+                f"{SPECK_ADVICE}")
     if rejected["nodata"] and rejected["nodata"] * 2 > judged:
         return (f"{rejected['nodata']} tiles were rejected for nodata pixels: --max-nodata N keeps tiles with up to N "
                 "nodata pixels (check the imagery's declared nodata value too: --nodata VALUE|none overrides it)")

@@ -151,14 +151,13 @@ def crf_options(p: argparse.ArgumentParser) -> None:
 
 def width(text: str) -> float | str:
     """A kernel width: '90m' (kept as text, turned into pixels once the grid is known) or CRF pixels (> 0)."""
-    text = text.strip()
+    from landcover.segment.crfdefaults import parse_width
+
     try:
-        value = float(text[:-1] if text.endswith("m") else text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a length in metres ('90m') or pixels (3)") from None
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text} is out of range: it must be > 0")
-    return text if text.endswith("m") else value
+        value, metres = parse_width(text, "width")
+    except LandcoverError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--width ")) from None
+    return text.strip() if metres else value
 
 
 CRF_OPTIONS = ("downscale", "sxy_gaussian", "compat_gaussian", "sxy_bilateral", "srgb", "compat_bilateral",

@@ -21,12 +21,12 @@ from landcover.errors import LandcoverError
 from landcover.geo.grid import area_text
 from landcover.geo.raster import Scene
 from landcover.geo.stretch import scene_stretch
-from landcover.label.scribbles import CONFIDENCE, STRIP_ROWS, Scribbles, read_scribbles, write_evidence
+from landcover.label.scribbles import Scribbles, read_scribbles, write_evidence
 from landcover.maps.classmap import NODATA, hex_rgb
 from landcover.plots import new_figure
 from landcover.predict.crf import CrfJob, crf_for
 from landcover.predict.dense import run_crf
-from landcover.predict.evidence import fit_marks, write_model_evidence
+from landcover.predict.evidence import CONFIDENCE, STRIP_ROWS, fit_marks, write_model_evidence
 from landcover.predict.outputs import check_map_name
 from landcover.predict.request import CRF_BLOCK_PX, MapRequest
 from landcover.schemes import ClassScheme
@@ -77,8 +77,8 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     scribbles alone. On NC's points, at the CRF's defaults by resolution: the polygons' interiors scribbled 0.650
     through the model, 0.664 alone; three short strokes a polygon 0.628 through the model, alone one class
     everywhere in one run of three (tests/test_label.py). Scribbled pixels keep their class. `bands` pick the
-    image bands the CRF compares (default the
-    first three); `median` > 1 median-filters the refined probabilities."""
+    image bands the CRF compares (default the first three); `median` > 1 median-filters the refined
+    probabilities."""
     started = time.perf_counter()
     if median < 0 or (median and median % 2 == 0):
         raise LandcoverError(f"--median {median} must be an odd window size (or 0)")

@@ -18,8 +18,8 @@ from rasterio.windows import Window
 
 from landcover.errors import LandcoverError
 from landcover.geo.raster import open_raster, require_crs
-from landcover.maps.classmap import NODATA, PROB_SCALE
-from landcover.predict.evidence import CONFIDENCE, STRIP_ROWS
+from landcover.maps.classmap import NODATA
+from landcover.predict.evidence import STRIP_ROWS, evidence_profile, labelled_evidence
 from landcover.schemes import ClassScheme, load_scheme
 
 
@@ -120,18 +120,14 @@ def write_evidence(scribbles: Scribbles, path: Path, crs: CRS, transform: Affine
         raise LandcoverError(f"the scribbles name one class only ({scribbles.classes[0]['name'] if n else 'none'}): "
                              "a CRF needs strokes of two classes or more", scribbles.path)
     counts = np.zeros(n, np.int64)
-    rest = round((1 - CONFIDENCE) / (n - 1) * PROB_SCALE)
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": n, "dtype": "uint8", "crs": crs,
-               "transform": transform, "nodata": NODATA, "tiled": True, "blockxsize": 256, "blockysize": 256,
-               "compress": "deflate"}
-    with rasterio.open(path, "w", **profile) as dst:
+    with rasterio.open(path, "w", **evidence_profile(n, crs, transform, width, height)) as dst:
         for row in range(0, height, STRIP_ROWS):
             rows = min(STRIP_ROWS, height - row)
             ids = scribbles.on_grid(crs, transform * Affine.translation(0, row), width, rows)
             seen = ids != NODATA
             counts += np.bincount(ids[seen], minlength=n)[:n]
-            bands = np.where(np.arange(n)[:, None, None] == ids, round(CONFIDENCE * PROB_SCALE), rest)
-            dst.write(np.where(seen, bands, NODATA).astype(np.uint8), window=Window(0, row, width, rows))
+            dst.write(np.where(seen, labelled_evidence(ids, n), NODATA).astype(np.uint8),
+                      window=Window(0, row, width, rows))
         dst.update_tags(LANDCOVER_CLASSES=json.dumps(scribbles.classes))
     if not counts.any():
         raise LandcoverError("no scribble falls on the image: are they for this image, in a CRS it can be placed "

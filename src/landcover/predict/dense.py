@@ -61,8 +61,7 @@ def refine_raster(probabilities: str | Path, images: list[str | Path], out: str 
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem, nodata=r.nodata)
     crs, transform, height, width = check_same_grid(probabilities, scene)
     job = CrfJob(probabilities, None, scene, scene_stretch(scene), crf_for(r.crf, crs, transform), crs, transform,
-                 height, width,
-                 len(classes), r.probabilities, r.crf_block)
+                 height, width, len(classes), r.probabilities, r.crf_block)
     tags = {**{k: v for k, v in tags.items() if k.startswith("LANDCOVER_")}, "LANDCOVER_REFINED_FROM":
             str(Path(probabilities).resolve())}
     return run_crf(job, classes, images, picks, out, tags, r)
@@ -119,10 +118,8 @@ def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | 
             r.log(f"pixel model: trained on the confident tiles' pixels ({len(spec.names)} features), mapped in "
                   f"{time.perf_counter() - t0:.1f} s: its probabilities are the CRF's evidence")
         evidence, threshold = str(model_evidence), None
-    job = CrfJob(evidence, threshold, appearance,
-                 scene_stretch(appearance), crf_for(r.crf, crs, transform), crs, transform, height, width,
-                 bundle.n_classes,
-                 r.probabilities, r.crf_block, aoi)
+    job = CrfJob(evidence, threshold, appearance, scene_stretch(appearance), crf_for(r.crf, crs, transform), crs,
+                 transform, height, width, bundle.n_classes, r.probabilities, r.crf_block, aoi)
     tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()), "LANDCOVER_DENSE": "crf",
             "LANDCOVER_REFINED_FROM": first.name, "LANDCOVER_DISPLAY_BANDS": json.dumps(look)}
     if segmentation:

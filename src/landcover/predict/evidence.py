@@ -108,15 +108,25 @@ def fit_marks(scene: Scene, marks: Marks, seed: int = 0) -> tuple[PixelFeatures,
     return spec, head
 
 
+def evidence_profile(n: int, crs: CRS, transform: Affine, width: int, height: int) -> dict:
+    """An evidence raster's profile: n bands of uint8 probabilities (p x PROB_SCALE), NODATA where none."""
+    return {"driver": "GTiff", "width": width, "height": height, "count": n, "dtype": "uint8", "crs": crs,
+            "transform": transform, "nodata": NODATA, "tiled": True, "blockxsize": 256, "blockysize": 256,
+            "compress": "deflate"}
+
+
+def labelled_evidence(ids: np.ndarray, n: int) -> np.ndarray:
+    """(n, h, w) uint8 evidence of labelled pixels (class ids (h, w)): their class at CONFIDENCE, the rest shared."""
+    rest = round((1 - CONFIDENCE) / (n - 1) * PROB_SCALE)
+    return np.where(np.arange(n)[:, None, None] == ids, round(CONFIDENCE * PROB_SCALE), rest).astype(np.uint8)
+
+
 def write_model_evidence(scene: Scene, marks: Marks, spec: PixelFeatures, head: Head, path: Path) -> None:
     """The model's probabilities over the scene as the CRF's evidence raster (uint8, p x PROB_SCALE; NODATA where
     the imagery has none), labelled pixels at their class with CONFIDENCE."""
     n = len(marks.classes)
     res, halo = scene.res[0], spec.halo_px(scene.res[0])
-    rest = (1 - CONFIDENCE) / (n - 1)
-    profile = {"driver": "GTiff", "width": scene.width, "height": scene.height, "count": n, "dtype": "uint8",
-               "crs": scene.crs, "transform": scene.transform, "nodata": NODATA, "tiled": True, "blockxsize": 256,
-               "blockysize": 256, "compress": "deflate"}
+    profile = evidence_profile(n, scene.crs, scene.transform, scene.width, scene.height)
     with rasterio.open(path, "w", **profile) as dst:
         for row, rows, at, pixels, valid in _strips(scene, halo):
             features = spec.compute(pixels, valid, res)[:, at:at + rows]
@@ -125,8 +135,7 @@ def write_model_evidence(scene: Scene, marks: Marks, spec: PixelFeatures, head: 
             if inside.any():
                 p[:, inside] = head.predict_proba(features[:, inside].T).T
             ids = marks.on_grid(scene.crs, scene.transform * Affine.translation(0, row), scene.width, rows)
-            seen = ids != NODATA
-            p = np.where(seen, np.where(np.arange(n)[:, None, None] == ids, CONFIDENCE, rest), p)
-            scaled = np.clip(np.rint(p * PROB_SCALE), 1, PROB_SCALE).astype(np.uint8)  # never p = 0: no -log 0
+            scaled = np.where(ids != NODATA, labelled_evidence(ids, n), np.rint(p * PROB_SCALE))
+            scaled = np.clip(scaled, 1, PROB_SCALE).astype(np.uint8)  # never p = 0: no -log 0
             dst.write(np.where(inside, scaled, NODATA), window=Window(0, row, scene.width, rows))
         dst.update_tags(LANDCOVER_CLASSES=json.dumps(marks.classes))

@@ -166,10 +166,11 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
     margin = to_pixels(parse_length(overlap, "overlap"), res, "overlap") if overlap else default_margin
     if not 0 <= margin <= size // 2:
         raise LandcoverError(f"--overlap {overlap} must be between 0 and half the window ({size // 2} px)")
-    whole = -(-max(height, width) // STRIDE) * STRIDE
+    longest = max(height, width)
+    whole = _ceil(longest, STRIDE) * STRIDE
     if model and not window and size < whole:  # windows that share the map evenly: no window mostly past its edge
-        count = -(-(max(height, width) - margin) // (size - margin))
-        size = min(size, -(-(-(-(max(height, width) - margin) // count) + margin) // STRIDE) * STRIDE)
+        count = _ceil(longest - margin, size - margin)
+        size = min(size, _ceil(_ceil(longest - margin, count) + margin, STRIDE) * STRIDE)
     if size > whole:  # a window past the map would mostly compute padding (4096 px on a 1428 px map: 9x the work)
         r.log(f"--window {window}: one window of {whole} px covers the {height} x {width} px map")
         size, margin = whole, min(margin, whole // 2 if overlap or model else whole // 4)
@@ -188,6 +189,10 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
     return PixelJob(str(Path(bundle.path).resolve()), r.runtime, scene, png, stretch, crs, transform, height, width,
                     direct, r.resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
                     bundle.n_classes, r.probabilities, geom, nodata_nan=model)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _write_band(job: PixelJob, result: BandResult, done: dict, drafts: dict[str, Path]) -> None:

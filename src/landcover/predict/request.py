@@ -12,7 +12,7 @@ from landcover.bounds import COUNT
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.segment.crf import CrfSettings
-from landcover.segment.crfdefaults import CrfChoice
+from landcover.segment.crfdefaults import CrfChoice, resolve_crf
 
 BLOCK_WINDOWS = 64
 """Tile maps: windows per block (one read, one engine task, one resume record): bounds memory whatever the
@@ -111,10 +111,7 @@ class MapRequest:
             raise LandcoverError(f"--evidence-model {self.evidence_model!r}: choose pixels or none")
         if not 0 <= self.threshold <= 1:
             raise LandcoverError(f"--threshold {self.threshold} must be a probability between 0 and 1")
-        if isinstance(self.crf, CrfSettings):
-            check_crf(self.crf)
-        else:
-            self.crf.resolve(30.0)  # a bad preset or width fails here, before any work
+        check_crf(resolve_crf(self.crf, 30.0))  # a bad preset, width or setting fails here, before any work
 
 
 def check_crf(settings: CrfSettings) -> None:

@@ -65,17 +65,24 @@ def defaults_for(res_m: float) -> CrfSettings:
                        iterations=10, downscale=downscale)
 
 
-def width_px(text: str, crf_res_m: float, name: str) -> float:
-    """'90m' -> CRF pixels at `crf_res_m` metres each; a plain number is already pixels."""
+def parse_width(text: str | float, name: str) -> tuple[float, bool]:
+    """A kernel width: (value, in metres?) from '90m' (metres) or a plain number (pixels of the CRF's grid)."""
     text = str(text).strip()
+    metres = text.endswith("m")
     try:
-        value = float(text[:-1]) if text.endswith("m") else float(text)
+        value = float(text[:-1] if metres else text)
     except ValueError:
-        raise LandcoverError(f"--{name.replace('_', '-')} {text!r}: give metres ('90m') or pixels of the CRF's "
-                             "grid (3)") from None
-    if not value > 0:
-        raise LandcoverError(f"--{name.replace('_', '-')} {text!r} must be > 0")
-    return value / crf_res_m if text.endswith("m") else value
+        raise LandcoverError(f"--{name.replace('_', '-')} {text!r} is not a length in metres ('90m') or pixels "
+                             "(3)") from None
+    if not 0 < value < float("inf"):
+        raise LandcoverError(f"--{name.replace('_', '-')} {text!r} is out of range: it must be > 0")
+    return value, metres
+
+
+def width_px(text: str | float, crf_res_m: float, name: str) -> float:
+    """'90m' -> CRF pixels at `crf_res_m` metres each; a plain number is already pixels."""
+    value, metres = parse_width(text, name)
+    return value / crf_res_m if metres else value
 
 
 def resolve_crf(settings: CrfSettings | CrfChoice | None, res: float, geographic: bool = False) -> CrfSettings:

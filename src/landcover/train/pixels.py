@@ -22,7 +22,7 @@ from landcover.geo.grid import parse_length
 from landcover.models.heads import Head, fit_head
 from landcover.models.pixelfeatures import PixelFeatures, default_scales
 from landcover.progress import progress_bar
-from landcover.segment.data import IGNORE, PairDataset, pair_windows
+from landcover.segment.data import IGNORE, PairDataset, class_pixels, pair_windows
 from landcover.segment.metrics import add_to_confusion, pixel_scores
 from landcover.train.config import TrainConfig
 from landcover.train.run import chip_facts, input_bands, provenance, scheme_classes
@@ -99,10 +99,7 @@ def train_pixels(config: TrainConfig, out: Path, progress: bool) -> None:
     bands, rgb = input_bands(config, first.shape[0], train.path)
     res = float(train.frame["res"].iat[0])
     spec = pixel_spec(train, bands, config.band_roles, config.scales, res)
-    counts = np.zeros(len(classes), np.int64)
-    for i in range(len(train)):
-        target = train.read(i)[1]
-        counts += np.bincount(target[target != IGNORE], minlength=len(classes))
+    counts = class_pixels(train)
     if (counts > 0).sum() < 2:
         raise LandcoverError(f"the {config.train_split!r} split labels {(counts > 0).sum()} class(es): a pixel model "
                              "needs at least two", train.path)
