@@ -15,6 +15,8 @@ from landcover.bundle import load_bundle
 from landcover.cli import main
 from landcover.maps.classmap import read_class_map
 from landcover.models.pixelfeatures import PixelFeatures, default_scales
+from landcover.segment.data import PairDataset
+from landcover.segment.metrics import add_to_confusion
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,30 @@ def test_the_pixel_model_trains_scores_and_maps_a_raster(pixel_run, zion_pairs, 
     assert loaded.per_pixel and loaded.model is None
     assert main(["export-onnx", str(bundle)]) == 2
     assert "a pixels bundle has no network to export" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_pixels_predict_maps(pixel_run, zion_crop, tmp_path):
+    """Pairs cut from the crop, those at its edges included: evaluate reads each with the filters' reach as predict
+    reads the raster (no data past the imagery's edge), so both give the pairs' pixels the same classes."""
+    truth = need_data("zion", "nlcd2011_albers.tif")
+    pairs, bundle = tmp_path / "pairs", pixel_run / "bundle"
+    assert main(["chips", "--quiet", "--image", *zion_crop, "--labels", str(truth), "--scheme", "nlcd-grouped",
+                 "--tile-size", "64px", "--layout", "pairs", "--out", str(pairs)]) == 0
+    assert main(["split", str(pairs), "--blocks", "1", "--no-plot"]) == 0
+    assert main(["evaluate", str(bundle), "--manifest", str(pairs), "--split", "train", "--out",
+                 str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert main(["predict", str(bundle), "--image", *zion_crop, "--out", str(tmp_path / "map.tif"), "--quiet"]) == 0
+    classes = read_class_map(tmp_path / "map.tif")
+    train = PairDataset(pairs, "train")
+    confusion = np.zeros((train.n_classes,) * 2, np.int64)
+    for i in range(len(train)):
+        target = train.read(i)[1]
+        left, _, _, top = train.frame.geometry.iat[i].bounds
+        col, row = (round(v) for v in ~classes.transform * (left, top))
+        add_to_confusion(confusion, target, classes.data[row:row + target.shape[0], col:col + target.shape[1]])
+    assert confusion.sum() == report["pixels"] > 10000
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(report["pixel_accuracy"], abs=0.002)
 
 
 def test_windows_blend_into_the_map_one_window_gives(pixel_run, zion_crop, tmp_path):

@@ -69,7 +69,7 @@ from safetensors.numpy import load_file, save_file
 
 from landcover.atomic import replacing, write_text
 from landcover.errors import LandcoverError, refuse_pickle
-from landcover.models.trees import boosted_sum, forest_sum
+from landcover.models.trees import boosted_sum, forest_sum, walk_arrays
 
 FORMAT = "landcover-head"
 VERSION = 1
@@ -120,6 +120,15 @@ class Head:
     def _proba_present(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _walk(self, dtype: type) -> tuple[np.ndarray, ...]:
+        """A tree head's roots and node arrays as the kernels walk them (made once, kept)."""
+        if getattr(self, "_walking", None) is None:
+            a = self.arrays
+            self._walking = (a["node_offsets"][:-1].astype(np.int64), *walk_arrays(
+                a["node_offsets"], a["children_left"], a["children_right"], a["feature"], a["threshold"],
+                a["missing_go_to_left"], dtype))
+        return self._walking
+
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -157,9 +166,8 @@ class ForestHead(Head):
         return len(self.arrays["node_offsets"]) - 1
 
     def _proba_present(self, X: np.ndarray) -> np.ndarray:
-        # scikit-learn compares float32 features with float64 thresholds (the kernel widens each as it reads it)
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        return forest_sum(X, *_tree_arrays(self.arrays), self.arrays["value"]) / self.n_trees
+        X = np.asarray(X, dtype=np.float32)  # scikit-learn's forests compare float32 features
+        return forest_sum(X, *self._walk(np.float32), self.arrays["value"]) / self.n_trees
 
 
 class BoostedHead(Head):
@@ -170,20 +178,14 @@ class BoostedHead(Head):
 
     def _proba_present(self, X: np.ndarray) -> np.ndarray:
         a = self.arrays
-        X = np.ascontiguousarray(X, dtype=np.float64)  # histogram boosting compares float64 features
-        raw = boosted_sum(X, *_tree_arrays(a), a["value"], a["tree_output"], a["baseline"])
+        X = np.asarray(X, dtype=np.float64)  # histogram boosting compares float64 features
+        raw = boosted_sum(X, *self._walk(np.float64), a["value"], a["tree_output"], a["baseline"])
         if raw.shape[1] == 1:
             p = np.exp(-np.logaddexp(0.0, -raw[:, 0]))  # sigmoid, without overflow for large |raw|
             return np.stack([1.0 - p, p], axis=1)
         raw -= raw.max(axis=1, keepdims=True)
         np.exp(raw, out=raw)
         return raw / raw.sum(axis=1, keepdims=True)
-
-
-def _tree_arrays(a: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """The node arrays the tree kernels walk (offsets, children, feature, threshold, NaN direction)."""
-    return (a["node_offsets"], a["children_left"].astype(np.int32), a["children_right"].astype(np.int32),
-            a["feature"].astype(np.int32), a["threshold"], a["missing_go_to_left"].astype(np.bool_))
 
 
 HEAD_TYPES: dict[str, type[Head]] = {"logreg": LogisticHead, "rf": ForestHead, "gbt": BoostedHead}

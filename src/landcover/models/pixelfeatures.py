@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from scipy import ndimage
 
 from landcover.errors import LandcoverError
 from landcover.models.spectral import check_roles, indices_for
@@ -105,16 +105,14 @@ class PixelFeatures:
 
         def filtered(k: int) -> None:
             out[k] = c = _filled(channels[k], ok)
+            square = np.empty_like(c)
             for j, scale in enumerate(self.scales_m):
                 sigma = scale / res
                 at = n + 4 * (j * n + k)
-                smooth = ndimage.gaussian_filter(c, sigma, truncate=TRUNCATE)
-                gy, gx = np.gradient(smooth)
-                out[at] = smooth
-                out[at + 1] = np.hypot(gx, gy) * sigma
-                out[at + 2] = _laplacian(smooth) * -(sigma * sigma)
-                square = ndimage.gaussian_filter(c * c, sigma, truncate=TRUNCATE)
-                out[at + 3] = np.sqrt(np.maximum(square - smooth * smooth, 0))
+                kernel = gaussian_kernel(sigma)
+                _gaussian(c, kernel, out[at])
+                _gaussian(c * c, kernel, square)
+                _derived(out[at], square, np.float32(sigma), out[at + 1], out[at + 2], out[at + 3])
 
         with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
             list(pool.map(filtered, range(n)))
@@ -131,10 +129,64 @@ def _filled(channel: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return np.where(ok, channel, mean).astype(np.float32)
 
 
-def _laplacian(a: np.ndarray) -> np.ndarray:
-    """The 5-point Laplacian, edges replicated."""
-    p = np.pad(a, 1, mode="edge")
-    return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * a
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """The sampled, normalised Gaussian of `sigma` pixels, cut at TRUNCATE sigmas (float32)."""
+    radius = int(TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (x / sigma) ** 2)
+    return (weights / weights.sum()).astype(np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _mirror(k: int, n: int) -> int:
+    """Index k folded into [0, n) by reflection about the edges (the edge pixel repeated: d c b a | a b c d)."""
+    while k < 0 or k >= n:
+        k = -k - 1 if k < 0 else 2 * n - k - 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _gaussian(channel: np.ndarray, kernel: np.ndarray, out: np.ndarray) -> None:
+    """The separable Gaussian of a channel into `out`, in float32: columns, then rows, each inner loop over a
+    contiguous row (vectorised: four times scipy's filter, which works in float64 per line)."""
+    h, w = channel.shape
+    r = len(kernel) // 2
+    columns = np.zeros((h, w), np.float32)
+    for i in range(h):
+        for t in range(-r, r + 1):
+            row, weight = channel[_mirror(i + t, h)], kernel[t + r]
+            for j in range(w):
+                columns[i, j] += weight * row[j]
+    line = np.empty(w + 2 * r, np.float32)
+    for i in range(h):
+        for j in range(w + 2 * r):
+            line[j] = columns[i, _mirror(j - r, w)]
+        row = out[i]
+        row[:] = 0
+        for t in range(2 * r + 1):
+            weight = kernel[t]
+            for j in range(w):
+                row[j] += weight * line[j + t]
+
+
+@numba.njit(cache=True, nogil=True)
+def _derived(smooth: np.ndarray, square: np.ndarray, sigma: np.float32, gradient: np.ndarray, log: np.ndarray,
+             std: np.ndarray) -> None:
+    """From a channel's smoothed value and smoothed square at one scale, in one pass: the gradient magnitude
+    (central differences, one-sided at the edges) x sigma, -sigma^2 x the 5-point Laplacian (edges replicated) and
+    the local standard deviation."""
+    h, w = smooth.shape
+    for i in range(h):
+        up, down = max(i - 1, 0), min(i + 1, h - 1)
+        for j in range(w):
+            left, right = max(j - 1, 0), min(j + 1, w - 1)
+            g = smooth[i, j]
+            gy = (smooth[down, j] - smooth[up, j]) / np.float32(max(down - up, 1))
+            gx = (smooth[i, right] - smooth[i, left]) / np.float32(max(right - left, 1))
+            gradient[i, j] = np.sqrt(gx * gx + gy * gy) * sigma
+            around = smooth[up, j] + smooth[down, j] + smooth[i, left] + smooth[i, right]
+            log[i, j] = (around - 4 * g) * -(sigma * sigma)
+            std[i, j] = np.sqrt(max(square[i, j] - g * g, np.float32(0)))
 
 
 def default_scales(res: float) -> tuple[float, ...]:

@@ -1,9 +1,12 @@
 """Stored decision trees evaluated with numba: the forest and boosted heads' inner loop.
 
-A head keeps its trees as flat node arrays (see `landcover.models.heads`); here every row of X walks every tree
-to its leaf and the leaves' values are summed, in one compiled pass over the rows (in parallel), with no
-per-tree temporary arrays: a per-pixel model calls this on hundreds of thousands of rows at a time. A NaN feature
-goes the way the tree learnt for missing values; otherwise left when x <= threshold, as scikit-learn decides.
+A head keeps its trees as flat node arrays (see `landcover.models.heads`); `walk_arrays` turns them once into the
+arrays walked here: absolute child indices, with every leaf its own two children (a row that reached its leaf stays
+there). Each block of rows passes every tree while the rows stay in the core's cache, and LANES rows walk a tree
+together, one level at a time: their paths are independent, so the processor overlaps the loads of one with the
+comparisons of another instead of waiting on each node in turn (a per-pixel model sends millions of rows). A NaN
+feature goes the way the tree learnt for missing values; otherwise left when x <= threshold, as scikit-learn decides.
+X may be any layout: a per-pixel model passes its feature-major block transposed, without a copy.
 """
 
 from __future__ import annotations
@@ -11,50 +14,83 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+BLOCK = 2048
+"""Rows walked through every tree together: they stay in the core's cache while the trees pass over them."""
+LANES = 8
+"""Rows walking one tree side by side."""
+
+
+def walk_arrays(offsets: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
+                threshold: np.ndarray, nan_left: np.ndarray, dtype: type) -> tuple[np.ndarray, ...]:
+    """The node arrays of trees stored as scikit-learn writes them (children relative to their tree, -1 under a
+    leaf) as the kernels walk them: children absolute, leaves pointing at themselves, thresholds of the features'
+    `dtype` (float32 thresholds rounded down: for float32 x, x <= t exactly when x <= the float64 t)."""
+    starts = np.repeat(offsets[:-1], np.diff(offsets)).astype(np.int64)
+    leaf = np.asarray(left) == -1
+    index = np.arange(len(leaf), dtype=np.int64)
+    walk_left = np.where(leaf, index, starts + left).astype(np.int64)
+    walk_right = np.where(leaf, index, starts + right).astype(np.int64)
+    cut = np.asarray(threshold, np.float64)
+    if dtype == np.float32:
+        narrow = cut.astype(np.float32)
+        cut = np.where(narrow.astype(np.float64) > cut, np.nextafter(narrow, np.float32(-np.inf)), narrow)
+    return (walk_left, walk_right, np.where(leaf, 0, feature).astype(np.int64), np.asarray(cut, dtype),
+            np.asarray(nan_left, np.bool_))
+
 
 @numba.njit(cache=True, inline="always")
-def _leaf(x: np.ndarray, lo: int, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
-          threshold: np.ndarray, nan_left: np.ndarray) -> int:
-    node = 0
-    while left[lo + node] != -1:
-        v = x[feature[lo + node]]
-        go_left = nan_left[lo + node] if np.isnan(v) else v <= threshold[lo + node]
-        node = left[lo + node] if go_left else right[lo + node]
-    return lo + node
-
-
-BLOCK = 512
-"""Rows walked through every tree together: they stay in the core's cache while the trees pass over them."""
+def _walk(X: np.ndarray, i0: int, m: int, root: int, at: np.ndarray, left: np.ndarray, right: np.ndarray,
+          feature: np.ndarray, threshold: np.ndarray, nan_left: np.ndarray) -> None:
+    """Rows i0 .. i0 + m from the root down to their leaves, side by side; their leaves left in at[:m]."""
+    for k in range(m):
+        at[k] = root
+    moving = True
+    while moving:
+        moving = False
+        for k in range(m):
+            node = at[k]
+            v = X[i0 + k, feature[node]]
+            go_left = (v <= threshold[node]) | ((v != v) & nan_left[node])
+            step = right[node] + go_left * (left[node] - right[node])  # no branch to mispredict
+            moving |= step != node
+            at[k] = step
 
 
 @numba.njit(cache=True, parallel=True)
-def forest_sum(X: np.ndarray, offsets: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
+def forest_sum(X: np.ndarray, roots: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
                threshold: np.ndarray, nan_left: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Sum over trees of each row's leaf value vector: (n, K) from value (nodes, K)."""
-    n, trees, k_out = X.shape[0], len(offsets) - 1, value.shape[1]
+    n, k_out = X.shape[0], value.shape[1]
     out = np.zeros((n, k_out))
     for block in numba.prange((n + BLOCK - 1) // BLOCK):
         r0, r1 = block * BLOCK, min(n, (block + 1) * BLOCK)
-        for t in range(trees):
-            for i in range(r0, r1):
-                leaf = _leaf(X[i], offsets[t], left, right, feature, threshold, nan_left)
-                for k in range(k_out):
-                    out[i, k] += value[leaf, k]
+        at = np.empty(LANES, np.int64)
+        for root in roots:
+            for i0 in range(r0, r1, LANES):
+                m = min(LANES, r1 - i0)
+                _walk(X, i0, m, root, at, left, right, feature, threshold, nan_left)
+                for k in range(m):
+                    for c in range(k_out):
+                        out[i0 + k, c] += value[at[k], c]
     return out
 
 
 @numba.njit(cache=True, parallel=True)
-def boosted_sum(X: np.ndarray, offsets: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
+def boosted_sum(X: np.ndarray, roots: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
                 threshold: np.ndarray, nan_left: np.ndarray, value: np.ndarray, tree_output: np.ndarray,
                 baseline: np.ndarray) -> np.ndarray:
     """Baseline plus, per output, the sum of its trees' leaf values: (n, outputs) raw scores."""
-    n, trees = X.shape[0], len(offsets) - 1
+    n = X.shape[0]
     out = np.empty((n, len(baseline)))
     for block in numba.prange((n + BLOCK - 1) // BLOCK):
         r0, r1 = block * BLOCK, min(n, (block + 1) * BLOCK)
+        at = np.empty(LANES, np.int64)
         for i in range(r0, r1):
             out[i] = baseline
-        for t in range(trees):
-            for i in range(r0, r1):
-                out[i, tree_output[t]] += value[_leaf(X[i], offsets[t], left, right, feature, threshold, nan_left)]
+        for t in range(len(roots)):
+            for i0 in range(r0, r1, LANES):
+                m = min(LANES, r1 - i0)
+                _walk(X, i0, m, roots[t], at, left, right, feature, threshold, nan_left)
+                for k in range(m):
+                    out[i0 + k, tree_output[t]] += value[at[k]]
     return out

@@ -42,11 +42,12 @@ def evaluate_segmentation(bundle_path: str | Path, manifest: str | Path, split: 
     predictions = []
     if bundle.kind == "pixels":  # its filters read each pair's window from the imagery, with their context
         halo = bundle.pixels.halo_px(float(bundle.chip["res"]))
-        for i, pixels, _ in progress_bar(pair_windows(dataset, halo),
+        for i, pixels, valid in progress_bar(pair_windows(dataset, halo),
                                          total=len(dataset), desc="evaluate", unit="tile", enabled=progress,
                                          leave=False):
             target = dataset.read(i)[1]
-            p = bundle.pixel_proba(pixels[None].astype(np.float32))[0]
+            pixels = np.where(valid, pixels, np.nan).astype(np.float32)  # off the imagery: no data, as predict reads
+            p = bundle.pixel_proba(pixels[None])[0]
             predicted = p[:, halo:halo + target.shape[0], halo:halo + target.shape[1]].argmax(0)[None]
             add_to_confusion(confusion, target, predicted)
             predictions.append(predicted.astype(np.uint8))
