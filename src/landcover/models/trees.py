@@ -51,7 +51,7 @@ def _walk(X: np.ndarray, i0: int, m: int, root: int, at: np.ndarray, left: np.nd
             node = at[k]
             v = X[i0 + k, feature[node]]
             go_left = (v <= threshold[node]) | ((v != v) & nan_left[node])
-            step = right[node] + go_left * (left[node] - right[node])  # no branch to mispredict
+            step = left[node] if go_left else right[node]
             moving |= step != node
             at[k] = step
 

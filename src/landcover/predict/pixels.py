@@ -159,7 +159,7 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
     model = bundle.kind == "pixels"  # the pixel model: filters need `halo` px of context, not a network's quarter
     size = to_pixels(parse_length(window, "window"), res, "window") if window else (
         PIXEL_MODEL_WINDOW_PX if model else WINDOW_PX)
-    if size < STRIDE or size % STRIDE:
+    if not model and (size < STRIDE or size % STRIDE):
         raise LandcoverError(f"--window {window} must be a multiple of {STRIDE} px (the encoder halves it five "
                              "times)")
     default_margin = min(size // 2, 2 * bundle.pixels.halo_px(res)) if model else size // 4
@@ -168,9 +168,9 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
         raise LandcoverError(f"--overlap {overlap} must be between 0 and half the window ({size // 2} px)")
     longest = max(height, width)
     whole = _ceil(longest, STRIDE) * STRIDE
-    if model and not window and size < whole:  # windows that share the map evenly: no window mostly past its edge
-        count = _ceil(longest - margin, size - margin)
-        size = min(size, _ceil(_ceil(longest - margin, count) + margin, STRIDE) * STRIDE)
+    if model and not window:  # the size whose windows compute the fewest pixels (none mostly past the map's edge)
+        size = min(range(min(4 * margin, size), size + 1), key=lambda s: (
+            _ceil(height - margin, s - margin) * _ceil(width - margin, s - margin) * s * s, s))
     if size > whole:  # a window past the map would mostly compute padding (4096 px on a 1428 px map: 9x the work)
         r.log(f"--window {window}: one window of {whole} px covers the {height} x {width} px map")
         size, margin = whole, min(margin, whole // 2 if overlap or model else whole // 4)

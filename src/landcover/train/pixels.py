@@ -29,7 +29,7 @@ from landcover.train.run import chip_facts, input_bands, provenance, scheme_clas
 from landcover.train.runs import dump_json
 from landcover.train.spectral import spectral_spec
 
-HEAD_PARAMS = {"rf": {"n_estimators": 20, "max_depth": 14, "max_features": 0.25, "min_samples_leaf": 10,
+HEAD_PARAMS = {"rf": {"n_estimators": 16, "max_depth": 12, "max_features": 0.3, "min_samples_leaf": 10,
                       "n_jobs": -1},
                "gbt": {"max_iter": 150, "learning_rate": 0.1, "early_stopping": False, "class_weight": None},
                "logreg": {}}
@@ -42,6 +42,13 @@ quarter of the features tried per split: 0.747 / 0.450 / 285 (mapping costs node
 pixels per class instead of 40,000, scales to 16 px, all pairwise band ratios, smoothing the probabilities or a
 second (auto-context) forest on the first's smoothed probabilities: within 0.004 either way; boosted trees
 0.701 / 0.421."""
+
+
+FEW_ROWS = 20_000
+"""Below this many labelled pixels (clicks and scribbles, not a training split) the forest is 24 trees of leaves of
+one pixel (a few dozen clicks must still split), unbounded, trying the square root of the features per split: on
+Zion's simulated annotator (bench/annotate.py, 3 runs) the large-sample forest (16 trees cut at depth 12) scored
+0.01-0.03 less after 200 clicks, 40 trees no better than 24 and a third slower to map."""
 
 
 def pixel_spec(dataset: PairDataset, bands: tuple[int, ...], roles: list[str] | None, scales: list[str] | None,
@@ -87,11 +94,11 @@ def split_pixels(dataset: PairDataset, spec: PixelFeatures, bands: tuple[int, ..
 
 def fit_pixel_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
                    sample_weight: np.ndarray | None = None) -> Head:
-    """A head fitted on per-pixel features with the settings for many rows (HEAD_PARAMS); a forest's leaves shrink
-    with the rows (one pixel each below 2,000: a few dozen clicks must still split)."""
+    """A head fitted on per-pixel features: with the settings for many rows (HEAD_PARAMS), or a forest for a few
+    (below FEW_ROWS: its leaves shrink with the rows, one pixel each below 2,000)."""
     params = dict(HEAD_PARAMS[kind])
-    if kind == "rf":
-        params["min_samples_leaf"] = max(1, min(params["min_samples_leaf"], len(y) // 2000))
+    if kind == "rf" and len(y) < FEW_ROWS:  # a few dozen clicks: leaves of one pixel, and more (small) trees
+        params.update(min_samples_leaf=max(1, len(y) // 2000), n_estimators=24, max_features="sqrt", max_depth=None)
     return fit_head(kind, X, y, n_classes, seed=seed, sample_weight=sample_weight, **params)
 
 
