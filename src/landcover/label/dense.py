@@ -74,11 +74,11 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     class, settings, seconds) and <out>.png (image | scribbles | result). `model` 'pixels' (the default) trains the
     pixel model on the scribbled pixels (every band of the images) and hands its probabilities to the CRF as
     evidence, so far from the strokes a class comes from the image, never from a tie; 'none' gives the CRF the
-    scribbles alone. On NC's points, at the CRF's defaults by resolution: the polygons' interiors scribbled 0.648
-    through the model, 0.664 alone; three short strokes a polygon 0.628 through the model, alone one class
-    everywhere in one run of three (tests/test_label.py). Scribbled pixels keep their class. `bands` pick the
-    image bands the CRF compares (default the first three); `median` > 1 median-filters the refined
-    probabilities."""
+    scribbles alone. On NC's points, at the CRF's defaults by resolution: the polygons' interiors scribbled 0.647
+    through the model, 0.664-0.668 the CRF alone, 0.556 the model alone; three short strokes a polygon 0.630
+    through the model, the CRF alone one class everywhere in one run of three (tests/test_label.py). Scribbled
+    pixels keep their class. `bands` pick the image bands the CRF compares (default the first three); `median` > 1
+    median-filters the refined probabilities."""
     started = time.perf_counter()
     if median < 0 or (median and median % 2 == 0):
         raise LandcoverError(f"--median {median} must be an odd window size (or 0)")
