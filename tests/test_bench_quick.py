@@ -129,3 +129,11 @@ def test_annotate_bench(tmp_path):
     first = [zion["curves"][s][0]["accuracy"] for s in ("random", "suggested")]
     assert first[0] == first[1]  # the same first round
     assert 0.5 < zion["reference"]["accuracy"] <= 1 and (tmp_path / "annotate.png").stat().st_size > 10_000
+
+
+def test_studio_session_bench(tmp_path):
+    need_data("naip_nd")
+    run_bench("studio_session", tmp_path)
+    result = json.loads((tmp_path / "studio_session.json").read_text())
+    assert result["quick"] and result["levels"] == 4 and result["browser"]["failed"] == 0
+    assert result["browser"]["panning_ms"]["tiles"] > 5 and result["server"]["level0_ms"]["tiles"] == 40

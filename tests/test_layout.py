@@ -23,7 +23,7 @@ LEVELS = {
     "chips": 3, "datasets": 3, "evaluate": 3, "acquire": 3,
     "segment": 4,
     "train": 5,
-    "predict": 6, "maps": 6, "label": 6,
+    "predict": 6, "maps": 6, "label": 6, "studio": 6,
     "cli": 7,
     "__init__": 8, "__main__": 8,
 }

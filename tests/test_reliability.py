@@ -243,6 +243,7 @@ BAD_NUMBERS = [
     (["export-onnx", "b", "--opset", "-1"], "--opset"),
     (["import", "tree", "--out", "o", "--seed", "-3"], "--seed"),
     (["label", "--image", "a.tif", "--serve", "--classes", "a", "b", "--out", "d.tif", "--port", "70000"], "--port"),
+    (["studio", "--image", "a.tif", "--out", "st", "--port", "70000"], "--port"),
 ]
 
 
@@ -282,6 +283,7 @@ MISSING = [
      "nope/catalog.json"),
     (["import", "nope_tree", "--out", "o"], "nope_tree"),
     (["label", "--image", "nope.tif", "--scribbles", "nope.gpkg", "--out", "d.tif"], "nope"),
+    (["studio", "--image", "nope.tif", "--out", "st"], "nope"),
     (["crf", "nope.probs.tif", "--image", "nope.tif", "--out", "r.tif"], "nope"),
 ]
 NO_INPUTS = {"demo", "schemes"}

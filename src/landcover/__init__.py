@@ -51,6 +51,8 @@ _API = {
     "assess_map": "landcover.maps.accuracy",
     # labelling: scribbles -> dense labels
     "label_raster": "landcover.label.dense",
+    # the studio: a map over its imagery at any size, in the browser
+    "studio": "landcover.studio.server",  # the package is callable too: lc.studio(...) either way
     # the ground
     "Engine": "landcover.engine",
     "LandcoverError": "landcover.errors",

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from landcover.cli import acquire, data, label, maps, predict, train
+from landcover.cli import acquire, data, label, maps, predict, studio, train
 from landcover.cli.common import Parser
 from landcover.errors import LandcoverError
 from landcover.version import __version__
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_parsers(sub)
     maps.add_parsers(sub)
     label.add_parsers(sub)
+    studio.add_parsers(sub)
     acquire.add_parsers(sub)
     data.add_schemes_parser(sub)
     data.add_doctor_parser(sub)

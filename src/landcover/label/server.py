@@ -18,6 +18,7 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -174,30 +175,79 @@ def session_classes(scheme: str | None, names: list[str] | None) -> list[dict]:
                                                                             strict=True))]
 
 
+class PageHandler(BaseHTTPRequestHandler):
+    """What a local page's handler needs (the labelling page's and the studio's): quiet, answers with a length and
+    no caching, JSON bodies read within MAX_BODY; each request marks the server busy (see `serve`)."""
+
+    def log_message(self, *args) -> None:  # quiet: the terminal shows what matters
+        pass
+
+    def touch(self) -> str:
+        """Note the request's time; its path without the query."""
+        self.server.last_request = time.monotonic()
+        return self.path.split("?")[0]
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: dict) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
+
+    def _static(self, package: str, name: str, kind: str) -> None:
+        self._send(200, resources.files(package).joinpath("static", name).read_bytes(), kind)
+
+    def _body(self) -> object:
+        """The request's JSON body (BadRequest for a bad Content-Length, a body over MAX_BODY, or not JSON)."""
+        text = self.headers.get("Content-Length") or "0"
+        if not text.strip().isdigit():  # 'abc' or '-1' (which would read until the client gives up)
+            self.close_connection = True
+            raise BadRequest(400, f"Content-Length {text!r} is not a number of bytes")
+        length = int(text)
+        if length > MAX_BODY:
+            raise BadRequest(413, f"the request is {length:,} bytes: at most {MAX_BODY:,}")
+        try:
+            return json.loads(self.rfile.read(length) or b"null")
+        except ValueError:
+            raise BadRequest(400, "the request is not JSON") from None
+
+    def _answer(self, work: Callable[[], None]) -> None:
+        """Run `work`; a refusal or an error becomes a JSON answer with its status and message."""
+        try:
+            work()
+        except BadRequest as exc:
+            self._json(exc.status, {"error": str(exc)})
+        except LandcoverError as exc:
+            self._json(422, {"error": str(exc)})
+        except Exception as exc:  # a defect of ours: still an answer, with what happened
+            self._json(500, {"error": f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0]})"})
+
+
+def local_server(handler: type[PageHandler], port: int = 0, idle_seconds: float = 1800) -> ThreadingHTTPServer:
+    """A server on 127.0.0.1 (`port` 0: any free one) with `handler`; `serve` runs it until idle."""
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as exc:
+        raise LandcoverError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}; another "
+                             "program holds it? leave --port out for any free one)") from None
+    server.daemon_threads = True
+    server.last_request = time.monotonic()
+    server.idle_seconds = idle_seconds
+    return server
+
+
 def make_server(session: LabelSession, port: int = 0, idle_seconds: float = 1800) -> ThreadingHTTPServer:
-    """A server on 127.0.0.1 (`port` 0: any free one) answering the page; `serve` runs it until idle."""
+    """The labelling page's server on 127.0.0.1 (`port` 0: any free one); `serve` runs it until idle."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # quiet: the terminal shows what matters
-            pass
-
-        def _send(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, data: dict) -> None:
-            self._send(status, json.dumps(data).encode(), "application/json")
-
+    class Handler(PageHandler):
         def do_GET(self) -> None:
-            server.last_request = time.monotonic()
-            path = self.path.split("?")[0]
+            path = self.touch()
             if path in STATIC:
-                name, kind = STATIC[path]
-                self._send(200, resources.files("landcover.label").joinpath("static", name).read_bytes(), kind)
+                self._static("landcover.label", *STATIC[path])
             elif path == "/api/info":
                 self._json(200, session.info())
             elif path == "/api/image.png":
@@ -208,40 +258,18 @@ def make_server(session: LabelSession, port: int = 0, idle_seconds: float = 1800
                 self._json(404, {"error": f"no such page: {path}"})
 
         def do_POST(self) -> None:
-            server.last_request = time.monotonic()
-            path = self.path.split("?")[0]
-            try:
+            path = self.touch()
+
+            def work() -> None:
                 if path not in ("/api/run", "/api/save"):
                     raise BadRequest(404, f"no such action: {path}")
-                text = self.headers.get("Content-Length") or "0"
-                if not text.strip().isdigit():  # 'abc' or '-1' (which would read until the client gives up)
-                    self.close_connection = True
-                    raise BadRequest(400, f"Content-Length {text!r} is not a number of bytes")
-                length = int(text)
-                if length > MAX_BODY:
-                    raise BadRequest(413, f"the request is {length:,} bytes: at most {MAX_BODY:,}")
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError:
-                    raise BadRequest(400, "the request is not JSON") from None
+                body = self._body()
                 target = session.out if path == "/api/save" else session.work / "dense.tif"
                 self._json(200, session.run(body, target))
-            except BadRequest as exc:
-                self._json(exc.status, {"error": str(exc)})
-            except LandcoverError as exc:
-                self._json(422, {"error": str(exc)})
-            except Exception as exc:  # a defect of ours: still an answer, with what happened
-                self._json(500, {"error": f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0]})"})
 
-    try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    except OSError as exc:
-        raise LandcoverError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}; another "
-                             "program holds it? leave --port out for any free one)") from None
-    server.daemon_threads = True
-    server.last_request = time.monotonic()
-    server.idle_seconds = idle_seconds
-    return server
+            self._answer(work)
+
+    return local_server(Handler, port, idle_seconds)
 
 
 def serve(server: ThreadingHTTPServer) -> None:

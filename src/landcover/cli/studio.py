@@ -1,0 +1,57 @@
+"""The `landcover studio` command: a local page showing imagery of any size, and a class map over it."""
+
+from __future__ import annotations
+
+import argparse
+
+from landcover.bounds import COUNT, POSITIVE
+from landcover.cli.common import nodata_option
+from landcover.cli.label import PORT
+
+STUDIO_EXAMPLE = """examples:
+  landcover studio --image naip_mosaic.tif --out studio/
+  landcover studio --image landsat_b2.tif landsat_b3.tif landsat_b4.tif landsat_b5.tif --bands 3 2 1 \\
+      --map zion-map.tif --out studio/
+
+The page (127.0.0.1 only) shows the imagery as tiles of the level the zoom needs: a raster over 4,096 px a
+side without overviews gets them once, in DIR/cache/. The map is any class map (landcover's COGs, or one
+band of class ids with category names), on the imagery's grid or warped to it."""
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register studio."""
+    p = sub.add_parser("studio", help="a local page: imagery of any size, and a class map over it",
+                       description="Serve a page on 127.0.0.1 that shows the imagery at any size (pan, zoom, bands, "
+                                   "stretch) with a class map over it.",
+                       epilog=STUDIO_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", nargs="+", required=True, metavar="RASTER", help="the imagery, stacked as bands")
+    p.add_argument("--map", metavar="MAP.tif", help="a class map to show over the imagery")
+    p.add_argument("--out", required=True, metavar="DIR", help="the studio's folder (its display cache)")
+    p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
+                   help="1-based stack bands shown: red green blue, or one (grey); default the first three")
+    nodata_option(p)
+    p.add_argument("--port", type=PORT.parse, default=0, help="the page's port (default: any free one)")
+    p.add_argument("--idle-minutes", type=POSITIVE.parse, default=30,
+                   help="stop after this many minutes without a request (default 30)")
+    p.add_argument("--no-browser", action="store_true", help="print the page's address without opening it")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from landcover.errors import LandcoverError
+    from landcover.label.server import serve
+    from landcover.studio.server import StudioSession, make_server
+
+    if args.bands and len(args.bands) not in (1, 3):
+        raise LandcoverError(f"--bands takes 1 band (grey) or 3 (red green blue), not {len(args.bands)}")
+    session = StudioSession(args.image, Path(args.out), args.map, args.bands, args.nodata)
+    server = make_server(session, args.port, idle_seconds=60 * args.idle_minutes)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    print(f"studio: {url}  (stops after {args.idle_minutes:g} idle minutes; Ctrl-C stops it now)", flush=True)
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    serve(server)

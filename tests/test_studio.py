@@ -1,0 +1,161 @@
+"""`landcover studio` (#29, first part: the imagery at any size with a map over it): the server's checks over real
+HTTP on 127.0.0.1, the page in a real headless Chromium (pan, zoom to the imagery's own pixels, the map over it, a
+new display), the notebook's `lc.studio`, and its bad inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import need_data, skip_or_fail
+from PIL import Image
+
+from landcover.cli import main
+from landcover.label.server import serve
+from landcover.studio.server import StudioSession, make_server
+
+
+@pytest.fixture(scope="module")
+def studio(zion_images, tmp_path_factory):
+    """The studio over Zion's four bands (red, green, blue shown) with NLCD grouped (its own ~31 m grid, warped per
+    tile) as the map, on a free port of 127.0.0.1; stopped after the tests (or when idle for two minutes)."""
+    session = StudioSession(zion_images, tmp_path_factory.mktemp("studio") / "st",
+                            str(need_data("zion", "nlcd.tif")), bands=[3, 2, 1], log=lambda _: None)
+    server = make_server(session, 0, idle_seconds=120)
+    thread = threading.Thread(target=serve, args=(server,), daemon=True)
+    thread.start()
+    assert server.server_address[0] == "127.0.0.1"
+    yield f"http://127.0.0.1:{server.server_address[1]}", session
+    server.shutdown()
+    thread.join(10)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_every_request_is_checked(studio):
+    url, session = studio
+    status, body = get(f"{url}/api/info")
+    info = json.loads(body)
+    assert status == 200 and info["size"] == [1428, 1128] and info["levels"] == 4 and info["band_count"] == 4
+    assert [c["name"] for c in info["map"]["classes"]][1:4] == ["Water", "Developed", "Barren"]
+    status, body = get(f"{url}/tiles/map/1/1/1.png")
+    tile = np.asarray(Image.open(io.BytesIO(body)))
+    assert status == 200 and tile.shape == (256, 256, 4) and (tile[..., 3] == 255).mean() > 0.9
+    for path, code, said in (("/tiles/image/4/0/0.png", 404, "level 4 is outside 0..3"),
+                             ("/tiles/image/0/5/0.png", 404, "outside level 0's 5 x 6 tiles"),
+                             ("/tiles/other/0/0/0.png", 404, "no such page"),
+                             ("/../../etc/passwd", 404, "no such page"),
+                             ("/static/../server.py", 404, "no such page")):
+        status, body = get(url + path)
+        assert status == code and said in json.loads(body)["error"], (path, body)
+    for body, code, said in ((b"[1]", 400, "expected"), (b"{x", 400, "not JSON"),
+                             (b'{"bands": [5, 1, 2]}', 400, "band numbers in 1..4"),
+                             (b'{"bands": [1, 2]}', 400, "1 or 3"), (b'{"percentiles": [50, 10]}', 400, "low < high")):
+        status, answer = post(f"{url}/api/display", body)
+        assert status == code and said in answer["error"], (body, answer)
+    status, answer = post(f"{url}/api/display", b"x" * 10, {"Content-Length": str(6 * 1024 * 1024)})
+    assert status == 413
+    status, answer = post(f"{url}/api/nothing", b"{}")
+    assert status == 404 and "no such action" in answer["error"]
+    assert session.display_version == 0
+
+
+def test_a_session_in_a_real_browser(studio):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, session = studio
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver_path):
+        skip_or_fail("headless Chromium not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+
+    def settled() -> dict:
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "const s = window.studio.stats; return s.requested > 0 && s.loaded + s.failed === s.requested"))
+        return driver.execute_script("return {stats: window.studio.stats, level: document.getElementById('status')"
+                                     ".textContent, tiles: [...document.querySelectorAll('.tile')].map(i => "
+                                     "i.getAttribute('src'))}")
+
+    try:
+        started = time.perf_counter()
+        driver.get(url + "/")
+        opened = settled()
+        assert time.perf_counter() - started < 10 and opened["stats"]["failed"] == 0
+        if os.environ.get("LANDCOVER_SHOT"):  # the README's figure: LANDCOVER_SHOT=docs/studio.png pytest -k browser
+            driver.save_screenshot(os.environ["LANDCOVER_SHOT"])
+        # the whole scene fits at level 0 here (a screen pixel is 1.6 of the imagery's): 5 x 6 tiles a layer
+        assert opened["level"].startswith("level 0") and len(opened["tiles"]) == 60
+        middle = ("const v = document.getElementById('view'); "
+                  "window.studio.zoomAt(v.clientWidth / 2, v.clientHeight / 2, ")
+        driver.execute_script(middle + "1 / 4)")  # zoomed out: level 2's tiles, each 4 x 4 of the imagery's pixels
+        far = settled()
+        assert far["level"].startswith("level 2") and {t.split("/")[2:4] == ["map", "2"] for t in far["tiles"]} == {
+            True, False} and far["stats"]["failed"] == 0
+        driver.execute_script(middle + "16)")  # zoomed in to 2.5 screen pixels a pixel: level 0 again, a few tiles
+        close = settled()
+        assert close["level"].startswith("level 0") and len(close["tiles"]) < 40 and close["stats"]["failed"] == 0
+        assert {t.split("/")[2] for t in close["tiles"]} == {"image", "map"}
+        shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
+        assert shot[100:800, 100:900].std() > 10  # imagery and map drawn, not an empty grey view
+        # a new display from the panel: bands 4 3 2 (false colour), tiles asked again at version 1
+        field = driver.find_element(By.ID, "bands")
+        field.clear()
+        field.send_keys("4 3 2")
+        driver.find_element(By.ID, "apply-display").click()
+        WebDriverWait(driver, 30).until(lambda d: all("v=1" in t for t in d.execute_script(
+            "return [...document.querySelectorAll('#image-layer .tile')].map(i => i.getAttribute('src'))")))
+        assert settled()["stats"]["failed"] == 0 and session.imagery.bands == [4, 3, 2]
+        times = sorted(driver.execute_script("return window.studio.stats.times"))
+        print(f"studio on Zion: {len(times)} tiles, p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms in the browser")
+    finally:
+        driver.quit()
+
+
+def test_a_notebook_opens_the_same_page(zion_images, tmp_path):
+    import landcover as lc
+
+    url = lc.studio(zion_images[:3], tmp_path / "st", idle_minutes=1)
+    assert url.startswith("http://127.0.0.1:")
+    status, body = get(url + "api/info")
+    assert status == 200 and json.loads(body)["map"] is None
+
+
+def test_bad_inputs_are_one_line(zion_images, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for argv, said in ((["--image", *zion_images, "--out", str(tmp_path / "file")], "is a file"),
+                       (["--image", *zion_images, "--map", zion_images[0], "--out", str(tmp_path / "a")],
+                        "class map"),
+                       (["--image", *zion_images, "--bands", "1", "2", "--out", str(tmp_path / "b")], "1 band")):
+        assert main(["studio", *argv, "--no-browser"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
