@@ -73,7 +73,9 @@ def test_every_request_is_checked(studio):
         assert status == code and said in json.loads(body)["error"], (path, body)
     for body, code, said in ((b"[1]", 400, "expected"), (b"{x", 400, "not JSON"),
                              (b'{"bands": [5, 1, 2]}', 400, "band numbers in 1..4"),
-                             (b'{"bands": [1, 2]}', 400, "1 or 3"), (b'{"percentiles": [50, 10]}', 400, "low < high")):
+                             (b'{"bands": [1, 2]}', 400, "1 or 3"), (b'{"percentiles": [50, 10]}', 400, "low < high"),
+                             (b'{"percentiles": [5]}', 400, "low < high"),
+                             (b'{"percentiles": "x"}', 400, "low < high")):
         status, answer = post(f"{url}/api/display", body)
         assert status == code and said in answer["error"], (body, answer)
     status, answer = post(f"{url}/api/display", b"x" * 10, {"Content-Length": str(6 * 1024 * 1024)})

@@ -45,6 +45,8 @@ from landcover.progress import progress_bar
 
 PIXEL_MODEL_WINDOW_PX = 1024
 """The pixel model's default window: its features take 4 bytes x ~100 per pixel, 0.4 GB for a 1024 px window."""
+MIN_WINDOW_PX = 256
+"""The smallest window the pixel model's sizing picks (smaller ones cost more overlap and more calls)."""
 BATCH_PIXELS = 8 * 256 * 256
 """Default pixels per batch: 2 windows of 512 px (about as many pixels as 500 classification tiles of 32)."""
 
@@ -169,8 +171,8 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
     longest = max(height, width)
     whole = _ceil(longest, STRIDE) * STRIDE
     if model and not window:  # the size whose windows compute the fewest pixels (none mostly past the map's edge)
-        size = min(range(min(4 * margin, size), size + 1), key=lambda s: (
-            _ceil(height - margin, s - margin) * _ceil(width - margin, s - margin) * s * s, s))
+        size = min(range(min(size, max(MIN_WINDOW_PX, 4 * margin)), size + 1), key=lambda s: (
+            _ceil(height - margin, s - margin) * _ceil(width - margin, s - margin) * s * s, -s))
     if size > whole:  # a window past the map would mostly compute padding (4096 px on a 1428 px map: 9x the work)
         r.log(f"--window {window}: one window of {whole} px covers the {height} x {width} px map")
         size, margin = whole, min(margin, whole // 2 if overlap or model else whole // 4)

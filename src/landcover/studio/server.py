@@ -83,9 +83,12 @@ class StudioSession:
         if (not isinstance(bands, list) or len(bands) not in (1, 3)
                 or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= n for b in bands)):
             raise BadRequest(400, f"bands: 1 or 3 band numbers in 1..{n}")
-        low, high = body.get("percentiles", list(self.imagery.percentiles))
-        if not all(isinstance(v, int | float) for v in (low, high)) or not 0 <= low < high <= 100:
+        given = body.get("percentiles", list(self.imagery.percentiles))
+        if (not isinstance(given, list) or len(given) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in given)
+                or not 0 <= given[0] < given[1] <= 100):
             raise BadRequest(400, "percentiles: [low, high] with 0 <= low < high <= 100")
+        low, high = given
         with self.lock:
             self.imagery = TileSource(self.images, self.cache, bands, self.nodata, (float(low), float(high)),
                                       log=self.log)
