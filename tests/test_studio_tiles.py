@@ -4,6 +4,7 @@ the raster itself, or a pyramid built once into a cache; real Zion (four files, 
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 
@@ -86,3 +87,31 @@ def test_tiles_from_the_files_overviews_and_as_pngs(tmp_path):
     assert (one[..., 0] == one[..., 1]).all() and (one[..., 1] == one[..., 2]).all()
     with pytest.raises(LandcoverError, match=r"1 band \(grey\) or 3"):
         TileSource([str(naip)], tmp_path / "c3", bands=[1, 2], log=lambda _: None)
+
+
+def test_a_map_on_the_imagerys_grid_reads_as_a_map_warped_to_it(zion_images, tmp_path):
+    """NLCD grouped (its own ~31 m grid) warped per tile, and the same map first warped onto the imagery's grid (read
+    decimated): the same classes in every tile drawn."""
+    from rasterio.warp import Resampling, reproject
+
+    from landcover.maps.classmap import CLASSES_TAG, raster_classes
+    from landcover.studio.tiles import MapTiles
+
+    nlcd = need_data("zion", "nlcd.tif")
+    imagery = TileSource(zion_images, tmp_path / "cache", log=lambda _: None)
+    with rasterio.open(zion_images[0]) as src:
+        profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
+                   "crs": src.crs, "transform": src.transform, "nodata": 255}
+    on_grid = np.full((profile["height"], profile["width"]), 255, np.uint8)
+    with rasterio.open(nlcd) as src:
+        reproject(rasterio.band(src, 1), on_grid, src_nodata=src.nodata, dst_nodata=255, dst_crs=profile["crs"],
+                  dst_transform=profile["transform"], resampling=Resampling.nearest)
+    with rasterio.open(tmp_path / "map.tif", "w", **profile) as dst:
+        dst.write(on_grid, 1)
+        dst.update_tags(**{CLASSES_TAG: json.dumps(raster_classes(nlcd)[0])})
+    warped, direct = MapTiles(nlcd, imagery), MapTiles(tmp_path / "map.tif", imagery)
+    assert not warped.same_grid and direct.same_grid
+    for col, row in ((0, 0), (2, 3), (4, 5)):  # the last: the corner tile, partly past the map
+        a = np.asarray(Image.open(io.BytesIO(warped.tile_png(0, col, row))))
+        b = np.asarray(Image.open(io.BytesIO(direct.tile_png(0, col, row))))
+        assert (a == b).all(axis=-1).mean() > 0.999 and (a[..., 3] == 255).mean() > 0.2
