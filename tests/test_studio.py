@@ -83,6 +83,8 @@ def test_every_request_is_checked(studio):
     status, answer = post(f"{url}/api/nothing", b"{}")
     assert status == 404 and "no such action" in answer["error"]
     assert session.display_version == 0
+    status, body = get(f"{url}/tiles/model/0/0/0.png")
+    assert status == 404 and "retrain" in json.loads(body)["error"]
 
 
 def test_a_session_in_a_real_browser(studio):
@@ -112,8 +114,6 @@ def test_a_session_in_a_real_browser(studio):
         driver.get(url + "/")
         opened = settled()
         assert time.perf_counter() - started < 10 and opened["stats"]["failed"] == 0
-        if os.environ.get("LANDCOVER_SHOT"):  # the README's figure: LANDCOVER_SHOT=docs/studio.png pytest -k browser
-            driver.save_screenshot(os.environ["LANDCOVER_SHOT"])
         # the whole scene fits at level 0 here (a screen pixel is 1.6 of the imagery's): 5 x 6 tiles a layer
         assert opened["level"].startswith("level 0") and len(opened["tiles"]) == 60
         middle = ("const v = document.getElementById('view'); "
@@ -136,6 +136,29 @@ def test_a_session_in_a_real_browser(studio):
         WebDriverWait(driver, 30).until(lambda d: all("v=1" in t for t in d.execute_script(
             "return [...document.querySelectorAll('#image-layer .tile')].map(i => i.getAttribute('src'))")))
         assert settled()["stats"]["failed"] == 0 and session.imagery.bands == [4, 3, 2]
+        # label: the point tool, three clicks of Forest and three of Shrubland, one undone; retrain; the model's tiles
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.support.ui import Select
+
+        view = driver.find_element(By.ID, "view")
+        driver.find_element(By.CSS_SELECTOR, "input[name=tool][value=point]").click()
+        for name, spots in (("Forest", ((-200, -150), (-120, 40), (60, -200))),
+                            ("Shrubland", ((150, 120), (220, 200), (90, 260), (10, 10)))):
+            Select(driver.find_element(By.ID, "class")).select_by_visible_text(name)
+            for dx, dy in spots:
+                ActionChains(driver).move_to_element_with_offset(view, dx, dy).click().perform()
+        driver.find_element(By.ID, "undo").click()
+        WebDriverWait(driver, 10).until(lambda d: len(session.labels.items) == 6)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#labels-layer circle")) == 6
+        assert [i["class"] for i in session.labels.items] == ["Forest"] * 3 + ["Shrubland"] * 3
+        driver.find_element(By.ID, "retrain").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-layer .tile"))
+        assert settled()["stats"]["failed"] == 0 and session.model_version == 1
+        assert "trained on 6 pixels" in driver.find_element(By.ID, "label-status").text
+        if os.environ.get("LANDCOVER_SHOT"):  # the README's figure: LANDCOVER_SHOT=docs/studio.png pytest -k browser
+            driver.find_element(By.ID, "show-map").click()
+            settled()
+            driver.save_screenshot(os.environ["LANDCOVER_SHOT"])
         times = sorted(driver.execute_script("return window.studio.stats.times"))
         print(f"studio on Zion: {len(times)} tiles, p95 {times[int(0.95 * (len(times) - 1))]:.0f} ms in the browser")
     finally:
@@ -161,3 +184,65 @@ def test_bad_inputs_are_one_line(zion_images, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and said in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def nlcd_on_grid(zion_images) -> np.ndarray:
+    """NLCD grouped (class ids as nlcd.tif holds them) on the imagery's grid, nearest."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    with rasterio.open(zion_images[0]) as src:
+        out = np.full((src.height, src.width), 255, np.uint8)
+        crs, transform = src.crs, src.transform
+    with rasterio.open(need_data("zion", "nlcd.tif")) as src:
+        reproject(rasterio.band(src, 1), out, src_nodata=src.nodata, dst_nodata=255, dst_crs=crs,
+                  dst_transform=transform, resampling=Resampling.nearest)
+    return out
+
+
+def test_labels_kept_retrained_and_mapped(studio, zion_images):
+    """Points labelled with NLCD's class (30 a class, four classes) are written to labels.geojson, read back by a new
+    studio on the folder, and retrain the pixel model, whose level-0 tiles agree with NLCD."""
+    url, session = studio
+    names = [c["name"] for c in session.classes]
+    truth = nlcd_on_grid(zion_images)
+    map_names = {int(c["id"]): c["name"] for c in session.map_tiles.classes}
+    rng = np.random.default_rng(0)
+    labels = []
+    for name in ("Barren", "Forest", "Shrubland", "Developed"):
+        code = next(k for k, v in map_names.items() if v == name)
+        rows, cols = np.nonzero(truth == code)
+        for k in rng.choice(len(rows), 30, replace=False):
+            labels.append({"class": name, "kind": "point", "points": [[cols[k] + 0.5, rows[k] + 0.5]], "width": 1})
+    for bad, said in (([{"class": "Lava", "kind": "point", "points": [[1, 1]]}], "unknown class"),
+                      ([{"class": "Forest", "kind": "point", "points": [[1, 1], [2, 2]]}], "one [x, y]"),
+                      ([{"class": "Forest", "kind": "stroke", "points": [[1, 1], [5000, 2]]}], "leaves the imagery"),
+                      ([{"class": "Forest", "kind": "point", "points": [[1, 1]], "width": 0}], "width"),
+                      ([{"class": "Forest", "kind": "line", "points": [[1, 1]]}], "kind")):
+        status, answer = post(f"{url}/api/labels", json.dumps({"labels": bad}).encode())
+        assert status == 400 and said in answer["error"], (bad, answer)
+    status, answer = post(f"{url}/api/labels", json.dumps({"labels": labels[:30]}).encode())
+    assert status == 200 and answer["per_class"]["Barren"] == 30
+    status, answer = post(f"{url}/api/retrain", b"{}")
+    assert status == 400 and "two classes" in answer["error"]
+    status, answer = post(f"{url}/api/labels", json.dumps({"labels": labels}).encode())
+    assert status == 200 and sum(answer["per_class"].values()) == 120
+    saved = json.loads((session.out / "labels.geojson").read_text())
+    assert len(saved["features"]) == 120 and saved["features"][0]["properties"]["class"] == "Barren"
+    again = StudioSession(zion_images, session.out, str(need_data("zion", "nlcd.tif")), bands=[3, 2, 1],
+                          log=lambda _: None)
+    assert again.labels.items == session.labels.items  # read back from labels.geojson
+    status, answer = post(f"{url}/api/retrain", b"{}")
+    assert status == 200 and answer["pixels"] == 120 and answer["seconds"] < 10
+    agree = []
+    for col, row in ((1, 1), (2, 3), (3, 4)):
+        status, body = get(f"{url}/tiles/model/0/{col}/{row}.png")
+        assert status == 200
+        rgba = np.asarray(Image.open(io.BytesIO(body)))
+        lut = {tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)): c["name"] for c in session.classes}
+        predicted = np.array([[lut.get(tuple(p[:3]), "") for p in line] for line in rgba])
+        window = truth[row * 256:(row + 1) * 256, col * 256:(col + 1) * 256]
+        named = np.vectorize(lambda v: map_names.get(int(v), ""))(window)
+        agree.append((predicted[:window.shape[0], :window.shape[1]] == named).mean())
+    print(f"studio model after 120 points: agreement with NLCD on three tiles {np.round(agree, 3).tolist()}")
+    assert np.mean(agree) > 0.5 and set(names) >= {"Forest", "Shrubland"}

@@ -27,6 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", nargs="+", required=True, metavar="RASTER", help="the imagery, stacked as bands")
     p.add_argument("--map", metavar="MAP.tif", help="a class map to show over the imagery")
     p.add_argument("--out", required=True, metavar="DIR", help="the studio's folder (its display cache)")
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="the classes to label (default: the map's)")
+    p.add_argument("--scheme", help="the classes to label: a scheme's, with its colours")
     p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",
                    help="1-based stack bands shown: red green blue, or one (grey); default the first three")
     nodata_option(p)
@@ -46,7 +48,7 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.bands and len(args.bands) not in (1, 3):
         raise LandcoverError(f"--bands takes 1 band (grey) or 3 (red green blue), not {len(args.bands)}")
-    session = StudioSession(args.image, Path(args.out), args.map, args.bands, args.nodata)
+    session = StudioSession(args.image, Path(args.out), args.map, args.classes, args.scheme, args.bands, args.nodata)
     server = make_server(session, args.port, idle_seconds=60 * args.idle_minutes)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     print(f"studio: {url}  (stops after {args.idle_minutes:g} idle minutes; Ctrl-C stops it now)", flush=True)

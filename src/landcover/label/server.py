@@ -90,7 +90,7 @@ class LabelSession:
         from landcover.label.dense import display_rgb
 
         rgb, valid = display_rgb(self.scene, self.display)
-        return _png(np.where(valid[..., None], rgb, 0).astype(np.uint8))
+        return png(np.where(valid[..., None], rgb, 0).astype(np.uint8))
 
     def strokes_to_layer(self, body: dict) -> gpd.GeoDataFrame:
         """Validated strokes as buffered lines in the image's CRS, with their class names."""
@@ -149,7 +149,7 @@ class LabelSession:
             lut = np.zeros((256, 4), np.uint8)
             for c in result.classes:
                 lut[int(c["id"])] = [*hex_rgb(c["color"]), 255]
-            self.result_png = _png(lut[labels])
+            self.result_png = png(lut[labels])
             self.runs += 1
             total = max(1, sum(result.pixels.values()))
             return {"overlay": f"/api/result.png?run={self.runs}", "seconds": round(result.seconds, 2),
@@ -157,7 +157,8 @@ class LabelSession:
                     "files": {k: str(v) for k, v in result.files.items()}}
 
 
-def _png(array: np.ndarray) -> bytes:
+def png(array: np.ndarray) -> bytes:
+    """An array (h, w[, channels]) of uint8 as PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -168,7 +169,7 @@ def session_classes(scheme: str | None, names: list[str] | None) -> list[dict]:
     if scheme:
         return [{"id": c.id, "name": c.name, "color": c.color} for c in load_scheme(scheme).classes]
     if not names or len(set(names)) < 2:
-        raise LandcoverError("--serve needs the classes to offer: --scheme S or --classes NAME NAME ...")
+        raise LandcoverError("the page needs the classes to offer: --scheme S or --classes NAME NAME ...")
     from landcover.schemes import palette
 
     return [{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(names, palette(len(names)),

@@ -94,12 +94,18 @@ class TileSource:
         h, w = self.level_size(level)
         return self._window(level, Window(0, 0, w, h))
 
-    def _window(self, level: int, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def stack_window(self, level: int, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Every band of the stack and validity over a window of a level (past the raster: no data)."""
+        return self._window(level, window, every_band=True)
+
+    def _window(self, level: int, window: Window, every_band: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        scene = self.stack if every_band else self.scene
         if level == 0:
-            return self.scene.read(window)
+            return scene.read(window)
         if self.pyramid:
-            return _read_level(self.pyramid[level - 1], self.bands, window)
-        return _read_decimated(self.scene, 2 ** level, window, self.level_size(level))
+            bands = list(range(1, self.stack.count + 1)) if every_band else self.bands
+            return _read_level(self.pyramid[level - 1], bands, window)
+        return _read_decimated(scene, 2 ** level, window, self.level_size(level))
 
     def tile_png(self, level: int, col: int, row: int) -> bytes:
         """A tile as a PNG: the display bands stretched, no data transparent."""

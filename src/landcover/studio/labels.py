@@ -1,0 +1,150 @@
+"""The studio's labels and the pixel model they train.
+
+A label is a point or a stroke of one class, in the imagery's own pixel coordinates (level 0), a stroke with a
+width in pixels. The page sends the whole list when it changes (undo and erase are the page's); the list is checked
+(classes, shapes, bounds, sizes) and written at once to DIR/labels.geojson (the imagery's CRS, under a temporary
+name, then renamed), and read back when the studio starts again on DIR.
+
+Retraining fits the pixel model (`landcover.predict.evidence.scene_features`: bands, indices, filters at 1, 2, 4,
+8 pixels) on the labelled pixels: each label's window is read with the filters' reach around it, so a label on a
+16k mosaic reads its neighbourhood, not the raster. The model maps a tile at any level from that level's pixels
+(the filters' scales are metres, so they mean the same at every level): level 0 is the model's map itself, the
+levels above a preview of it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import shapely
+from rasterio.features import rasterize
+from rasterio.windows import Window
+
+from landcover.atomic import write_text
+from landcover.errors import LandcoverError
+from landcover.geo.raster import Scene
+from landcover.label.server import BadRequest
+
+MAX_LABELS = 5000
+MAX_POINTS = 100_000
+MAX_WIDTH_PX = 64
+
+
+class Labels:
+    """Points and strokes of named classes on a scene's pixels, kept in `path` (GeoJSON)."""
+
+    def __init__(self, path: Path, classes: list[dict], scene: Scene):
+        self.path, self.classes, self.scene = Path(path), classes, scene
+        self.items: list[dict] = []
+        if self.path.exists():
+            try:
+                self.items = self.check(_from_geojson(json.loads(self.path.read_text()), scene))
+            except (ValueError, KeyError, TypeError, BadRequest) as exc:
+                raise LandcoverError(f"cannot read the studio's labels ({exc}): move the file away to start afresh",
+                                     self.path) from None
+
+    def check(self, items: object) -> list[dict]:
+        """Labels as the page sends them, checked: [{"class", "kind": "point"|"stroke", "points", "width"}]."""
+        names = {c["name"] for c in self.classes}
+        if not isinstance(items, list) or len(items) > MAX_LABELS:
+            raise BadRequest(400, f"labels: a list of at most {MAX_LABELS}")
+        total, out = 0, []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or item.get("kind") not in ("point", "stroke"):
+                raise BadRequest(400, f"label {i + 1}: an object of kind 'point' or 'stroke'")
+            if item.get("class") not in names:
+                raise BadRequest(400, f"label {i + 1}: unknown class {item.get('class')!r}")
+            try:
+                points = np.asarray(item.get("points"), dtype=float)
+            except (TypeError, ValueError):
+                points = np.zeros((0, 0))
+            if points.ndim != 2 or points.shape[1:] != (2,) or not len(points) or not np.isfinite(points).all():
+                raise BadRequest(400, f"label {i + 1}: points must be a list of [x, y] pairs")
+            if item["kind"] == "point" and len(points) != 1:
+                raise BadRequest(400, f"label {i + 1}: a point has one [x, y]")
+            total += len(points)
+            if total > MAX_POINTS:
+                raise BadRequest(413, f"more than {MAX_POINTS} points in all")
+            if ((points < 0).any() or (points[:, 0] > self.scene.width).any()
+                    or (points[:, 1] > self.scene.height).any()):
+                raise BadRequest(400, f"label {i + 1} leaves the imagery ({self.scene.width} x {self.scene.height} px)")
+            width = item.get("width", 1)
+            if not isinstance(width, int | float) or isinstance(width, bool) or not 0 < width <= MAX_WIDTH_PX:
+                raise BadRequest(400, f"label {i + 1}: width must be in (0, {MAX_WIDTH_PX}] pixels")
+            out.append({"class": item["class"], "kind": item["kind"], "points": points.tolist(),
+                        "width": float(width)})
+        return out
+
+    def replace(self, items: object) -> dict:
+        """The page's list: checked, kept, written."""
+        self.items = self.check(items)
+        write_text(self.path, json.dumps(_to_geojson(self.items, self.scene)))
+        return self.summary()
+
+    def summary(self) -> dict:
+        counts = {c["name"]: 0 for c in self.classes}
+        for item in self.items:
+            counts[item["class"]] += 1
+        return {"labels": self.items, "per_class": counts}
+
+    def shapes(self) -> list[tuple[shapely.Geometry, int]]:
+        """Each label as a shape in level-0 pixel coordinates with its class id."""
+        ids = {c["name"]: int(c["id"]) for c in self.classes}
+        out = []
+        for item in self.items:
+            points = np.asarray(item["points"])
+            if item["kind"] == "point":  # a click labels the pixel it falls in (wider: a disc about its centre)
+                line = shapely.Point(np.floor(points[0]) + 0.5)
+            else:
+                line = shapely.Point(points[0]) if len(points) == 1 else shapely.LineString(points)
+            out.append((line.buffer(max(item["width"], 1) / 2 - 0.01), ids[item["class"]]))
+        return out
+
+    def training_pixels(self, spec, stack: Scene) -> tuple[np.ndarray, np.ndarray]:
+        """Features (n, F) and class ids of the labelled pixels, each label's window read with the filters' reach."""
+        res = stack.res[0]
+        halo = spec.halo_px(res)
+        xs, ys = [], []
+        for shape, class_id in self.shapes():
+            left, top, right, bottom = shape.bounds
+            c0, r0 = int(np.floor(left)) - halo, int(np.floor(top)) - halo
+            c1, r1 = int(np.ceil(right)) + halo, int(np.ceil(bottom)) + halo
+            pixels, valid = stack.read(Window(c0, r0, c1 - c0, r1 - r0))
+            burned = rasterize([(shapely.affinity.translate(shape, -c0, -r0), 1)], out_shape=valid.shape,
+                               fill=0, all_touched=True, dtype="uint8").astype(bool) & valid
+            if burned.any():
+                features = spec.compute(pixels, valid, res)
+                xs.append(features[:, burned].T)
+                ys.append(np.full(int(burned.sum()), class_id, np.int64))
+        if not ys or len(set(np.concatenate(ys).tolist())) < 2:
+            raise BadRequest(400, "label at least two classes on the imagery's valid pixels before retraining")
+        return np.concatenate(xs), np.concatenate(ys)
+
+
+def _to_geojson(items: list[dict], scene: Scene) -> dict:
+    """Labels as GeoJSON features in the scene's CRS (pixel centres and widths turned into map units)."""
+    features = []
+    for item in items:
+        xs, ys = scene.transform * np.asarray(item["points"]).T
+        coords = np.c_[xs, ys].tolist()
+        geometry = {"type": "Point", "coordinates": coords[0]} if item["kind"] == "point" else {
+            "type": "LineString", "coordinates": coords}
+        features.append({"type": "Feature", "geometry": geometry, "properties": {
+            "class": item["class"], "width_m": item["width"] * scene.res[0]}})
+    return {"type": "FeatureCollection", "crs_wkt": scene.crs.to_wkt(), "features": features}
+
+
+def _from_geojson(doc: dict, scene: Scene) -> list[dict]:
+    inverse = ~scene.transform
+    items = []
+    for feature in doc["features"]:
+        geometry = feature["geometry"]
+        coords = np.asarray([geometry["coordinates"]] if geometry["type"] == "Point" else geometry["coordinates"],
+                            dtype=float)
+        cols, rows = inverse * coords.T
+        items.append({"class": feature["properties"]["class"], "kind": "point" if geometry["type"] == "Point"
+                      else "stroke", "points": np.c_[cols, rows].tolist(),
+                      "width": feature["properties"]["width_m"] / scene.res[0]})
+    return items
