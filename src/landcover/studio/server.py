@@ -120,8 +120,8 @@ class StudioSession:
             self.display_version += 1
         return self.info()
 
-
     def set_labels(self, body: object) -> dict:
+        """The page's labels, all of them: checked and written."""
         if self.labels is None:
             raise BadRequest(400, "no classes to label: start the studio with --classes, --scheme or --map")
         if not isinstance(body, dict) or set(body) != {"labels"}:
