@@ -141,6 +141,7 @@ def test_a_session_in_a_real_browser(studio):
         from selenium.webdriver.support.ui import Select
 
         view = driver.find_element(By.ID, "view")
+        state_xy = driver.execute_script("return [window.studio.state.x, window.studio.state.y]")
         driver.find_element(By.CSS_SELECTOR, "input[name=tool][value=point]").click()
         for name, spots in (("Forest", ((-200, -150), (-120, 40), (60, -200))),
                             ("Shrubland", ((150, 120), (220, 200), (90, 260), (10, 10)))):
@@ -149,6 +150,11 @@ def test_a_session_in_a_real_browser(studio):
                 ActionChains(driver).move_to_element_with_offset(view, dx, dy).click().perform()
         driver.find_element(By.ID, "undo").click()
         WebDriverWait(driver, 10).until(lambda d: len(session.labels.items) == 6)
+        driver.execute_script("window.studio.panTo(-2000, -2000)")  # the view off the imagery: a click is refused
+        ActionChains(driver).move_to_element_with_offset(view, 0, 0).click().perform()
+        WebDriverWait(driver, 10).until(lambda d: "leaves the imagery" in d.find_element(By.ID, "message").text)
+        WebDriverWait(driver, 10).until(lambda d: d.execute_script("return window.studio.state.labels.length") == 6)
+        driver.execute_script("window.studio.panTo(arguments[0], arguments[1])", *state_xy)
         assert len(driver.find_elements(By.CSS_SELECTOR, "#labels-layer circle")) == 6
         assert [i["class"] for i in session.labels.items] == ["Forest"] * 3 + ["Shrubland"] * 3
         driver.find_element(By.ID, "retrain").click()

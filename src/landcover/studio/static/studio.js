@@ -91,9 +91,14 @@ function tool() { return document.querySelector("input[name=tool]:checked").valu
 async function saveLabels() {
   const response = await fetch("/api/labels", { method: "POST", headers: { "Content-Type": "application/json" },
                                                 body: JSON.stringify({ labels: state.labels }) });
-  const answer = await response.json();
-  if (!response.ok) { say(answer.error); return; }
-  say("");
+  let answer = await response.json();
+  if (!response.ok) {  // refused (a click off the imagery, say): back to the labels the server keeps
+    say(answer.error);
+    answer = (await (await fetch("/api/info")).json()).labels;
+    state.labels = answer.labels;
+  } else {
+    say("");
+  }
   document.getElementById("label-status").textContent =
     Object.entries(answer.per_class).filter(([, n]) => n).map(([c, n]) => `${c} ${n}`).join(", ");
   drawLabels();
