@@ -252,3 +252,24 @@ def test_labels_kept_retrained_and_mapped(studio, zion_images):
         agree.append((predicted[:window.shape[0], :window.shape[1]] == named).mean())
     print(f"studio model after 120 points: agreement with NLCD on three tiles {np.round(agree, 3).tolist()}")
     assert np.mean(agree) > 0.5 and set(names) >= {"Forest", "Shrubland"}
+
+
+def test_retraining_reads_the_blocks_under_the_labels(zion_images, tmp_path):
+    """A stroke across the whole scene and a point on it: every pixel under them once (the point's class where they
+    meet), read block by block along the stroke."""
+    from rasterio.features import rasterize
+
+    from landcover.geo.raster import Scene
+    from landcover.predict.evidence import scene_features
+    from landcover.studio.labels import Labels
+
+    stack = Scene.open(zion_images)
+    classes = [{"id": 0, "name": "a", "color": "#ff0000"}, {"id": 1, "name": "b", "color": "#0000ff"}]
+    labels = Labels(tmp_path / "labels.geojson", classes, stack)
+    labels.replace([{"class": "a", "kind": "stroke", "points": [[5, 5], [1100, 1400]], "width": 3},
+                    {"class": "b", "kind": "point", "points": [[552.5, 705.5]]}])
+    X, y = labels.training_pixels(scene_features(stack), stack)
+    whole = rasterize([(shape, k + 1) for shape, k in labels.shapes()], out_shape=(stack.height, stack.width),
+                      all_touched=True, dtype="int32")
+    assert len(y) == (whole > 0).sum() and (y == 1).sum() == (whole == 2).sum() == 1
+    assert X.shape == (len(y), len(scene_features(stack).names)) and np.isfinite(X).all()

@@ -6,10 +6,10 @@ width in pixels. The page sends the whole list when it changes (undo and erase a
 name, then renamed), and read back when the studio starts again on DIR.
 
 Retraining fits the pixel model (`landcover.predict.evidence.scene_features`: bands, indices, filters at 1, 2, 4,
-8 pixels) on the labelled pixels: each label's window is read with the filters' reach around it, so a label on a
-16k mosaic reads its neighbourhood, not the raster. The model maps a tile at any level from that level's pixels
-(the filters' scales are metres, so they mean the same at every level): level 0 is the model's map itself, the
-levels above a preview of it.
+8 pixels) on the labelled pixels: the imagery is read in small blocks, only those a label touches, with the
+filters' reach around each, so labels on a 16k mosaic read their neighbourhoods, not the raster. The model maps
+a tile at any level from that level's pixels (the filters' scales are metres, so they mean the same at every
+level): level 0 is the model's map itself, the levels above a preview of it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from landcover.label.server import BadRequest
 MAX_LABELS = 5000
 MAX_POINTS = 100_000
 MAX_WIDTH_PX = 64
+BLOCK_PX = 128
+"""Retraining reads the imagery in blocks of this side that a label touches (with the filters' reach around)."""
 
 
 class Labels:
@@ -103,21 +105,32 @@ class Labels:
         return out
 
     def training_pixels(self, spec, stack: Scene) -> tuple[np.ndarray, np.ndarray]:
-        """Features (n, F) and class ids of the labelled pixels, each label's window read with the filters' reach."""
+        """Features (n, F) and class ids of the labelled pixels. The imagery is read in blocks of BLOCK_PX, only
+        those a label touches, each with the filters' reach around it: a long stroke over a large raster reads the
+        blocks along it, not its bounding box, and a pixel under two labels counts once (the later one's class)."""
         res = stack.res[0]
         halo = spec.halo_px(res)
-        xs, ys = [], []
+        touched: dict[tuple[int, int], list[tuple[shapely.Geometry, int]]] = {}
         for shape, class_id in self.shapes():
             left, top, right, bottom = shape.bounds
-            c0, r0 = int(np.floor(left)) - halo, int(np.floor(top)) - halo
-            c1, r1 = int(np.ceil(right)) + halo, int(np.ceil(bottom)) + halo
-            pixels, valid = stack.read(Window(c0, r0, c1 - c0, r1 - r0))
-            burned = rasterize([(shapely.affinity.translate(shape, -c0, -r0), 1)], out_shape=valid.shape,
-                               fill=0, all_touched=True, dtype="uint8").astype(bool) & valid
-            if burned.any():
-                features = spec.compute(pixels, valid, res)
-                xs.append(features[:, burned].T)
-                ys.append(np.full(int(burned.sum()), class_id, np.int64))
+            for bi in range(int(top // BLOCK_PX), int(bottom // BLOCK_PX) + 1):
+                for bj in range(int(left // BLOCK_PX), int(right // BLOCK_PX) + 1):
+                    box = shapely.box(bj * BLOCK_PX, bi * BLOCK_PX, (bj + 1) * BLOCK_PX, (bi + 1) * BLOCK_PX)
+                    if shape.intersects(box):
+                        touched.setdefault((bi, bj), []).append((shape, class_id + 1))
+        xs, ys = [], []
+        for (bi, bj), shapes in touched.items():
+            r0, c0 = bi * BLOCK_PX - halo, bj * BLOCK_PX - halo
+            pixels, valid = stack.read(Window(c0, r0, BLOCK_PX + 2 * halo, BLOCK_PX + 2 * halo))
+            burned = np.zeros(valid.shape, np.int32)
+            core = np.s_[halo:halo + BLOCK_PX, halo:halo + BLOCK_PX]  # the block's own pixels: each counted once
+            burned[core] = rasterize([(shapely.affinity.translate(shape, -c0 - halo, -r0 - halo), value)
+                                      for shape, value in shapes], out_shape=(BLOCK_PX, BLOCK_PX), fill=0,
+                                     all_touched=True, dtype="int32")
+            seen = (burned > 0) & valid
+            if seen.any():
+                xs.append(spec.compute(pixels, valid, res)[:, seen].T)
+                ys.append(burned[seen].astype(np.int64) - 1)
         if not ys or len(set(np.concatenate(ys).tolist())) < 2:
             raise BadRequest(400, "label at least two classes on the imagery's valid pixels before retraining")
         return np.concatenate(xs), np.concatenate(ys)
