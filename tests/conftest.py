@@ -162,3 +162,32 @@ def zion_seg_run(zion_pairs, tmp_path_factory):
                      "--seed", "3", "--epochs", "2"]) == 0
 
     return built_once(tmp_path_factory, "seg", build) / "runs" / "unet"
+
+
+def headless_chromium():
+    """A headless Chromium (Debian's chromium + chromium-driver) driven by Selenium, 1200 x 900; skipped (failed
+    under CI) when it is not installed. The caller quits it."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver_path):
+        skip_or_fail("headless Chromium not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+
+
+def post_json(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    """POST `body` as JSON to a local page's server: (status, the JSON answer), 4xx and 5xx included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

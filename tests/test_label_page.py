@@ -17,7 +17,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import need_data, skip_or_fail
+from conftest import headless_chromium, need_data, post_json
 from PIL import Image
 
 from landcover.label.server import LabelSession, make_server, serve, session_classes
@@ -44,16 +44,6 @@ def page(tmp_path_factory):
     shutil.rmtree(session.work, ignore_errors=True)
 
 
-def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_every_request_is_checked(page):
     url, session, _ = page
     with urllib.request.urlopen(f"{url}/api/info", timeout=10) as response:
@@ -68,14 +58,14 @@ def test_every_request_is_checked(page):
              ({"strokes": [{"class": "forest", "points": line}]}, 400, "one class only"),
              ({"strokes": []}, 400, "no strokes"))
     for body, status, message in cases:
-        got, answer = post(f"{url}/api/run", json.dumps(body).encode())
+        got, answer = post_json(f"{url}/api/run", json.dumps(body).encode())
         assert got == status and message in answer["error"], (body, answer)
-    got, answer = post(f"{url}/api/run", b"{not json")
+    got, answer = post_json(f"{url}/api/run", b"{not json")
     assert got == 400 and "not JSON" in answer["error"]
-    got, answer = post(f"{url}/api/run", b"{}", {"Content-Length": str(50 * 1024 * 1024)})
+    got, answer = post_json(f"{url}/api/run", b"{}", {"Content-Length": str(50 * 1024 * 1024)})
     assert got == 413 and "at most" in answer["error"]
     strings = {"strokes": [{"class": "forest", "points": [["a", "b"]]}, {"class": "water", "points": line}]}
-    got, answer = post(f"{url}/api/run", json.dumps(strings).encode())
+    got, answer = post_json(f"{url}/api/run", json.dumps(strings).encode())
     assert got == 400 and "points must be a list of [x, y] pairs" in answer["error"]
     for length in ("abc", "-1"):
         status, answer = raw_post(url, length, b"{}")
@@ -100,20 +90,12 @@ def raw_post(url: str, length: str, body: bytes) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_draw_run_and_save_in_headless_chromium(page, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    driver = headless_chromium()
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver_path):
-        skip_or_fail("headless Chromium not installed (apt-get install chromium chromium-driver)")
     url, session, folder = page
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
     try:
         driver.get(url + "/")
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))

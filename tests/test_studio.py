@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import threading
 import time
 import urllib.error
@@ -15,7 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import need_data, skip_or_fail
+from conftest import headless_chromium, need_data, post_json
 from PIL import Image
 
 from landcover.cli import main
@@ -46,15 +45,6 @@ def get(url: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_every_request_is_checked(studio):
     url, session = studio
     status, body = get(f"{url}/api/info")
@@ -76,11 +66,11 @@ def test_every_request_is_checked(studio):
                              (b'{"bands": [1, 2]}', 400, "1 or 3"), (b'{"percentiles": [50, 10]}', 400, "low < high"),
                              (b'{"percentiles": [5]}', 400, "low < high"),
                              (b'{"percentiles": "x"}', 400, "low < high")):
-        status, answer = post(f"{url}/api/display", body)
+        status, answer = post_json(f"{url}/api/display", body)
         assert status == code and said in answer["error"], (body, answer)
-    status, answer = post(f"{url}/api/display", b"x" * 10, {"Content-Length": str(6 * 1024 * 1024)})
+    status, answer = post_json(f"{url}/api/display", b"x" * 10, {"Content-Length": str(6 * 1024 * 1024)})
     assert status == 413
-    status, answer = post(f"{url}/api/nothing", b"{}")
+    status, answer = post_json(f"{url}/api/nothing", b"{}")
     assert status == 404 and "no such action" in answer["error"]
     assert session.display_version == 0
     status, body = get(f"{url}/tiles/model/0/0/0.png")
@@ -88,19 +78,11 @@ def test_every_request_is_checked(studio):
 
 
 def test_a_session_in_a_real_browser(studio):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    driver = headless_chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, session = studio
-    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver_path):
-        skip_or_fail("headless Chromium not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
 
     def settled() -> dict:
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(
@@ -225,20 +207,20 @@ def test_labels_kept_retrained_and_mapped(studio, zion_images):
                       ([{"class": "Forest", "kind": "stroke", "points": [[1, 1], [5000, 2]]}], "leaves the imagery"),
                       ([{"class": "Forest", "kind": "point", "points": [[1, 1]], "width": 0}], "width"),
                       ([{"class": "Forest", "kind": "line", "points": [[1, 1]]}], "kind")):
-        status, answer = post(f"{url}/api/labels", json.dumps({"labels": bad}).encode())
+        status, answer = post_json(f"{url}/api/labels", json.dumps({"labels": bad}).encode())
         assert status == 400 and said in answer["error"], (bad, answer)
-    status, answer = post(f"{url}/api/labels", json.dumps({"labels": labels[:30]}).encode())
+    status, answer = post_json(f"{url}/api/labels", json.dumps({"labels": labels[:30]}).encode())
     assert status == 200 and answer["per_class"]["Barren"] == 30
-    status, answer = post(f"{url}/api/retrain", b"{}")
+    status, answer = post_json(f"{url}/api/retrain", b"{}")
     assert status == 400 and "two classes" in answer["error"]
-    status, answer = post(f"{url}/api/labels", json.dumps({"labels": labels}).encode())
+    status, answer = post_json(f"{url}/api/labels", json.dumps({"labels": labels}).encode())
     assert status == 200 and sum(answer["per_class"].values()) == 120
     saved = json.loads((session.out / "labels.geojson").read_text())
     assert len(saved["features"]) == 120 and saved["features"][0]["properties"]["class"] == "Barren"
     again = StudioSession(zion_images, session.out, str(need_data("zion", "nlcd.tif")), bands=[3, 2, 1],
                           log=lambda _: None)
     assert again.labels.items == session.labels.items  # read back from labels.geojson
-    status, answer = post(f"{url}/api/retrain", b"{}")
+    status, answer = post_json(f"{url}/api/retrain", b"{}")
     assert status == 200 and answer["pixels"] == 120 and answer["seconds"] < 10
     agree = []
     for col, row in ((1, 1), (2, 3), (3, 4)):

@@ -141,8 +141,11 @@ class StudioSession:
         spec = scene_features(stack)
         X, y = self.labels.training_pixels(spec, stack)
         head = fit_pixel_head("rf", X, y, len(self.classes))
+        lut = np.zeros((256, 4), np.uint8)  # class id -> RGBA; 255 (no data) transparent
+        for i, c in enumerate(self.classes):
+            lut[i] = [*hex_rgb(c["color"]), 255]
         with self.lock:
-            self.model = (spec, head)
+            self.model = (spec, head, lut)
             self.model_version += 1
         return {"seconds": round(time.perf_counter() - started, 3), "pixels": len(y),
                 "model_version": self.model_version}
@@ -151,7 +154,7 @@ class StudioSession:
         """A tile of the current model's map, from the level's own pixels (level 0: the map itself)."""
         if self.model is None:
             raise BadRequest(404, "no model yet: label two classes and retrain")
-        spec, head = self.model
+        spec, head, lut = self.model
         self.imagery.check(level, col, row)
         res = self.imagery.stack.res[0] * 2 ** level
         halo = spec.halo_px(res)
@@ -163,9 +166,6 @@ class StudioSession:
         ids = np.full((TILE_PX, TILE_PX), 255, np.uint8)
         if ok.any():
             ids[ok] = head.predict_proba(features[:, ok].T).argmax(axis=1)
-        lut = np.zeros((256, 4), np.uint8)
-        for i, c in enumerate(self.classes):
-            lut[i] = [*hex_rgb(c["color"]), 255]
         return png(lut[ids])
 
 
