@@ -38,13 +38,13 @@ from common import ROOT, data_folder, load, machine, say, zion, zion_images
 
 from landcover.geo.raster import Scene
 from landcover.predict.evidence import scene_features
+from landcover.studio.model import CANDIDATES, least_sure_spread
 from landcover.train.pixels import fit_pixel_head
 
 BLOCK_PX = 32
 SPREAD_PX = 8
-"""Suggested clicks of one round lie at least this far from each other and from earlier clicks (240 m at 30 m)."""
-CANDIDATES = 20_000
-"""Clickable pixels the model is asked about each round."""
+"""Suggested clicks of one round lie at least this far from each other and from earlier clicks (240 m at 30 m): the
+pixel model's largest filter scale, as the studio's suggestions."""
 REFERENCE_PER_CLASS = 20_000
 
 
@@ -128,23 +128,13 @@ def suggest(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Generato
 
 def least_sure(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k clickable pixels the model is least sure of, spread out (the least sure of the rest where the clickable
-    pixels are too few to keep them apart: NC's polygons)."""
+    pixels are too few to keep them apart: NC's polygons): the studio's own choice (`least_sure_spread`)."""
     pool = rng.choice(task["clickable"], min(CANDIDATES, len(task["clickable"])), replace=False)
     pool = np.setdiff1d(pool, taken)
     sure = head.predict_proba(task["X"][pool]).max(axis=1)
     width = task["width"]
-    chosen: list[int] = []
-    placed = [(int(p) // width, int(p) % width) for p in taken]
-    order = pool[np.argsort(sure)]
-    for p in order:
-        r, c = int(p) // width, int(p) % width
-        if all(abs(r - a) >= SPREAD_PX or abs(c - b) >= SPREAD_PX for a, b in placed):
-            chosen.append(int(p))
-            placed.append((r, c))
-            if len(chosen) == k:
-                break
-    rest = [int(p) for p in order if int(p) not in set(chosen)]
-    return np.array(chosen + rest[:k - len(chosen)], np.int64)
+    placed = np.c_[taken // width, taken % width]
+    return pool[least_sure_spread(pool // width, pool % width, sure, placed, k, SPREAD_PX)]
 
 
 def run_task(task: dict, rounds: int, clicks: int, seed: int) -> dict:

@@ -1,24 +1,33 @@
-"""The studio in a real browser: how fast a raster of any size opens and its tiles come while a person pans.
+"""The studio in a real browser: how fast a raster of any size opens and pans, and a scripted labelling session.
 
-Run from the repository root:  python bench/studio_session.py [--out bench/results] [--size 16384] [--quick]
-`--quick` (what CI runs): a 2,048 px mosaic and a short session; it checks the bench works, not figures of record.
+Run from the repository root:
+    python bench/studio_session.py [--out bench/results] [--size 16384] [--rounds 6] [--clicks 20]
+        [--image RASTER... --truth REF --truth-scheme S --scheme S]
+`--quick` (what CI runs): a 2,048 px mosaic, a short pan, 3 rounds of 10 clicks; it checks the bench works, not
+figures of record.
 
-Imagery: real NAIP, the North Dakota years laid side by side into one 16384 x 16384 mosaic at 1 m (4 bands, uint8,
-no overviews: bench/predict.py's). Steps, each timed:
-  1. the studio opened on it the first time (its display pyramid built into the cache), then again (the cache
-     read): until the server answers;
-  2. headless Chromium (Debian's chromium + chromium-driver, Selenium) opens the page and waits for the view's
-     tiles: the page's open time;
-  3. a scripted session: zoom to the imagery's own pixels, 30 drags of a third of the view in a loop, zoom out
-     and in again; every tile's time from request to drawn (the page's own record) -> p50, p95, and the server's
-     time per tile (HTTP on loopback, one at a time, level 0 and the top levels).
-This first part of #29 (imagery and a map at any size) has no labelling yet: the rounds of labels, retraining and
-accuracy come with the next part. Writes <out>/studio_session.json and prints it.
+Part 1, the imagery at any size: real NAIP, the North Dakota years laid side by side into one 16384 x 16384 mosaic
+at 1 m (4 bands, uint8, no overviews: bench/predict.py's). Timed: the studio opened on it the first time (its
+display pyramid built into the cache), then again (the cache read), until the server answers; headless Chromium
+(Debian's chromium + chromium-driver, Selenium) opening the page until the view's tiles are drawn; a pan session
+(zoom to the imagery's own pixels, 30 drags of a third of the view round a square, zoom out and in): every tile's
+time from request to drawn (the page's own record) -> p50, p95; the server's time per tile, one at a time.
+
+Part 2, a labelling session (default: Zion, Landsat 8 bands 2-5 at 30 m, reference NLCD 2011 grouped): the page is
+driven as a person would. Round 1: `--clicks` points at random pixels the reference classes, each placed with the
+point tool (the view centred on it, a click in the middle) in the reference's class. Then each round: "retrain"
+(timed: the server's retraining, and until the view's model tiles, about 1.2 Mpx at the imagery's pixels, are
+drawn), then "suggest" `--clicks` places and each labelled in turn as above (a place the reference has no class for
+is passed over). After the last round, "map all" (timed, with its assessment against the reference). Accuracy per
+round: the studio's model on a fixed random sample of 200,000 reference pixels; beside it, for the same clicks, the
+model bench/annotate.py fits (features of the whole scene at once, `fit_pixel_head`): the two should match (the
+features are the same; the forest sees the rows in another order). Writes <out>/studio_session.json and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -32,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load, machine
+from common import ROOT, load, machine, say, zion, zion_images
 from predict import build_mosaic
 
 from landcover.label.server import serve
@@ -73,41 +82,48 @@ def percentiles(seconds: list[float]) -> dict:
     return {"tiles": len(ms), "p50": pick(0.5), "p95": pick(0.95), "max": round(ms[-1], 1)}
 
 
-def browser_session(url: str, size: int, drags: int) -> dict:
+def chromium():
+    """Headless Chromium (Debian's chromium + chromium-driver) under Selenium, 1280 x 900."""
     from selenium import webdriver
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")),
-                              options=options)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")),
+                            options=options)
 
-    def settled() -> None:
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-            "const s = window.studio.stats; return s.requested > 0 && s.loaded + s.failed === s.requested"))
 
+def settled(driver, seconds: float = 60) -> None:
+    """Until every tile the page asked for has come (or failed)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, seconds).until(lambda d: d.execute_script(
+        "const s = window.studio.stats; return s.requested > 0 && s.loaded + s.failed === s.requested"))
+
+
+def browser_session(url: str, size: int, drags: int) -> dict:
+    driver = chromium()
     try:
         started = time.perf_counter()
         driver.get(url)
-        settled()
+        settled(driver)
         page_open = time.perf_counter() - started
         zoom = ("const v = document.getElementById('view'); "
                 "window.studio.zoomAt(v.clientWidth / 2, v.clientHeight / 2, arguments[0])")
         driver.execute_script("window.studio.stats.times = []")
         driver.execute_script("window.studio.state.scale = 1; window.studio.panTo(arguments[0], arguments[0])",
                               size / 2)
-        settled()
+        settled(driver)
         for i in range(drags):  # a third of the view each way, round a square
             dx, dy = [(1, 0), (0, 1), (-1, 0), (0, -1)][i // max(1, drags // 4) % 4]
             driver.execute_script("const s = window.studio.state, v = document.getElementById('view');"
                                   "window.studio.panTo(s.x + arguments[0] * v.clientWidth / 3,"
                                   " s.y + arguments[1] * v.clientHeight / 3)", dx, dy)
-            settled()
+            settled(driver)
         for factor in (1 / 8, 8):
             driver.execute_script(zoom, factor)
-            settled()
+            settled(driver)
         stats = driver.execute_script("return window.studio.stats")
         return {"page_open_s": round(page_open, 2), "failed": stats["failed"],
                 "panning_ms": percentiles([t / 1000 for t in stats["times"]])}
@@ -115,33 +131,213 @@ def browser_session(url: str, size: int, drags: int) -> dict:
         driver.quit()
 
 
+def imagery_at_any_size(work: Path, size: int, drags: int) -> dict:
+    """Part 1: the mosaic opened (first time, then cached), the server's tile times, the pan session."""
+    results = {}
+    image = build_mosaic(work / f"naip_{size}.tif", size)
+    first, url, server = open_studio(image, work / "studio")
+    server.shutdown()
+    again, url, server = open_studio(image, work / "studio")
+    results["open_first_s"], results["open_cached_s"] = round(first, 2), round(again, 2)
+    with urllib.request.urlopen(url + "api/info", timeout=30) as response:
+        levels = json.loads(response.read())["levels"]
+    results["levels"] = levels
+    results["server"] = server_tile_times(url, levels, -(-size // 256))
+    results["browser"] = browser_session(url, size, drags)
+    server.shutdown()
+    return results
+
+
+def reference_ids(stack, truth: str, scheme: str, names: list[str]) -> np.ndarray:
+    """The reference's classes on the imagery's grid (nearest), as the studio's class ids (255: none)."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    from landcover.schemes import load_scheme
+
+    codes = np.zeros((stack.height, stack.width), np.uint16)
+    with rasterio.open(truth) as src:
+        reproject(rasterio.band(src, 1), codes, dst_transform=stack.transform, dst_crs=stack.crs,
+                  resampling=Resampling.nearest)
+    loaded = load_scheme(scheme)
+    ids = np.array([names.index(c.name) if c.name in names else 255 for c in loaded.classes] + [255] * 256, np.uint8)
+    return ids[np.minimum(loaded.lookup()[codes], len(loaded.classes))]
+
+
+def label_at(driver, place: list[float], name: str) -> None:
+    """A point of class `name` as a person places it: the view centred on the place, a click in the middle."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element(By.ID, "class")).select_by_visible_text(name)
+    driver.execute_script("window.studio.state.scale = Math.max(2, window.studio.state.scale);"
+                          "window.studio.panTo(arguments[0], arguments[1])", *place)
+    ActionChains(driver).move_to_element(driver.find_element(By.ID, "view")).click().perform()
+
+
+def labelling_task(images: list[str], truth: str, truth_scheme: str, scheme: str) -> dict:
+    """What the scripted sessions share: every pixel's features (as bench/annotate.py computes them), the
+    reference on the imagery's grid as the studio's class ids, the pixels it classes, a fixed sample to score on."""
+    from annotate import scene_arrays
+
+    from landcover.geo.raster import Scene
+    from landcover.label.server import session_classes
+
+    stack = Scene.open(images)
+    names = [c["name"] for c in session_classes(scheme, None)]
+    X, valid = scene_arrays(stack)
+    truth_ids = reference_ids(stack, truth, truth_scheme, names)
+    known = np.flatnonzero(valid & (truth_ids.ravel() < len(names)))
+    scored = np.random.default_rng(0).choice(known, min(200_000, len(known)), replace=False)
+    return {"X": X, "truth": truth_ids, "known": known, "scored": scored, "names": names, "width": stack.width}
+
+
+def labelling(images: list[str], truth: str, truth_scheme: str, scheme: str, bands: list[int] | None, work: Path,
+              rounds: int, clicks: int, seeds: int) -> dict:
+    """Part 2: `seeds` scripted sessions (their first clicks differ); per round the mean accuracy of the studio's
+    model and of bench/annotate.py's on the same clicks, the slowest retraining and view re-mapping."""
+    task = labelling_task(images, truth, truth_scheme, scheme)
+    runs = [labelling_session(task, images, truth, truth_scheme, scheme, bands, work / f"labelling-{seed}", rounds,
+                              clicks, seed) for seed in range(seeds)]
+    curve = [{"clicks": points[0]["clicks"],
+              **{k: round(float(np.mean([p["accuracy"][k] for p in points])), 4) for k in ("studio",
+                                                                                            "annotate_bench")},
+              "retrain_s": max(p["retrain_s"] for p in points), "view_remap_s": max(p["view_remap_s"]
+                                                                                    for p in points)}
+             for points in zip(*(r["rounds"] for r in runs), strict=True)]
+    studio = [c["studio"] for c in curve]
+    return {"images": [Path(p).name for p in images], "reference": Path(truth).name, "classes": task["names"],
+            "scored_pixels": len(task["scored"]), "seeds": seeds, "clicks_per_round": clicks, "curve": curve,
+            "rises_every_round": all(b > a for a, b in itertools.pairwise(studio)),
+            "largest_gap_to_annotate_bench": round(max(abs(p["accuracy"]["studio"] - p["accuracy"]["annotate_bench"])
+                                                       for r in runs for p in r["rounds"]), 4),
+            "map_all": runs[0]["map_all"], "runs": runs}
+
+
+def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: str, scheme: str,
+                      bands: list[int] | None, folder: Path, rounds: int, clicks: int, seed: int) -> dict:
+    """One scripted session in Chromium: per round the clicks, retraining and view re-mapping seconds, the studio's
+    accuracy and bench/annotate.py's for the same clicks; then map all."""
+    import re
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from landcover.studio.mapping import Reference
+    from landcover.train.pixels import fit_pixel_head
+
+    session = StudioSession(images, folder, scheme=scheme, bands=bands, reference=Reference(truth, truth_scheme),
+                            log=lambda _: None)
+    server = make_server(session, 0, idle_seconds=600)
+    threading.Thread(target=serve, args=(server,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    stack, names, X, truth_ids, scored = (session.imagery.stack, task["names"], task["X"], task["truth"],
+                                          task["scored"])
+    assert names == [c["name"] for c in session.classes]
+    rng = np.random.default_rng([seed, 1])
+    first = [[c + 0.5, r + 0.5] for r, c in zip(*np.unravel_index(rng.choice(task["known"], clicks, replace=False),
+                                                                   truth_ids.shape), strict=True)]
+    driver = chromium()
+    wait = WebDriverWait(driver, 60)
+    out = {"seed": seed, "rounds": []}
+    try:
+        driver.get(url)
+        settled(driver)
+        driver.find_element(By.CSS_SELECTOR, "input[name=tool][value=point]").click()
+        driver.execute_script("document.getElementById('suggest-count').value = arguments[0]", clicks)
+        for round_ in range(rounds):
+            if round_:
+                driver.execute_script("document.getElementById('suggest-status').textContent = ''")
+                driver.find_element(By.ID, "suggest").click()
+                wait.until(lambda d: "places" in d.find_element(By.ID, "suggest-status").text)
+                places = driver.execute_script("return window.studio.state.suggestions")
+            else:
+                places = first
+            started = time.perf_counter()
+            for place in places:
+                k = truth_ids[int(place[1]), int(place[0])]
+                if k < len(names):
+                    expected = len(session.labels.items) + 1
+                    label_at(driver, place, names[k])
+                    wait.until(lambda d, n=expected: len(session.labels.items) == n)
+            labelling = time.perf_counter() - started
+            driver.execute_script("window.studio.state.scale = 1; window.studio.panTo(arguments[0], arguments[1])",
+                                  stack.width / 2, stack.height / 2)
+            settled(driver)
+            started = time.perf_counter()
+            driver.find_element(By.ID, "retrain").click()
+            wait.until(lambda d, v=round_ + 1: d.execute_script("return window.studio.state.info.model_version") == v)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-layer .tile"))
+            settled(driver)
+            seen = time.perf_counter() - started
+            trained = re.search(r"trained on (\d+) pixels in ([\d.]+) s",
+                                driver.find_element(By.ID, "label-status").text)
+            retrain_s = float(trained.group(2))
+            clicked = np.array([int(p[1]) * stack.width + int(p[0]) for item in session.labels.items
+                                for p in item["points"]])
+            bench_head = fit_pixel_head("rf", X[clicked], truth_ids.ravel()[clicked], len(names))
+            accuracy = {"studio": float((session.model.head.predict_proba(X[scored]).argmax(1)
+                                         == truth_ids.ravel()[scored]).mean()),
+                        "annotate_bench": float((bench_head.predict_proba(X[scored]).argmax(1)
+                                                 == truth_ids.ravel()[scored]).mean())}
+            out["rounds"].append({"clicks": len(clicked), "placing_s": round(labelling, 2),
+                                  "retrain_s": retrain_s, "view_remap_s": round(seen - retrain_s, 2),
+                                  "accuracy": {k: round(v, 4) for k, v in accuracy.items()}})
+            say(f"seed {seed} round {round_ + 1}: {len(clicked)} clicks, accuracy {accuracy['studio']:.3f} (annotate "
+                f"bench {accuracy['annotate_bench']:.3f}), retrain {retrain_s:.2f} s, view {seen - retrain_s:.2f} s")
+        started = time.perf_counter()
+        driver.find_element(By.ID, "map-all").click()
+        WebDriverWait(driver, 600).until(lambda d: "accuracy" in d.find_element(By.ID, "assessment").text)
+        job = session.job.state()
+        out["map_all"] = {"seconds": job["seconds"], "page_s": round(time.perf_counter() - started, 2),
+                          "overall_accuracy": job["assessment"]["overall_accuracy"],
+                          "overall_accuracy_ci95": job["assessment"]["overall_accuracy_ci95"],
+                          "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                                          if p.is_file() and "cache" not in p.parts)}
+        return out
+    finally:
+        driver.quit()
+        server.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--size", type=int, default=16384)
-    parser.add_argument("--quick", action="store_true", help="a 2,048 px mosaic, 4 drags (not of record)")
+    parser.add_argument("--size", type=int, default=16384, help="part 1's mosaic side in px (0: no part 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a 2,048 px mosaic, 4 drags, 3 rounds of 10 clicks (not of record)")
     parser.add_argument("--work", help="folder for the mosaic and the studio (default: a temporary folder)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--clicks", type=int, default=20, help="clicks a round")
+    parser.add_argument("--seeds", type=int, default=3, help="scripted sessions averaged (their first clicks differ)")
+    parser.add_argument("--image", nargs="+", help="part 2's imagery (default: Zion's Landsat bands 2-5)")
+    parser.add_argument("--bands", type=int, nargs="+", help="part 2's display bands (default with Zion: 3 2 1)")
+    parser.add_argument("--truth", help="part 2's reference raster (default: Zion's NLCD 2011)")
+    parser.add_argument("--truth-scheme", default="nlcd-grouped")
+    parser.add_argument("--scheme", default="nlcd-grouped", help="the classes labelled")
     args = parser.parse_args(argv)
     size, drags = (2048, 4) if args.quick else (args.size, 30)
+    rounds, clicks, seeds = (3, 10, 1) if args.quick else (args.rounds, args.clicks, args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-studio-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.image and not args.truth:
+        parser.error("--image needs --truth (the reference the scripted session labels with)")
+    if args.image:
+        images, bands, truth = args.image, args.bands, args.truth
+    else:
+        folder = zion()
+        images, bands, truth = zion_images(folder), args.bands or [3, 2, 1], args.truth or str(folder / "nlcd2011.tif")
     try:
         results = {"quick": args.quick, "size": size, "load_before": load(),
                    "machine": machine("selenium"),
                    "chromium": subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()}
-        image = build_mosaic(work / f"naip_{size}.tif", size)
-        first, url, server = open_studio(image, work / "studio")
-        server.shutdown()
-        again, url, server = open_studio(image, work / "studio")
-        results["open_first_s"], results["open_cached_s"] = round(first, 2), round(again, 2)
-        with urllib.request.urlopen(url + "api/info", timeout=30) as response:
-            levels = json.loads(response.read())["levels"]
-        results["levels"] = levels
-        results["server"] = server_tile_times(url, levels, -(-size // 256))
-        results["browser"] = browser_session(url, size, drags)
-        server.shutdown()
+        if size:
+            results.update(imagery_at_any_size(work, size, drags))
+        results["labelling"] = labelling(images, truth, args.truth_scheme, args.scheme, bands, work, rounds,
+                                         clicks, seeds)
         (out / "studio_session.json").write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
     finally:

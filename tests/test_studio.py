@@ -52,7 +52,7 @@ def test_every_request_is_checked(studio):
     assert status == 200 and info["size"] == [1428, 1128] and info["levels"] == 4 and info["band_count"] == 4
     assert [c["name"] for c in info["map"]["classes"]][1:4] == ["Water", "Developed", "Barren"]
     status, body = get(f"{url}/tiles/map/1/1/1.png")
-    tile = np.asarray(Image.open(io.BytesIO(body)))
+    tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))
     assert status == 200 and tile.shape == (256, 256, 4) and (tile[..., 3] == 255).mean() > 0.9
     for path, code, said in (("/tiles/image/4/0/0.png", 404, "level 4 is outside 0..3"),
                              ("/tiles/image/0/5/0.png", 404, "outside level 0's 5 x 6 tiles"),
@@ -226,7 +226,7 @@ def test_labels_kept_retrained_and_mapped(studio, zion_images):
     for col, row in ((1, 1), (2, 3), (3, 4)):
         status, body = get(f"{url}/tiles/model/0/{col}/{row}.png")
         assert status == 200
-        rgba = np.asarray(Image.open(io.BytesIO(body)))
+        rgba = np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))
         lut = {tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)): c["name"] for c in session.classes}
         predicted = np.array([[lut.get(tuple(p[:3]), "") for p in line] for line in rgba])
         window = truth[row * 256:(row + 1) * 256, col * 256:(col + 1) * 256]

@@ -112,6 +112,6 @@ def test_a_map_on_the_imagerys_grid_reads_as_a_map_warped_to_it(zion_images, tmp
     warped, direct = MapTiles(nlcd, imagery), MapTiles(tmp_path / "map.tif", imagery)
     assert not warped.same_grid and direct.same_grid
     for col, row in ((0, 0), (2, 3), (4, 5)):  # the last: the corner tile, partly past the map
-        a = np.asarray(Image.open(io.BytesIO(warped.tile_png(0, col, row))))
-        b = np.asarray(Image.open(io.BytesIO(direct.tile_png(0, col, row))))
+        a = np.asarray(Image.open(io.BytesIO(warped.tile_png(0, col, row))).convert("RGBA"))
+        b = np.asarray(Image.open(io.BytesIO(direct.tile_png(0, col, row))).convert("RGBA"))
         assert (a == b).all(axis=-1).mean() > 0.999 and (a[..., 3] == 255).mean() > 0.2

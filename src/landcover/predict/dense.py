@@ -186,6 +186,8 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
                     np.savez(fh, rows=np.array(done), counts=counts)
                 seconds_crf += ready.seconds
                 bar.update(ready.blocks)
+                if request.on_progress:
+                    request.on_progress(done * job.block_cols, job.block_rows * job.block_cols)
                 ready = None
         finish_draft(drafts["map"], files["map"], classes)
         if job.probabilities_out:

@@ -110,6 +110,9 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, request: MapReq
                 totals["read"] += ready.seconds_read
                 totals["infer"] += ready.seconds_infer
                 bar.update(per_band[ready.index])
+                initial += per_band[ready.index]
+                if r.on_progress:
+                    r.on_progress(initial, job.window_rows * job.window_cols)
                 ready = None  # a band's arrays go before the next band's are made (memory: 2 bands, not 3)
         counts_all = done["counts"]
         if not counts_all[:bundle.n_classes].any() and not r.allow_empty:

@@ -149,6 +149,8 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
                 save_result(state / f"{result.id}.npz", result)
                 results[result.id] = result
                 bar.update(len(result.rows))
+                if r.on_progress:
+                    r.on_progress(sum(len(x.rows) for x in results.values()), total)
         classes, probs, valid = _assemble(job, blocks, results, cell_in_aoi, bundle.n_classes)
         if not valid.any() and not r.allow_empty:
             shutil.rmtree(state)

@@ -77,6 +77,8 @@ class MapRequest:
     allow_empty: bool = False
     """Write the map even when no cell can be predicted (default: an error saying why)."""
     progress: bool = True
+    on_progress: Callable[[int, int], None] | None = None
+    """Called with (done, total) windows (CRF: blocks) as the map is made: what a page shows (the studio's)."""
     log: Callable[[str], None] = print
 
     @classmethod

@@ -1,20 +1,25 @@
 """The studio page: a local HTTP server (127.0.0.1 only) showing a raster of any size as tiles, with a class map
-over it, read on demand (`landcover.studio.tiles`), and a person's labels retraining the pixel model
-(`landcover.studio.labels`). It stops by itself after `idle_seconds` without a request.
+over it, read on demand (`landcover.studio.tiles`), a person's labels (`landcover.studio.labels`) retraining the
+pixel model (`landcover.studio.model`), and the whole raster mapped with it (`landcover.studio.mapping`). It stops by
+itself after `idle_seconds` without a request.
 
 API (every request checked: a 4xx with a message otherwise):
   GET  /api/info                              the imagery's size, levels and tile size, its bands and the display
-                                              (bands, stretch), the map's classes (or null)
-  GET  /tiles/image/{level}/{col}/{row}.png   an imagery tile (transparent where there is no data)
-  GET  /tiles/map/{level}/{col}/{row}.png     a map tile, classes in their colours (with a map)
-  GET  /tiles/model/{level}/{col}/{row}.png   the retrained pixel model's classes (after a retrain)
+                                              (bands, stretch), the map's classes (or null), the reference's, the
+                                              classes to label, the labels, the model's version
+  GET  /tiles/{layer}/{level}/{col}/{row}.png a tile of a layer: image (transparent where there is no data), map
+                                              (classes in their colours), reference (with --truth, a raster), model
+                                              (the retrained model's classes), uncertainty (1 - its top probability)
   POST /api/display                           {"bands": [r, g, b] or [grey], "percentiles": [low, high]}: the
                                               imagery's display from then on (tile URLs carry its version)
-  POST /api/labels                            {"labels": [{"class", "kind": "point"|"stroke", "points": [[x, y],
-                                              ...], "width"}]} in the imagery's pixels: every label, kept and
+  POST /api/labels                            {"labels": [{"class", "kind": "point"|"stroke"|"polygon", "points":
+                                              [[x, y], ...], "width"}]} in the imagery's pixels: every label, kept and
                                               written to DIR/labels.geojson
   POST /api/retrain                           {}: the pixel model on the labels; {"seconds", "pixels",
                                               "model_version"}
+  POST /api/suggest                           {"count": n}: {"places": [[x, y], ...]} to label next
+  POST /api/map                               {"crf": false|true}: map the whole raster (DIR/bundle, DIR/map.tif;
+                                              with --truth DIR/assessment/); GET /api/map: how far it is
 """
 
 from __future__ import annotations
@@ -26,19 +31,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene
-from landcover.label.server import BadRequest, PageHandler, local_server, png, serve, session_classes
-from landcover.maps.classmap import hex_rgb
+from landcover.label.server import BadRequest, PageHandler, local_server, serve, session_classes
 from landcover.studio.labels import Labels
+from landcover.studio.mapping import MapJob, Reference
+from landcover.studio.model import StudioModel, TileFeatures
 from landcover.studio.tiles import TILE_PX, MapTiles, TileSource
+
+MAX_SUGGESTIONS = 100
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/studio.js": ("studio.js", "text/javascript; charset=utf-8"),
           "/studio.css": ("studio.css", "text/css; charset=utf-8")}
-TILE = re.compile(r"^/tiles/(image|map|model)/(\d{1,2})/(\d{1,7})/(\d{1,7})\.png$")
+TILE = re.compile(r"^/tiles/(image|map|reference|model|uncertainty)/(\d{1,2})/(\d{1,7})/(\d{1,7})\.png$")
 
 
 @dataclass
@@ -52,6 +59,7 @@ class StudioSession:
     scheme: str | None = None
     bands: list[int] | None = None
     nodata: float | str | None = None
+    reference: Reference | None = None
     log: object = print
     display_version: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -65,14 +73,23 @@ class StudioSession:
             raster_classes(self.map_path)
         if self.out.exists() and not self.out.is_dir():
             raise LandcoverError("is a file: --out names the studio's folder", self.out)
+        raster_reference = self.reference is not None and self.reference.check()
         self.out.mkdir(parents=True, exist_ok=True)
         self.cache = self.out / "cache"
         self.imagery = TileSource(self.images, self.cache, self.bands, self.nodata, log=self.log)
+        self.job = MapJob(self.out, self.images, self.nodata, self.reference, self.log)
+        if not self.map_path and self.job.map_path.exists():  # the studio's own map from an earlier session
+            self.map_path = str(self.job.map_path)
         self.map_tiles = MapTiles(self.map_path, self.imagery) if self.map_path else None
-        self.classes = label_classes(self.scheme, self.class_names, self.map_tiles)
+        self.reference_tiles = None
+        if raster_reference:
+            self.reference_tiles = MapTiles(self.reference.path, self.imagery, self.reference.scheme)
+        self.classes = label_classes(self.scheme, self.class_names, self.map_tiles or self.reference_tiles)
         self.labels = Labels(self.out / "labels.geojson", self.classes, self.imagery.stack) if self.classes else None
-        self.model = None
+        self.model: StudioModel | None = None
+        self.features: TileFeatures | None = None
         self.model_version = 0
+        self.mapped_version = 0
 
     def info(self) -> dict:
         stack, imagery = self.imagery.stack, self.imagery
@@ -80,20 +97,29 @@ class StudioSession:
                 "res": stack.res[0], "crs": stack.crs.to_string(), "band_count": stack.count,
                 "display": {"bands": imagery.bands, "low": imagery.low, "high": imagery.high,
                             "percentiles": list(imagery.percentiles), "version": self.display_version},
-                "map": None if self.map_tiles is None else {"path": self.map_tiles.path,
-                                                            "classes": self.map_tiles.classes},
+                "map": None if self.map_tiles is None else {"path": self.map_tiles.path, "classes":
+                                                            self.map_tiles.classes, "version": self.mapped_version},
+                "reference": None if self.reference is None else {
+                    "path": self.reference.path, "layer": self.reference_tiles is not None,
+                    "classes": None if self.reference_tiles is None else self.reference_tiles.classes},
                 "classes": self.classes, "labels": None if self.labels is None else self.labels.summary(),
-                "model_version": self.model_version}
+                "model_version": self.model_version, "mapping": self.map_state()}
 
     def tile(self, layer: str, level: int, col: int, row: int) -> bytes:
         try:
             if layer == "image":
                 return self.imagery.tile_png(level, col, row)
-            if layer == "model":
-                return self.model_tile(level, col, row)
-            if self.map_tiles is None:
-                raise BadRequest(404, "no map: start the studio with --map MAP.tif")
-            return self.map_tiles.tile_png(level, col, row)
+            if layer in ("model", "uncertainty"):
+                model = self.model
+                if model is None:
+                    raise BadRequest(404, "no model yet: label two classes and retrain")
+                draw = model.class_png if layer == "model" else model.uncertainty_png
+                return draw(self.features, level, col, row)
+            tiles = self.map_tiles if layer == "map" else self.reference_tiles
+            if tiles is None:
+                raise BadRequest(404, f"no {layer}: start the studio with --map MAP.tif (or map all)"
+                                 if layer == "map" else "no reference raster: start the studio with --truth REF")
+            return tiles.tile_png(level, col, row)
         except LandcoverError as exc:  # a tile off the grid
             raise BadRequest(404, str(exc)) from None
 
@@ -139,38 +165,55 @@ class StudioSession:
         started = time.perf_counter()
         stack = self.imagery.stack
         spec = scene_features(stack)
+        if self.features is None or self.features.spec != spec:
+            self.features = TileFeatures(self.imagery, spec)
         X, y = self.labels.training_pixels(spec, stack)
         head = fit_pixel_head("rf", X, y, len(self.classes))
-        lut = np.zeros((256, 4), np.uint8)  # class id -> RGBA; 255 (no data) transparent
-        for i, c in enumerate(self.classes):
-            lut[i] = [*hex_rgb(c["color"]), 255]
         with self.lock:
-            self.model = (spec, head, lut)
             self.model_version += 1
+            self.model = StudioModel(spec, head, self.classes, self.model_version, len(y))
         return {"seconds": round(time.perf_counter() - started, 3), "pixels": len(y),
                 "model_version": self.model_version}
 
-    def model_tile(self, level: int, col: int, row: int) -> bytes:
-        """A tile of the current model's map, from the level's own pixels (level 0: the map itself)."""
-        if self.model is None:
-            raise BadRequest(404, "no model yet: label two classes and retrain")
-        spec, head, lut = self.model
-        self.imagery.check(level, col, row)
-        res = self.imagery.stack.res[0] * 2 ** level
-        halo = spec.halo_px(res)
-        pixels, valid = self.imagery.stack_window(level, Window(col * TILE_PX - halo, row * TILE_PX - halo,
-                                                               TILE_PX + 2 * halo, TILE_PX + 2 * halo))
-        core = np.s_[halo:halo + TILE_PX, halo:halo + TILE_PX]
-        features = spec.compute(pixels, valid, res)[(slice(None), *core)]
-        ok = valid[core]
-        ids = np.full((TILE_PX, TILE_PX), 255, np.uint8)
-        if ok.any():
-            ids[ok] = head.predict_proba(features[:, ok].T).argmax(axis=1)
-        return png(lut[ids])
+    def suggest(self, body: object) -> dict:
+        """Places to label next: {"count": n} -> {"places": [[x, y], ...]}."""
+        if not isinstance(body, dict) or set(body) - {"count"}:
+            raise BadRequest(400, 'expected {"count": n}')
+        count = body.get("count", 10)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SUGGESTIONS:
+            raise BadRequest(400, f"count: a whole number in 1..{MAX_SUGGESTIONS}")
+        model = self.model
+        if model is None:
+            raise BadRequest(400, "no model yet: label two classes and retrain, then ask for suggestions")
+        taken = [[y, x] for item in self.labels.items for x, y in item["points"]]
+        started = time.perf_counter()
+        places = model.suggest(self.imagery.stack, np.asarray(taken, float), count,
+                               seed=model.version * 7919 + len(taken))
+        return {"places": places, "seconds": round(time.perf_counter() - started, 3)}
+
+    def map_all(self, body: object) -> dict:
+        """{"crf": bool}: the whole raster through the prediction path with the current model."""
+        if not isinstance(body, dict) or set(body) - {"crf"} or not isinstance(body.get("crf", False), bool):
+            raise BadRequest(400, 'expected {"crf": false} or {"crf": true}')
+        model = self.model
+        if model is None:
+            raise BadRequest(400, "no model yet: label two classes and retrain before mapping")
+        return self.job.start(model, model.bundle(self.imagery.stack, self.imagery.bands), body.get("crf", False))
+
+    def map_state(self) -> dict:
+        """How far Map all is; a finished map becomes the map layer."""
+        state = self.job.state()
+        if state["state"] == "done" and self.mapped_version != state["model_version"]:
+            with self.lock:
+                self.map_path = str(self.job.map_path)
+                self.map_tiles = MapTiles(self.map_path, self.imagery)
+                self.mapped_version = state["model_version"]
+        return state
 
 
 def label_classes(scheme: str | None, names: list[str] | None, map_tiles: MapTiles | None) -> list[dict]:
-    """The classes a person labels, ids 0..n-1 in order: a scheme's, names given, or the map's (none: no labels)."""
+    """The classes a person labels, ids 0..n-1 in order: a scheme's, names given, or the map's (or else the
+    reference raster's; none: no labels)."""
     if scheme or names:
         given = session_classes(scheme, names)
     elif map_tiles is not None:
@@ -192,6 +235,8 @@ def make_server(session: StudioSession, port: int = 0, idle_seconds: float = 180
                     self._static("landcover.studio", *STATIC[path])
                 elif path == "/api/info":
                     self._json(200, session.info())
+                elif path == "/api/map":
+                    self._json(200, session.map_state())
                 elif match := TILE.match(path):
                     layer, level, col, row = match.group(1), *map(int, match.groups()[1:])
                     self._send(200, session.tile(layer, level, col, row), "image/png")
@@ -205,7 +250,8 @@ def make_server(session: StudioSession, port: int = 0, idle_seconds: float = 180
 
             def work() -> None:
                 actions = {"/api/display": session.display, "/api/labels": session.set_labels,
-                           "/api/retrain": lambda _: session.retrain()}
+                           "/api/retrain": lambda _: session.retrain(), "/api/suggest": session.suggest,
+                           "/api/map": session.map_all}
                 if path not in actions:
                     raise BadRequest(404, f"no such action: {path}")
                 self._json(200, actions[path](self._body()))
@@ -217,12 +263,15 @@ def make_server(session: StudioSession, port: int = 0, idle_seconds: float = 180
 
 def studio(images: list[str | Path], out: str | Path, map_path: str | Path | None = None,
            classes: list[str] | None = None, scheme: str | None = None, bands: list[int] | None = None,
-           nodata: float | str | None = None, port: int = 0, idle_minutes: float = 30) -> str:
+           nodata: float | str | None = None, truth: str | Path | None = None, truth_scheme: str | None = None,
+           truth_field: str | None = None, port: int = 0, idle_minutes: float = 30) -> str:
     """Start the studio's server in the background and return its address (in a notebook:
     `IPython.display.IFrame(lc.studio(["naip.tif"], "studio/"), 1000, 600)`); it stops after `idle_minutes` without
-    a request."""
+    a request. `truth` (a land-cover raster with `truth_scheme`, or polygons/points with `truth_field`) is shown as
+    a layer (rasters) and assesses every map the page makes."""
+    reference = None if truth is None else Reference(str(truth), truth_scheme, truth_field)
     session = StudioSession([str(p) for p in images], Path(out), None if map_path is None else str(map_path),
-                            classes, scheme, bands, nodata)
+                            classes, scheme, bands, nodata, reference)
     server = make_server(session, port, 60 * idle_minutes)
     threading.Thread(target=serve, args=(server,), daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/"

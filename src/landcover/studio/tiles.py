@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from landcover.atomic import temp_path
 from landcover.errors import LandcoverError
-from landcover.geo.raster import Scene
+from landcover.geo.raster import Scene, open_raster
 
 TILE_PX = 256
 DIRECT_PX = 4096
@@ -116,9 +116,7 @@ class TileSource:
         if len(rgb) == 1:
             rgb = np.repeat(rgb, 3, axis=0)
         rgba = np.concatenate([rgb, (valid * 255).astype(np.uint8)[None]]).transpose(1, 2, 0)
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(rgba)).save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue()
+        return rgba_png(np.ascontiguousarray(rgba))
 
 
 def build_pyramid(stack: Scene, cache: Path, levels: int, log: Callable[[str], None] = print) -> list[Path]:
@@ -224,19 +222,27 @@ def _percentiles(pixels: np.ndarray, valid: np.ndarray, percentiles: tuple[float
 class MapTiles:
     """Display tiles of a class map over the imagery's tiles: each tile of the imagery's grid at a level, classes
     in their colours, no data (and no class) transparent. A map on the imagery's grid is read decimated (nearest:
-    GDAL reads its overviews, which landcover's COGs have); one on another grid is warped per tile (nearest)."""
+    GDAL reads its overviews, which landcover's COGs have); one on another grid is warped per tile (nearest). With
+    a `scheme` the raster holds the scheme's codes (a reference such as NLCD), shown as its classes."""
 
-    def __init__(self, path: str | Path, imagery: TileSource):
+    def __init__(self, path: str | Path, imagery: TileSource, scheme: str | None = None):
         from landcover.maps.classmap import NODATA, hex_rgb, raster_classes
+        from landcover.schemes import load_scheme
 
         self.path, self.imagery = str(path), imagery
-        self.classes, _ = raster_classes(path)
+        self.codes = None
+        if scheme:
+            loaded = load_scheme(scheme)
+            self.classes = [{"id": c.id, "name": c.name, "color": c.color} for c in loaded.classes]
+            self.codes = np.where(loaded.lookup() < len(loaded.classes), loaded.lookup(), 255).astype(np.uint8)
+        else:
+            self.classes, _ = raster_classes(path)
         self.lut = np.zeros((256, 4), np.uint8)
         for c in self.classes:
             if int(c["id"]) != NODATA:
                 self.lut[int(c["id"])] = [*hex_rgb(c["color"]), 255]
         stack = imagery.stack
-        with rasterio.open(path) as src:
+        with open_raster(path) as src:
             self.crs, self.transform, self.nodata = src.crs, src.transform, src.nodata
             self.same_grid = (src.crs == stack.crs and src.transform.almost_equals(stack.transform)
                               and (src.width, src.height) == (stack.width, stack.height))
@@ -244,7 +250,7 @@ class MapTiles:
     def tile_png(self, level: int, col: int, row: int) -> bytes:
         self.imagery.check(level, col, row)
         factor, stack = 2 ** level, self.imagery.stack
-        classes = np.full((TILE_PX, TILE_PX), 255, np.uint8)
+        classes = np.full((TILE_PX, TILE_PX), 255, np.uint8 if self.codes is None else np.uint16)
         with rasterio.open(self.path) as src:
             if self.same_grid:
                 window = Window(col * TILE_PX * factor, row * TILE_PX * factor, TILE_PX * factor,
@@ -261,6 +267,23 @@ class MapTiles:
                           @ Affine.scale(factor))
         if self.nodata is not None and self.nodata != 255:
             classes[classes == self.nodata] = 255
-        buffer = io.BytesIO()
-        Image.fromarray(self.lut[classes]).save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue()
+        if self.codes is not None:
+            classes = self.codes[classes]
+        return class_png(classes.astype(np.uint8), self.lut)
+
+
+def rgba_png(rgba: np.ndarray) -> bytes:
+    """(h, w, 4) uint8 as a PNG, compressed lightly (a tile is made for one look)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def class_png(ids: np.ndarray, lut: np.ndarray) -> bytes:
+    """Class ids (h, w) uint8 as a palette PNG, colours and opacity from `lut` (256, 4): a third the bytes of RGBA
+    and several times faster to encode."""
+    image = Image.fromarray(ids, mode="P")
+    image.putpalette(lut[:, :3].ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1, transparency=bytes(lut[:, 3].tolist()))
+    return buffer.getvalue()
