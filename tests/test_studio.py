@@ -167,7 +167,15 @@ def test_bad_inputs_are_one_line(zion_images, tmp_path, capsys):
     for argv, said in ((["--image", *zion_images, "--out", str(tmp_path / "file")], "is a file"),
                        (["--image", *zion_images, "--map", zion_images[0], "--out", str(tmp_path / "a")],
                         "class map"),
-                       (["--image", *zion_images, "--bands", "1", "2", "--out", str(tmp_path / "b")], "1 band")):
+                       (["--image", *zion_images, "--bands", "1", "2", "--out", str(tmp_path / "b")], "1 band"),
+                       (["--image", *zion_images, "--truth", str(tmp_path / "none.tif"), "--out", str(tmp_path / "c")],
+                        "no such file"),
+                       (["--image", *zion_images, "--truth", str(tmp_path / "file"), "--out", str(tmp_path / "d")],
+                        "not a readable raster"),
+                       (["--image", *zion_images, "--bundle", str(tmp_path / "nobundle"), "--out",
+                         str(tmp_path / "e")], "nobundle"),
+                       (["--image", *zion_images, "--truth", str(need_data("zion", "zion.gpkg")), "--out",
+                         str(tmp_path / "f")], "--truth-field")):
         assert main(["studio", *argv, "--no-browser"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and said in err[0], err

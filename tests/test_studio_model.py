@@ -85,7 +85,7 @@ def wait_for_map(url: str, seconds: float = 120) -> dict:
 
 
 def test_every_new_request_is_checked(studio):
-    url, session = studio
+    url, _ = studio
     info = json.loads(get(f"{url}/api/info")[1])
     assert info["reference"]["layer"] and info["map"] is None and info["mapping"]["state"] == "idle"
     assert [c["name"] for c in info["classes"]][:3] == ["Water", "Developed", "Barren"]
@@ -157,16 +157,28 @@ def test_suggest_map_all_and_the_command_line_agree(studio, zion_images, tmp_pat
         assert np.array_equal(src.read(1), mapped)  # the command line makes the studio's map from its bundle
     reopened = StudioSession(zion_images, out, scheme="nlcd-grouped", bands=[3, 2, 1], log=lambda _: None)
     assert reopened.map_path == str(out / "map.tif") and reopened.labels.items == session.labels.items
+    # a studio started from the bundle (--bundle): its map of the imagery, made as it starts, is the first map
+    from_bundle = StudioSession(zion_images, tmp_path / "st2", bundle_path=str(out / "bundle"), log=lambda _: None)
+    assert [c["name"] for c in from_bundle.classes] == [c["name"] for c in session.classes]
+    deadline = time.monotonic() + 120
+    while from_bundle.map_state()["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert from_bundle.info()["map"]["path"] == str(tmp_path / "st2" / "bundle-map.tif")
+    with rasterio.open(tmp_path / "st2" / "bundle-map.tif") as src:
+        assert np.array_equal(src.read(1), mapped)
 
 
 @pytest.mark.slow
 def test_map_all_refined_with_the_crf(studio):
     """The CRF toggle: the model's map and probabilities, then the dense CRF over them into DIR/map.tif."""
     url, session = studio
-    if session.model is None:
-        pytest.skip("runs after the map-all test, which trains the model")
+    if session.model is None:  # run alone: the model and its map first
+        post_json(f"{url}/api/labels", json.dumps({"labels": points(session, nlcd_ids(session))}).encode())
+        post_json(f"{url}/api/retrain", b"{}")
+        post_json(f"{url}/api/map", b'{"crf": false}')
+        assert wait_for_map(url)["state"] == "done"
     before = json.loads((session.out / "assessment" / "accuracy.json").read_text())["overall_accuracy"]
-    status, answer = post_json(f"{url}/api/map", b'{"crf": true}')
+    status, _ = post_json(f"{url}/api/map", b'{"crf": true}')
     state = wait_for_map(url, 300)
     assert status == 200 and state["state"] == "done" and state["crf"], state
     with rasterio.open(session.out / "map.tif") as src:
@@ -243,10 +255,11 @@ def test_the_loop_in_a_real_browser(zion_images, tmp_path):
         rows = driver.find_elements(By.CSS_SELECTOR, "#assessment tr")
         assert len(rows) == 1 + len(session.classes)
         if os.environ.get("LANDCOVER_SHOT"):  # the README's figure: LANDCOVER_SHOT=docs/studio.png pytest -k loop
+            driver.find_element(By.ID, "show-model").click()  # the map of the whole raster alone under the labels
             driver.find_element(By.ID, "show-uncertainty").click()
             driver.find_element(By.ID, "suggest").click()
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#labels-layer circle.suggestion")) == 10)
-            driver.execute_script("window.studio.zoomAt(400, 450, 0.6)")
+            driver.execute_script("window.studio.fit()")
             settled()
             driver.save_screenshot(os.environ["LANDCOVER_SHOT"])
     finally:

@@ -29,7 +29,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "suggests where to label next, and maps the whole raster.",
                        epilog=STUDIO_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", nargs="+", required=True, metavar="RASTER", help="the imagery, stacked as bands")
-    p.add_argument("--map", metavar="MAP.tif", help="a class map to show over the imagery")
+    first = p.add_mutually_exclusive_group()
+    first.add_argument("--map", metavar="MAP.tif", help="a class map to show over the imagery")
+    first.add_argument("--bundle", metavar="B", help="a model bundle: its map of the imagery (made as the studio "
+                       "starts, into DIR/bundle-map.tif) is the first map, its classes the ones labelled")
     p.add_argument("--out", required=True, metavar="DIR", help="the studio's folder (its display cache)")
     p.add_argument("--classes", nargs="+", metavar="NAME", help="the classes to label (default: the map's)")
     p.add_argument("--scheme", help="the classes to label: a scheme's, with its colours")
@@ -58,8 +61,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.bands and len(args.bands) not in (1, 3):
         raise LandcoverError(f"--bands takes 1 band (grey) or 3 (red green blue), not {len(args.bands)}")
     reference = Reference(args.truth, args.truth_scheme, args.truth_field) if args.truth else None
-    session = StudioSession(args.image, Path(args.out), args.map, args.classes, args.scheme, args.bands, args.nodata,
-                            reference)
+    session = StudioSession(args.image, Path(args.out), args.map, args.bundle, args.classes, args.scheme, args.bands,
+                            args.nodata, reference)
     server = make_server(session, args.port, idle_seconds=60 * args.idle_minutes)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     print(f"studio: {url}  (stops after {args.idle_minutes:g} idle minutes; Ctrl-C stops it now)", flush=True)

@@ -217,15 +217,21 @@ class PageHandler(BaseHTTPRequestHandler):
             raise BadRequest(400, "the request is not JSON") from None
 
     def _answer(self, work: Callable[[], None]) -> None:
-        """Run `work`; a refusal or an error becomes a JSON answer with its status and message."""
+        """Run `work`; a refusal or an error becomes a JSON answer with its status and message. A page that went
+        away before its answer (a tile no longer on screen, a closed tab) is let go quietly."""
         try:
-            work()
-        except BadRequest as exc:
-            self._json(exc.status, {"error": str(exc)})
-        except LandcoverError as exc:
-            self._json(422, {"error": str(exc)})
-        except Exception as exc:  # a defect of ours: still an answer, with what happened
-            self._json(500, {"error": f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0]})"})
+            try:
+                work()
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except BadRequest as exc:
+                self._json(exc.status, {"error": str(exc)})
+            except LandcoverError as exc:
+                self._json(422, {"error": str(exc)})
+            except Exception as exc:  # a defect of ours: still an answer, with what happened
+                self._json(500, {"error": f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0]})"})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
 
 def local_server(handler: type[PageHandler], port: int = 0, idle_seconds: float = 1800) -> ThreadingHTTPServer:

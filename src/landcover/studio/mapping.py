@@ -72,44 +72,49 @@ class MapJob:
         with self.lock:
             return dict(self.status)
 
-    def start(self, model, bundle, crf: bool) -> dict:
-        """Start mapping with `bundle` (the model's, version model.version) in a thread; refused while one runs."""
+    def start(self, bundle: Path, crf: bool = False, model_version: int = 0, save=None,
+              target: Path | None = None) -> dict:
+        """Map the raster with the bundle at `bundle` (first saved there when `save`, the studio model's Bundle)
+        into `target` (default DIR/map.tif) in a thread; refused while one runs."""
         with self.lock:
             if self.status["state"] == "running":
                 raise BadRequest(409, "a map is being made: wait for it to finish")
             self.status = {"state": "running", "stage": "saving the bundle", "done": 0, "total": 0,
-                           "model_version": model.version, "crf": crf, "started": time.time()}
-        threading.Thread(target=self._run, args=(bundle, crf), daemon=True).start()
+                           "run": self.status.get("run", 0) + 1, "model_version": model_version, "crf": crf,
+                           "map": str(target or self.map_path), "started": time.time()}
+        threading.Thread(target=self._run, args=(Path(bundle), save, crf, Path(target or self.map_path)),
+                         daemon=True).start()
         return self.state()
 
     def _update(self, **values) -> None:
         with self.lock:
             self.status.update(values)
 
-    def _run(self, bundle, crf: bool) -> None:
+    def _run(self, bundle_dir: Path, save, crf: bool, target: Path) -> None:
         from landcover.predict.dense import refine_raster
         from landcover.predict.raster import predict_raster
 
         started = time.perf_counter()
         try:
-            bundle_dir = self.out / "bundle"
-            save_bundle(bundle, bundle_dir)
+            if save is not None:
+                save_bundle(save, bundle_dir)
             common = {"nodata": self.nodata, "overwrite": True, "progress": False, "log": lambda _: None}
-            first = self.out / "model-map.tif" if crf else self.map_path
+            first = target.with_name(f"model-{target.name}") if crf else target
             self._update(stage="mapping with the model")
             predict_raster(bundle_dir, self.images, first, probabilities=crf,
                            on_progress=lambda done, total: self._update(done=done, total=total), **common)
             if crf:
                 self._update(stage="refining with the CRF", done=0, total=0)
-                refine_raster(self.out / "model-map.probs.tif", self.images, self.map_path,
+                refine_raster(first.with_suffix(".probs.tif"), self.images, target,
                               on_progress=lambda done, total: self._update(done=done, total=total), **common)
             assessment = None
             if self.reference is not None:
                 self._update(stage="assessing against the reference")
-                assessment = assess(self.map_path, self.reference, self.out / "assessment")
+                assessment = assess(target, self.reference, self.out / f"assessment-{target.stem}"
+                                    if target != self.map_path else self.out / "assessment")
+            files = ([bundle_dir] if save is not None else []) + [target]
             self._update(state="done", stage="", seconds=round(time.perf_counter() - started, 2),
-                         files=[str(p.relative_to(self.out)) for p in (bundle_dir, self.map_path)],
-                         assessment=assessment)
+                         files=[str(p.relative_to(self.out)) for p in files], assessment=assessment)
         except (LandcoverError, OSError, ValueError) as exc:
             self._update(state="failed", stage="", message=str(exc))
             self.log(f"map all failed: {exc}")

@@ -82,13 +82,14 @@ class StudioModel:
         return class_png(self.tile(features, level, col, row)[0], self.lut)
 
     def uncertainty_png(self, features: TileFeatures, level: int, col: int, row: int) -> bytes:
-        """Magenta, as opaque as the model is unsure (1 - top probability, stretched from the floor 1/classes)."""
+        """Magenta where the model is unsure: opacity the square of 1 - the top probability (stretched from the floor
+        1/classes), so the unsure stand out and the fairly sure leave the map visible."""
         ids, top = self.tile(features, level, col, row)
         floor = 1 / len(self.classes)
         unsure = np.clip((1 - top) / (1 - floor), 0, 1)
         rgba = np.zeros((*ids.shape, 4), np.uint8)
         rgba[..., 0], rgba[..., 2] = 255, 255
-        rgba[..., 3] = np.where(ids != 255, np.rint(230 * unsure), 0).astype(np.uint8)
+        rgba[..., 3] = np.where(ids != 255, np.rint(220 * unsure ** 2), 0).astype(np.uint8)
         return rgba_png(rgba)
 
     def suggest(self, stack: Scene, taken: np.ndarray, k: int, seed: int) -> list[list[float]]:

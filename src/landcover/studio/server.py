@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from landcover.bundle import load_bundle
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene
 from landcover.label.server import BadRequest, PageHandler, local_server, serve, session_classes
@@ -55,6 +56,8 @@ class StudioSession:
     images: list[str]
     out: Path
     map_path: str | None = None
+    bundle_path: str | None = None
+    """A model bundle whose map of the imagery is the first map (made when the studio starts)."""
     class_names: list[str] | None = None
     scheme: str | None = None
     bands: list[int] | None = None
@@ -71,6 +74,13 @@ class StudioSession:
         Scene.open(self.images, nodata=self.nodata)  # the inputs are checked before anything is written
         if self.map_path:
             raster_classes(self.map_path)
+        if self.map_path and self.bundle_path:
+            raise LandcoverError("give --map or --bundle, not both (the bundle's map is the first map)")
+        bundle = load_bundle(self.bundle_path) if self.bundle_path else None
+        if bundle is not None:
+            from landcover.predict.outputs import open_scene
+
+            open_scene(bundle, self.images, None, self.nodata)  # the imagery gives the bands it reads
         if self.out.exists() and not self.out.is_dir():
             raise LandcoverError("is a file: --out names the studio's folder", self.out)
         raster_reference = self.reference is not None and self.reference.check()
@@ -78,18 +88,21 @@ class StudioSession:
         self.cache = self.out / "cache"
         self.imagery = TileSource(self.images, self.cache, self.bands, self.nodata, log=self.log)
         self.job = MapJob(self.out, self.images, self.nodata, self.reference, self.log)
-        if not self.map_path and self.job.map_path.exists():  # the studio's own map from an earlier session
+        if not self.map_path and not bundle and self.job.map_path.exists():  # its own map from an earlier session
             self.map_path = str(self.job.map_path)
         self.map_tiles = MapTiles(self.map_path, self.imagery) if self.map_path else None
         self.reference_tiles = None
         if raster_reference:
             self.reference_tiles = MapTiles(self.reference.path, self.imagery, self.reference.scheme)
-        self.classes = label_classes(self.scheme, self.class_names, self.map_tiles or self.reference_tiles)
+        self.classes = label_classes(self.scheme, self.class_names, self.map_tiles or self.reference_tiles,
+                                     bundle.classes if bundle else None)
+        self.shown_run = 0
+        if bundle is not None and not self.map_tiles:  # the bundle's map, made in the background
+            self.job.start(Path(self.bundle_path), target=self.out / "bundle-map.tif")
         self.labels = Labels(self.out / "labels.geojson", self.classes, self.imagery.stack) if self.classes else None
         self.model: StudioModel | None = None
         self.features: TileFeatures | None = None
         self.model_version = 0
-        self.mapped_version = 0
 
     def info(self) -> dict:
         stack, imagery = self.imagery.stack, self.imagery
@@ -98,7 +111,7 @@ class StudioSession:
                 "display": {"bands": imagery.bands, "low": imagery.low, "high": imagery.high,
                             "percentiles": list(imagery.percentiles), "version": self.display_version},
                 "map": None if self.map_tiles is None else {"path": self.map_tiles.path, "classes":
-                                                            self.map_tiles.classes, "version": self.mapped_version},
+                                                            self.map_tiles.classes, "version": self.shown_run},
                 "reference": None if self.reference is None else {
                     "path": self.reference.path, "layer": self.reference_tiles is not None,
                     "classes": None if self.reference_tiles is None else self.reference_tiles.classes},
@@ -198,24 +211,28 @@ class StudioSession:
         model = self.model
         if model is None:
             raise BadRequest(400, "no model yet: label two classes and retrain before mapping")
-        return self.job.start(model, model.bundle(self.imagery.stack, self.imagery.bands), body.get("crf", False))
+        return self.job.start(self.out / "bundle", body.get("crf", False), model.version,
+                              model.bundle(self.imagery.stack, self.imagery.bands))
 
     def map_state(self) -> dict:
         """How far Map all is; a finished map becomes the map layer."""
         state = self.job.state()
-        if state["state"] == "done" and self.mapped_version != state["model_version"]:
+        if state["state"] == "done" and self.shown_run != state["run"]:
             with self.lock:
-                self.map_path = str(self.job.map_path)
+                self.map_path = state["map"]
                 self.map_tiles = MapTiles(self.map_path, self.imagery)
-                self.mapped_version = state["model_version"]
+                self.shown_run = state["run"]
         return state
 
 
-def label_classes(scheme: str | None, names: list[str] | None, map_tiles: MapTiles | None) -> list[dict]:
-    """The classes a person labels, ids 0..n-1 in order: a scheme's, names given, or the map's (or else the
-    reference raster's; none: no labels)."""
+def label_classes(scheme: str | None, names: list[str] | None, map_tiles: MapTiles | None,
+                  bundle_classes: list[dict] | None = None) -> list[dict]:
+    """The classes a person labels, ids 0..n-1 in order: a scheme's, names given, a bundle's, or the map's (or else
+    the reference raster's; none: no labels)."""
     if scheme or names:
         given = session_classes(scheme, names)
+    elif bundle_classes:
+        given = bundle_classes
     elif map_tiles is not None:
         given = [c for c in map_tiles.classes if c["name"] not in ("", "NA")]
     else:
@@ -264,14 +281,16 @@ def make_server(session: StudioSession, port: int = 0, idle_seconds: float = 180
 def studio(images: list[str | Path], out: str | Path, map_path: str | Path | None = None,
            classes: list[str] | None = None, scheme: str | None = None, bands: list[int] | None = None,
            nodata: float | str | None = None, truth: str | Path | None = None, truth_scheme: str | None = None,
-           truth_field: str | None = None, port: int = 0, idle_minutes: float = 30) -> str:
+           truth_field: str | None = None, bundle: str | Path | None = None, port: int = 0,
+           idle_minutes: float = 30) -> str:
     """Start the studio's server in the background and return its address (in a notebook:
     `IPython.display.IFrame(lc.studio(["naip.tif"], "studio/"), 1000, 600)`); it stops after `idle_minutes` without
     a request. `truth` (a land-cover raster with `truth_scheme`, or polygons/points with `truth_field`) is shown as
-    a layer (rasters) and assesses every map the page makes."""
+    a layer (rasters) and assesses every map the page makes; a model `bundle`'s map of the imagery is the first
+    map."""
     reference = None if truth is None else Reference(str(truth), truth_scheme, truth_field)
     session = StudioSession([str(p) for p in images], Path(out), None if map_path is None else str(map_path),
-                            classes, scheme, bands, nodata, reference)
+                            None if bundle is None else str(bundle), classes, scheme, bands, nodata, reference)
     server = make_server(session, port, 60 * idle_minutes)
     threading.Thread(target=serve, args=(server,), daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/"

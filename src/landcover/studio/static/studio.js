@@ -183,6 +183,14 @@ async function suggest() {
   drawLabels();
 }
 
+function fit() {  // the whole raster in the view
+  const info = state.info;
+  state.scale = Math.min(view.clientWidth / info.size[1], view.clientHeight / info.size[0]);
+  state.x = info.size[1] / 2;
+  state.y = info.size[0] / 2;
+  render();
+}
+
 function nextSuggestion() {
   if (!state.suggestions.length) return;
   state.scale = Math.max(state.scale, 2);
@@ -205,7 +213,8 @@ function followMapping(job) {  // the page follows Map all until it ends
   }
   if (job.state === "failed") { status.textContent = ""; say(`map all failed: ${job.message}`); return; }
   if (job.state !== "done") return;
-  status.textContent = `map of model ${job.model_version} written in ${job.seconds} s: ${job.files.join(", ")}` +
+  status.textContent = `${job.model_version ? `map of model ${job.model_version}` : "the bundle's map"} written in ` +
+    `${job.seconds} s: ${job.files.join(", ")}` +
     (job.crf ? " (refined with the CRF)" : "");
   showAssessment(job.assessment);
   fetch("/api/info").then((r) => r.json()).then((info) => {
@@ -217,7 +226,8 @@ function followMapping(job) {  // the page follows Map all until it ends
 
 function showAssessment(a) {
   const box = document.getElementById("assessment");
-  if (!a) { box.replaceChildren(); return; }
+  box.hidden = !a;
+  if (!a) return;
   const f = (v, d = 3) => (v === null ? "-" : v.toFixed(d));
   const ha = (v) => (v === null ? "-" : Math.round(v).toLocaleString("en"));
   box.innerHTML = `<p><b>accuracy ${f(a.overall_accuracy)}</b> ± ${f(a.overall_accuracy_ci95)} (95% CI, area-adjusted;` +
@@ -302,9 +312,6 @@ async function start() {
   const response = await fetch("/api/info");
   state.info = await response.json();
   const info = state.info;
-  state.scale = Math.min(view.clientWidth / info.size[1], view.clientHeight / info.size[0]);
-  state.x = info.size[1] / 2;
-  state.y = info.size[0] / 2;
   controls();
   state.labels = info.labels ? info.labels.labels : [];
   let drag = null;
@@ -379,11 +386,11 @@ async function start() {
     });
   }
   followMapping(info.mapping);
-  drawLabels();
-  render();
+  fit();
 }
 
 window.studio.zoomAt = zoomAt;
+window.studio.fit = fit;
 window.studio.screen = screen;
 window.studio.panTo = (x, y) => { state.x = x; state.y = y; render(); };
 start().catch((e) => say(String(e)));
