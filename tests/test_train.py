@@ -173,6 +173,19 @@ def test_two_process_data_parallel_training(chips, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = (runs / "ddp" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and (runs / "ddp" / "bundle" / "model.json").exists()
+    # Two nodes (#30): two torchrun launchers of one process each, a static rendezvous on 127.0.0.1 (node ranks 0
+    # and 1, gloo): the same two ranks, so the same weights as the one-node run after the same steps.
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+                               "1", "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", "29543",
+                               "-m", "landcover", *train_args(chips, runs, "two-nodes", "--epochs", "1", "--weights",
+                                                              "none")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    one_node = load_file(runs / "ddp" / "bundle" / "weights.safetensors")
+    two_nodes = load_file(runs / "two-nodes" / "bundle" / "weights.safetensors")
+    assert one_node.keys() == two_nodes.keys()
+    assert all(torch.equal(one_node[k], two_nodes[k]) for k in one_node)
 
 
 def test_config_file_with_overrides_and_mlflow(chips, tmp_path, monkeypatch, capsys):

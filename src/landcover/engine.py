@@ -14,6 +14,8 @@ from landcover.errors import LandcoverError
 ENGINES = ("local", "process", "ray")
 
 _shared: Any = None  # the job's shared state inside a pool worker
+RAY_NODES: dict[str, int] = {}
+"""Tasks this process has had run on each Ray node (by node id): where a cluster's work went."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,13 @@ def _pool_map(fn: Callable, shared: Any, tasks: list, workers: int, spawn: bool 
                 future.cancel()
 
 
+def _on_node(fn: Callable[[Any, Any], Any], shared: Any, task: Any) -> tuple[str, Any]:
+    """A Ray task: fn(shared, task), with the id of the node it ran on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), fn(shared, task)
+
+
 def _ray_map(fn: Callable, shared: Any, tasks: list, workers: int, address: str | None) -> Iterator[Any]:
     try:
         import ray
@@ -113,13 +122,15 @@ def _ray_map(fn: Callable, shared: Any, tasks: list, workers: int, address: str 
         else:  # a local engine starts its own instance, never joins a cluster a past `ray start` left recorded
             ray.init(address="local", num_cpus=workers, **options)
     try:
-        remote = ray.remote(num_cpus=1)(fn)
+        remote = ray.remote(num_cpus=1)(_on_node)
         shared_ref = ray.put(shared)
-        pending = [remote.remote(shared_ref, t) for t in tasks]
+        pending = [remote.remote(fn, shared_ref, t) for t in tasks]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                yield ray.get(ref)
+                node, result = ray.get(ref)
+                RAY_NODES[node] = RAY_NODES.get(node, 0) + 1
+                yield result
     finally:
         if started:
             ray.shutdown()
