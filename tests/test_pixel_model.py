@@ -124,3 +124,48 @@ def test_tree_kernels_give_scikit_learns_probabilities():
         estimator.fit(Xf, y)
         head = from_sklearn(estimator, 3)
         np.testing.assert_allclose(head.predict_proba(Xf), estimator.predict_proba(Xf), atol=1e-9)
+
+
+def test_a_map_as_tiles_written_by_the_workers(pixel_run, zion_images, tmp_path, capsys):
+    """#30: `predict --tiles` on two worker processes: each tile's COG is written by its task, the mosaic (index.vrt)
+    equals the single map of the same inputs pixel for pixel, the STAC items describe the tiles; a rerun redoes only
+    a tile that is missing or altered; a tile that cannot be written is tried twice, reported, and the others kept."""
+    import hashlib
+
+    bundle, single, tiled = str(pixel_run / "bundle"), tmp_path / "single.tif", tmp_path / "tiled"
+    assert main(["predict", bundle, "--image", *zion_images, "--out", str(single)]) == 0
+    argv = ["predict", bundle, "--image", *zion_images, "--out", str(tiled), "--tiles", "12000m", "--workers", "2"]
+    assert main(argv) == 0  # 400 px tiles of the 1428 x 1128 px map: 4 x 3, the last row and column narrower
+    with rasterio.open(single) as a, rasterio.open(tiled / "index.vrt") as b:
+        whole, mosaic = a.read(1), b.read(1)
+        assert b.transform == a.transform and b.crs == a.crs and b.tags()["LANDCOVER_CLASSES"]
+    assert np.array_equal(whole, mosaic)
+    catalog = json.loads((tiled / "catalog.json").read_text())
+    items = [json.loads((tiled / link["href"]).read_text()) for link in catalog["links"] if link["rel"] == "item"]
+    assert len(items) == 12 and {i["properties"]["proj:shape"][0] for i in items} == {400, 228}
+    for item in items:
+        cog = (tiled / "items" / item["assets"]["map"]["href"]).resolve()
+        assert item["assets"]["map"]["file:checksum"] == "1220" + hashlib.sha256(cog.read_bytes()).hexdigest()
+    hectares = sum(sum(i["properties"]["landcover:hectares"].values()) for i in items)
+    assert hectares == pytest.approx((whole != 255).sum() * 0.09)  # 30 m pixels: 0.09 ha
+    summary = json.loads((tiled / "tiles.json").read_text())
+    assert summary["written"] == 12 and len(summary["nodes"]) == 1
+    # resume: a missing tile and an altered one are made again, the other ten are left as they are
+    tiles = sorted((tiled / "tiles").glob("*.tif"))
+    tiles[0].unlink()
+    with open(tiles[5], "ab") as fh:
+        fh.write(b"\0")
+    kept = {p: p.stat().st_mtime_ns for p in tiles[1:5] + tiles[6:]}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "12 tiles (2 written, 10 already there)" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    with rasterio.open(tiled / "index.vrt") as b:
+        assert np.array_equal(whole, b.read(1))
+    # a tile that cannot be written (a folder in its place): tried again, then one line naming it; the rest kept
+    tiles[3].unlink()
+    tiles[3].mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of 12 tiles failed twice" in err[0] and tiles[3].stem in err[0]
+    assert json.loads((tiled / "tiles.json").read_text())["failed"].keys() == {tiles[3].stem}

@@ -60,6 +60,9 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--overlap", help="segmentation bundles: how far windows overlap, px or m, at most half the "
                                      "window (default a quarter); overlaps are blended with weights that fall "
                                      "towards window edges, so windows leave no seams")
+    g.add_argument("--tiles", metavar="SIZE",
+                   help="per-pixel bundles: write the map as tiles of SIZE (m or px) into the folder --out, each by "
+                        "the task that made it, with index.vrt and a STAC catalog.json; resumes tile by tile")
     g.add_argument("--smooth", type=WHOLE.parse, default=0, metavar="N",
                    help="also write the map after an N x N plurality filter on the cell grid (e.g. 3)")
     g.add_argument("--probabilities", action="store_true",
@@ -108,6 +111,16 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                               allow_empty=args.allow_empty, window=args.window, overlap=args.overlap,
                               decimate=args.decimate or 1, threshold=0.5 if args.threshold is None else args.threshold,
                               evidence_model=args.evidence_model or "none")
+        if args.tiles:
+            if dense or args.smooth or args.truth or args.probabilities or args.aoi:
+                raise LandcoverError("--tiles writes class-map tiles: --dense, --smooth, --truth, --probabilities "
+                                     "and --aoi are for single maps in this version")
+            from landcover.predict.tiled import predict_tiled
+
+            summary = predict_tiled(args.bundle, args.image, args.out, args.tiles, request)
+            print(f"{args.out}: {summary['tiles']} tiles ({summary['written']} written, {summary['resumed']} already "
+                  f"there), index.vrt and catalog.json; {summary['seconds']} s")
+            return
         if dense:
             from landcover.predict.dense import predict_dense
 

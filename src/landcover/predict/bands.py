@@ -71,6 +71,10 @@ class PixelJob:
     aoi: shapely.Geometry | None = None
     nodata_nan: bool = False
     """Hand the runtime NaN where the imagery has no data (the pixel model's filters then leave it out)."""
+    context: int = 0
+    """Pixels of imagery read around each window and handed to the runtime with it, whose output is cropped back:
+    the pixel model's filters' reach, so a pixel's features are the same whichever window holds it (and windows need
+    not overlap)."""
 
     @property
     def step(self) -> int:
@@ -154,7 +158,8 @@ def plan_bands(job: PixelJob) -> list[Band]:
 
 @dataclass
 class _Chunk:
-    """A band's pixels over window columns [i0, i1), padded to whole windows, and their validity."""
+    """A band's pixels over window columns [i0, i1), padded to whole windows (and `context` around), and the
+    validity of the windows' own pixels."""
 
     i0: int
     i1: int
@@ -189,23 +194,24 @@ def _read(job: PixelJob, row: int, col: int, height: int, width: int) -> tuple[n
     if job.aoi is not None:
         x, y = job.transform * (c0, r0)
         valid &= ~geometry_mask([job.aoi], (h, w), Affine(job.transform.a, 0, x, 0, job.transform.e, y))
-    inside = (np.arange(row, row + height) < job.height)[:, None] & (np.arange(col, col + width) < job.width)
+    inside = ((np.arange(row, row + height) >= 0) & (np.arange(row, row + height) < job.height))[:, None] & (
+        (np.arange(col, col + width) >= 0) & (np.arange(col, col + width) < job.width))
     pick = np.ix_(rows - r0, cols - c0)
     return pixels[(slice(None), *pick)], valid[pick] & inside
 
 
 def _load_chunk(job: PixelJob, band: Band, i0: int, i1: int) -> _Chunk:
     t0 = time.perf_counter()
-    s = job.step
-    pixels, valid = _read(job, band.j0 * s, i0 * s, (band.j1 - band.j0) * s + job.overlap,
-                          (i1 - i0) * s + job.overlap)
-    return _Chunk(i0, i1, pixels, valid, time.perf_counter() - t0)
+    s, c = job.step, job.context
+    pixels, valid = _read(job, band.j0 * s - c, i0 * s - c, (band.j1 - band.j0) * s + job.overlap + 2 * c,
+                          (i1 - i0) * s + job.overlap + 2 * c)
+    return _Chunk(i0, i1, pixels, valid[c:valid.shape[0] - c, c:valid.shape[1] - c], time.perf_counter() - t0)
 
 
 def run_band(job: PixelJob, band: Band) -> BandResult:
     """One engine task: the band's windows, chunk by chunk, blended into finished rows and shared-row sums."""
     runtime = open_runtime(job.bundle, job.runtime, job.threads)
-    s, o, win, c = job.step, job.overlap, job.window, job.n_classes
+    s, o, win, c, ctx = job.step, job.overlap, job.window, job.n_classes, job.context
     top_row, height = band.j0 * s, (band.j1 - band.j0) * s + o
     first, last = band.j0 == 0, band.j1 == job.window_rows
     row0 = 0 if first else o  # finished rows of the band's footprint: [row0, row1)
@@ -232,7 +238,7 @@ def run_band(job: PixelJob, band: Band) -> BandResult:
                 ahead.append(reader.submit(_load_chunk, job, band, *spans[k + 2]))
             seconds_read += chunk.seconds
             t0 = time.perf_counter()
-            sums = torch.zeros((c + 1, height, chunk.pixels.shape[2]))
+            sums = torch.zeros((c + 1, height, chunk.valid.shape[1]))
             if carry is not None:
                 sums[:, :, :o] = carry
             spots = [(r * s, (i - chunk.i0) * s) for r in range(band.j1 - band.j0) for i in range(chunk.i0, chunk.i1)]
@@ -241,12 +247,14 @@ def run_band(job: PixelJob, band: Band) -> BandResult:
             windows += len(spots_kept)
             for b in range(0, len(spots_kept), job.batch_size):
                 batch = spots_kept[b:b + job.batch_size]
-                raw = np.stack([chunk.pixels[:, y:y + win, x:x + win] for y, x in batch]).astype(np.float32)
+                raw = np.stack([chunk.pixels[:, y:y + win + 2 * ctx, x:x + win + 2 * ctx] for y, x in batch]
+                               ).astype(np.float32)
                 p = torch.from_numpy(np.asarray(runtime.predict_proba(torch.from_numpy(raw)), np.float32))
+                p = p[:, :, ctx:ctx + win, ctx:ctx + win]
                 for (y, x), pw in zip(batch, p, strict=True):
                     sums[:c, y:y + win, x:x + win] += pw * taper
                     sums[c, y:y + win, x:x + win] += taper
-            done = chunk.pixels.shape[2] if k == len(spans) - 1 else (chunk.i1 - chunk.i0) * s
+            done = chunk.valid.shape[1] if k == len(spans) - 1 else (chunk.i1 - chunk.i0) * s
             col0 = chunk.i0 * s
             done = min(done, job.width - col0)
             carry = sums[:, :, done:done + o].clone() if k < len(spans) - 1 else None

@@ -46,7 +46,7 @@ from landcover.progress import progress_bar
 PIXEL_MODEL_WINDOW_PX = 1024
 """The pixel model's default window: its features take 4 bytes x ~100 per pixel, 0.4 GB for a 1024 px window."""
 MIN_WINDOW_PX = 256
-"""The smallest window the pixel model's sizing picks (smaller ones cost more overlap and more calls)."""
+"""The smallest window the pixel model's sizing picks (smaller ones read more context and make more calls)."""
 BATCH_PIXELS = 8 * 256 * 256
 """Default pixels per batch: 2 windows of 512 px (about as many pixels as 500 classification tiles of 32)."""
 
@@ -72,7 +72,7 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, request: MapReq
     stamp = fingerprint([job.bundle], images, {
         "bands": picks, "nodata": r.nodata, "crs": job.crs.to_wkt(), "transform": list(job.transform)[:6],
         "size": [job.height, job.width],
-        "window": job.window, "overlap": job.overlap, "aoi": str(r.aoi), "runtime": job.runtime,
+        "window": job.window, "overlap": job.overlap, "context": job.context, "aoi": str(r.aoi), "runtime": job.runtime,
         "resampling": job.resampling, "probabilities": job.probabilities})
     drafts = {"map": state / "map.tif", "probabilities": state / "probs.tif"}
     res = job.transform.a
@@ -167,15 +167,15 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
     if not model and (size < STRIDE or size % STRIDE):
         raise LandcoverError(f"--window {window} must be a multiple of {STRIDE} px (the encoder halves it five "
                              "times)")
-    default_margin = min(size // 2, 2 * bundle.pixels.halo_px(res)) if model else size // 4
-    margin = to_pixels(parse_length(overlap, "overlap"), res, "overlap") if overlap else default_margin
+    context = bundle.pixels.halo_px(res) if model else 0  # the pixel model reads its filters' reach around
+    margin = to_pixels(parse_length(overlap, "overlap"), res, "overlap") if overlap else (0 if model else size // 4)
     if not 0 <= margin <= size // 2:
         raise LandcoverError(f"--overlap {overlap} must be between 0 and half the window ({size // 2} px)")
     longest = max(height, width)
     whole = _ceil(longest, STRIDE) * STRIDE
     if model and not window:  # the size whose windows compute the fewest pixels (none mostly past the map's edge)
         size = min(range(min(size, max(MIN_WINDOW_PX, 4 * margin)), size + 1), key=lambda s: (
-            _ceil(height - margin, s - margin) * _ceil(width - margin, s - margin) * s * s, -s))
+            _ceil(height - margin, s - margin) * _ceil(width - margin, s - margin) * (s + 2 * context) ** 2, -s))
     if size > whole:  # a window past the map would mostly compute padding (4096 px on a 1428 px map: 9x the work)
         r.log(f"--window {window}: one window of {whole} px covers the {height} x {width} px map")
         size, margin = whole, min(margin, whole // 2 if overlap or model else whole // 4)
@@ -193,7 +193,7 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
             raise LandcoverError(f"the imagery ({scene.paths[0]}) does not overlap the AOI", aoi)
     return PixelJob(str(Path(bundle.path).resolve()), r.runtime, scene, png, stretch, crs, transform, height, width,
                     direct, r.resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
-                    bundle.n_classes, r.probabilities, geom, nodata_nan=model)
+                    bundle.n_classes, r.probabilities, geom, nodata_nan=model, context=context)
 
 
 def _ceil(a: int, b: int) -> int:

@@ -1,0 +1,302 @@
+"""Maps of any extent as tiles written by the workers (`predict --tiles SIZE --out DIR/`): the first part of #30.
+
+The map's grid (the imagery's own pixels: per-pixel bundles read imagery at their resolution) is cut into square
+output tiles of SIZE (m or px), aligned to the grid's origin. Each tile is one engine task: it reads its window
+with a halo of context (the pixel model's: twice its filters' reach), through small VRTs of
+the inputs clipped to that window, maps it with `predict_raster` (the same windows, features and heads as a map of
+the whole raster), crops the halo and writes its own COG from the worker (temporary name, then renamed) with a
+record beside it (class counts, the COG's SHA-256, the node that made it). The driver keeps one small record per
+tile and writes DIR/index.vrt (the mosaic, for `landcover map`, `evaluate` and GDAL) and a STAC collection
+(DIR/catalog.json, one item per tile with the projection extension, its class areas and checksum).
+
+A rerun skips every tile whose COG matches its record (resume after a killed driver, or a finished run); a tile
+whose task fails is tried once more, then reported, and the others finish. For the pixel model the mosaic equals
+the single-COG map of the same inputs (its windows read their filters' reach around them: a pixel's class does not
+depend on the window or tile that holds it). A
+segmentation network's tiles place their windows differently from one whole-raster run, so its tiles join without
+seams but are not bit-identical to it; tile classifiers are not tiled in this version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from landcover.atomic import write_text
+from landcover.bundle import load_bundle
+from landcover.errors import LandcoverError
+from landcover.geo.grid import parse_length, to_pixels
+from landcover.maps.classmap import NODATA, ClassMap, write_class_map
+from landcover.predict.bands import pixel_grid
+from landcover.predict.outputs import open_scene
+from landcover.predict.request import MapRequest
+
+MIN_TILE_PX = 256
+SEGMENTATION_HALO_PX = 128
+"""A segmentation network's tiles read this much context (a quarter of its default window)."""
+RETRIES = 1
+
+
+@dataclass(frozen=True)
+class TileTask:
+    index: int
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def name(self) -> str:
+        return f"r{self.row:07d}_c{self.col:07d}"
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """What every tile's task needs: the bundle, the imagery, the map's grid, the halo, the folder."""
+
+    bundle: str
+    images: tuple[str, ...]
+    bands: tuple[int, ...] | None
+    nodata: float | str | None
+    window: str | None
+    overlap: str | None
+    crs_wkt: str
+    transform: tuple[float, ...]
+    height: int
+    width: int
+    halo: int
+    out: str
+    classes: tuple[tuple[int, str], ...]
+
+
+def predict_tiled(bundle_path: str | Path, images: list[str | Path], out: str | Path, tiles: str,
+                  request: MapRequest | None = None, **options) -> dict:
+    """Map the imagery with a per-pixel bundle into tiles of `tiles` (m or px) under the folder `out`, each written
+    by the task that made it; returns the run's summary (also DIR/tiles.json). The request's engine, bands,
+    nodata, window, overlap and log apply."""
+    started = time.perf_counter()
+    r = MapRequest.of(request, options)
+    out, images = Path(out), [str(Path(p).resolve()) for p in images]
+    if out.exists() and not out.is_dir():
+        raise LandcoverError("is a file: --tiles writes a folder of tiles", out)
+    bundle = load_bundle(bundle_path)
+    if not bundle.per_pixel:
+        raise LandcoverError("--tiles maps per-pixel bundles (the pixel model, segmentation networks) in this "
+                             "version: a tile classifier's map is one COG", bundle_path)
+    picks, scene = open_scene(bundle, images, list(r.bands) if r.bands else None, r.nodata)
+    res = float(bundle.chip["res"])
+    crs, transform, height, width, direct = pixel_grid(scene, res)
+    if not direct:
+        raise LandcoverError(f"--tiles reads the imagery on its own grid: it is not at the bundle's {res:g} m (map "
+                             "the whole raster, or resample the imagery first)", images[0])
+    size = to_pixels(parse_length(tiles, "--tiles"), res, "--tiles")
+    if size < MIN_TILE_PX:
+        raise LandcoverError(f"--tiles {tiles} is {size} px: at least {MIN_TILE_PX} px a side")
+    halo = 2 * bundle.pixels.halo_px(res) if bundle.kind == "pixels" else SEGMENTATION_HALO_PX
+    out.mkdir(parents=True, exist_ok=True)
+    job = TileJob(str(Path(bundle.path).resolve()), tuple(images), tuple(picks), r.nodata, r.window, r.overlap,
+                  crs.to_wkt(), tuple(transform)[:6], height, width, halo, str(out.resolve()),
+                  tuple((int(c["id"]), c["name"]) for c in bundle.classes))
+    tasks = [TileTask(i, row, col, min(size, height - row), min(size, width - col))
+             for i, (row, col) in enumerate((row, col) for row in range(0, height, size)
+                                            for col in range(0, width, size))]
+    records = {t.index: record for t in tasks if (record := finished(out, t)) is not None}
+    resumed = len(records)
+    todo = [t for t in tasks if t.index not in records]
+    r.log(f"{len(tasks)} tiles of {size} px ({size * res:g} m) over the {height} x {width} px map, halo {halo} px; "
+          f"{resumed} already written")
+    failed: dict[int, str] = {}
+    for attempt in range(RETRIES + 1):
+        for result in r.runner.map(run_tile, job, todo, spawn=True):
+            if "error" in result:
+                failed[result["index"]] = result["error"]
+            else:
+                records[result["index"]] = result
+                failed.pop(result["index"], None)
+        todo = [t for t in tasks if t.index in failed]
+        if not todo:
+            break
+        r.log(f"{len(todo)} tile(s) failed; trying again" if attempt < RETRIES else "")
+    ordered = [records[t.index] for t in tasks if t.index in records]
+    write_index(out / "index.vrt", ordered, job)
+    write_catalog(out, ordered, job, res)
+    nodes: dict[str, int] = {}
+    for record in ordered:
+        nodes[record["node"]] = nodes.get(record["node"], 0) + 1
+    summary = {"tiles": len(tasks), "written": len(tasks) - resumed - len(failed), "resumed": resumed,
+               "failed": {tasks[i].name: message for i, message in failed.items()}, "tile_px": size,
+               "tile_m": size * res, "halo_px": halo, "grid": [height, width], "nodes": nodes,
+               "seconds": round(time.perf_counter() - started, 2)}
+    write_text(out / "tiles.json", json.dumps(summary, indent=2))
+    if failed:
+        raise LandcoverError(f"{len(failed)} of {len(tasks)} tiles failed twice (the others are written; run "
+                             f"again to retry them): {next(iter(summary['failed'].values()))}", out)
+    return summary
+
+
+def finished(out: Path, task: TileTask) -> dict | None:
+    """A tile's record when its COG is there and matches the checksum the record gives; else None."""
+    record, cog = out / "tiles" / f"{task.name}.json", out / "tiles" / f"{task.name}.tif"
+    if not (record.is_file() and cog.is_file()):
+        return None
+    kept = json.loads(record.read_text())
+    return kept if kept.get("sha256") == sha256(cog) and kept.get("index") == task.index else None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_tile(job: TileJob, task: TileTask) -> dict:
+    """One tile, on whichever worker runs it: its window with the halo mapped, the halo cropped, its COG and record
+    written. A failure is returned (the driver retries), not raised."""
+    from landcover.predict.raster import predict_raster
+
+    try:
+        r0, c0 = max(0, task.row - job.halo), max(0, task.col - job.halo)
+        r1 = min(job.height, task.row + task.height + job.halo)
+        c1 = min(job.width, task.col + task.width + job.halo)
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        tiles = Path(job.out) / "tiles"
+        tiles.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{task.name}-", dir=tiles) as scratch:
+            inputs = [clipped_vrt(path, window, Path(scratch) / f"{i}-{Path(path).stem}.vrt")
+                      for i, path in enumerate(job.images)]
+            predict_raster(job.bundle, inputs, Path(scratch) / "map.tif", bands=job.bands, nodata=job.nodata,
+                           window=job.window, overlap=job.overlap, progress=False, log=lambda _: None)
+            with rasterio.open(Path(scratch) / "map.tif") as src:
+                data = src.read(1, window=Window(task.col - c0, task.row - r0, task.width, task.height))
+                tags = {k: v for k, v in src.tags().items() if k.startswith("LANDCOVER_")}
+        classes = [{"id": i, "name": n} for i, n in job.classes]
+        transform = Affine(*job.transform) * Affine.translation(task.col, task.row)
+        meta = json.loads(tags.pop("LANDCOVER_CLASSES"))
+        cog = tiles / f"{task.name}.tif"
+        write_class_map(ClassMap(data, transform, rasterio.crs.CRS.from_wkt(job.crs_wkt), meta,
+                                 {**tags, "LANDCOVER_TILE": task.name}), cog)
+        counts = np.bincount(data.ravel(), minlength=256)
+        record = {"index": task.index, "name": task.name, "row": task.row, "col": task.col,
+                  "height": task.height, "width": task.width, "sha256": sha256(cog), "node": node_id(),
+                  "counts": {c["name"]: int(counts[c["id"]]) for c in classes}, "nodata": int(counts[NODATA])}
+        write_text(tiles / f"{task.name}.json", json.dumps(record))
+        return record
+    except Exception as exc:  # reported by the driver with the tile's name
+        return {"index": task.index, "error": f"{task.name}: {type(exc).__name__}: {exc}"}
+
+
+def node_id() -> str:
+    """The Ray node running this task, else the machine's name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return socket.gethostname()
+
+
+def clipped_vrt(path: str, window: Window, out: Path) -> str:
+    """A VRT of `window` of the raster at `path` (every band, its nodata and georeferencing), written to `out`."""
+    with rasterio.open(path) as src:
+        transform = src.window_transform(window)
+        bands = []
+        for b in range(1, src.count + 1):
+            nodata = "" if src.nodatavals[b - 1] is None else f"<NoDataValue>{src.nodatavals[b - 1]!r}</NoDataValue>"
+            gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+                         "int32": "Int32", "float32": "Float32", "float64": "Float64"}[src.dtypes[b - 1]]
+            bands.append(
+                f'<VRTRasterBand dataType="{gdal_type}" band="{b}">{nodata}<SimpleSource>'
+                f'<SourceFilename relativeToVRT="0">{escape(str(Path(path).resolve()))}</SourceFilename>'
+                f"<SourceBand>{b}</SourceBand>"
+                f'<SrcRect xOff="{window.col_off}" yOff="{window.row_off}" xSize="{window.width}" '
+                f'ySize="{window.height}"/><DstRect xOff="0" yOff="0" xSize="{window.width}" '
+                f'ySize="{window.height}"/></SimpleSource></VRTRasterBand>')
+        xml = (f'<VRTDataset rasterXSize="{window.width}" rasterYSize="{window.height}">'
+               f"<SRS>{escape(src.crs.to_wkt())}</SRS><GeoTransform>{', '.join(map(repr, transform.to_gdal()))}"
+               f"</GeoTransform>{''.join(bands)}</VRTDataset>")
+    out.write_text(xml)
+    return str(out)
+
+
+def write_index(path: Path, records: list[dict], job: TileJob) -> None:
+    """DIR/index.vrt: the tiles' mosaic on the map's grid, one band of class ids (nodata where no tile)."""
+    sources = "".join(
+        f'<SimpleSource><SourceFilename relativeToVRT="1">tiles/{r["name"]}.tif</SourceFilename>'
+        f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{r["width"]}" ySize="{r["height"]}"/>'
+        f'<DstRect xOff="{r["col"]}" yOff="{r["row"]}" xSize="{r["width"]}" ySize="{r["height"]}"/>'
+        "</SimpleSource>" for r in records)
+    transform = Affine(*job.transform)
+    write_text(path, (f'<VRTDataset rasterXSize="{job.width}" rasterYSize="{job.height}">'
+                      f"<SRS>{escape(job.crs_wkt)}</SRS><GeoTransform>"
+                      f"{', '.join(map(repr, transform.to_gdal()))}</GeoTransform>"
+                      f'<VRTRasterBand dataType="Byte" band="1"><NoDataValue>{NODATA}</NoDataValue>{sources}'
+                      "</VRTRasterBand></VRTDataset>\n"))
+    first = path.parent / "tiles" / f"{records[0]['name']}.tif" if records else None
+    if first is not None:  # the classes' names and colours, as the tiles carry them, for `landcover map`
+        with rasterio.open(first) as src, rasterio.open(path, "r+") as vrt:
+            vrt.update_tags(**{k: v for k, v in src.tags().items() if k == "LANDCOVER_CLASSES"})
+            vrt.write_colormap(1, src.colormap(1))
+
+
+STAC_VERSION = "1.0.0"
+PROJECTION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
+FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+
+
+def write_catalog(out: Path, records: list[dict], job: TileJob, res: float) -> None:
+    """DIR/catalog.json: a STAC collection of the tiles, DIR/items/NAME.json one item each (projection extension,
+    class areas in hectares, the COG's checksum, the node that made it)."""
+    from rasterio.warp import transform_bounds
+
+    crs = rasterio.crs.CRS.from_wkt(job.crs_wkt)
+    grid = Affine(*job.transform)
+    (out / "items").mkdir(exist_ok=True)
+    boxes = []
+    for r in records:
+        transform = grid * Affine.translation(r["col"], r["row"])
+        left, top = transform * (0, 0)
+        right, bottom = transform * (r["width"], r["height"])
+        box = transform_bounds(crs, "EPSG:4326", left, min(top, bottom), right, max(top, bottom))
+        boxes.append(box)
+        west, south, east, north = box
+        item = {"type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": [PROJECTION, FILE],
+                "id": r["name"], "collection": "landcover-tiles", "bbox": list(box),
+                "geometry": {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north],
+                                                                 [west, north], [west, south]]]},
+                "properties": {"datetime": None, "start_datetime": None, "end_datetime": None,
+                               "proj:wkt2": job.crs_wkt, "proj:shape": [r["height"], r["width"]],
+                               "proj:transform": list(transform)[:6], "landcover:node": r["node"],
+                               "landcover:hectares": {k: v * res * res / 1e4 for k, v in r["counts"].items()}},
+                "assets": {"map": {"href": f"../tiles/{r['name']}.tif",
+                                   "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                                   "roles": ["data"], "file:checksum": "1220" + r["sha256"]}},
+                "links": [{"rel": "collection", "href": "../catalog.json", "type": "application/json"},
+                          {"rel": "root", "href": "../catalog.json", "type": "application/json"}]}
+        write_text(out / "items" / f"{r['name']}.json", json.dumps(item, indent=1))
+    extent = np.array(boxes) if boxes else np.zeros((1, 4))
+    collection = {"type": "Collection", "stac_version": STAC_VERSION, "stac_extensions": [], "id": "landcover-tiles",
+                  "description": "A class map as tiles, each written by the landcover task that made it",
+                  "license": "other", "extent": {
+                      "spatial": {"bbox": [[float(extent[:, 0].min()), float(extent[:, 1].min()),
+                                            float(extent[:, 2].max()), float(extent[:, 3].max())]]},
+                      "temporal": {"interval": [[None, None]]}},
+                  "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"},
+                            {"rel": "self", "href": "./catalog.json", "type": "application/json"},
+                            *({"rel": "item", "href": f"./items/{r['name']}.json", "type": "application/geo+json"}
+                              for r in records)]}
+    write_text(out / "catalog.json", json.dumps(collection, indent=1))
