@@ -169,3 +169,26 @@ def test_a_map_as_tiles_written_by_the_workers(pixel_run, zion_images, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of 12 tiles failed twice" in err[0] and tiles[3].stem in err[0]
     assert json.loads((tiled / "tiles.json").read_text())["failed"].keys() == {tiles[3].stem}
+
+
+def test_a_killed_tiled_run_finishes_only_the_remaining_tiles(pixel_run, zion_images, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "tiled"
+    argv = ["predict", str(pixel_run / "bundle"), "--image", *zion_images, "--out", str(out), "--tiles", "256px"]
+    driver = subprocess.Popen([sys.executable, "-m", "landcover", *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("tiles/*.json"))) < 5 and driver.poll() is None:
+        time.sleep(0.02)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    written = len(list(out.glob("tiles/*.json")))
+    assert 5 <= written < 30 and not (out / "index.vrt").exists(), "the kill came too late to test"
+    capsys.readouterr()
+    assert main(argv) == 0  # 6 x 5 tiles of 256 px
+    assert f"30 tiles ({30 - written} written, {written} already there)" in capsys.readouterr().out

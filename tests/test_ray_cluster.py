@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import skip_or_fail
-from test_resume_engines import manifest, zion_args
+from test_resume_engines import manifest, one_process_chips, zion_args
 
 from landcover.chips.folder import STATE_DIR
 from landcover.cli import main
@@ -69,13 +69,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
     """A head with no CPUs (it schedules, never runs tasks) and two 1-CPU worker nodes, each with its own resource;
-    stopped after the test: (its address, the environment its drivers need). Ray binds its servers to every
-    interface whatever address it is given (it resolves 127.0.0.1 to the machine's address), so the cluster takes a
-    token made for the test: a process without it cannot join or submit work. Drivers run as their own processes:
-    Ray's core reads the token once, when Ray is first imported."""
+    stopped after the module's tests (the last kills a node): (its address, the environment its drivers need). Ray
+    binds its servers to every interface whatever address it is given (it resolves 127.0.0.1 to the machine's
+    address), so the cluster takes a token made for the test: a process without it cannot join or submit work.
+    Drivers run as their own processes: Ray's core reads the token once, when Ray is first imported."""
     if importlib.util.find_spec("ray") is None:
         skip_or_fail("Ray is not installed")
     port = free_port()
@@ -91,15 +91,9 @@ def cluster(tmp_path):
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
 
 
-@pytest.fixture
-def reference(tmp_path, zion, zion_images):
-    out = tmp_path / "reference"
-    assert main(zion_args(zion, zion_images, out, "--block-tiles", "3")) == 0
-    return manifest(out)
-
-
-def test_chips_on_a_three_node_cluster_equal_one_process(cluster, tmp_path, zion, zion_images, reference):
+def test_chips_on_a_three_node_cluster_equal_one_process(cluster, tmp_path, zion, zion_images):
     address, env = cluster
+    reference = one_process_chips(tmp_path, zion, zion_images)
     out = tmp_path / "cluster"
     argv = zion_args(zion, zion_images, out, "--block-tiles", "3", "--engine", "ray", "--ray-address", address)
     driver = ("import json, sys; from landcover import engine; from landcover.cli import main; "
@@ -115,10 +109,33 @@ def test_chips_on_a_three_node_cluster_equal_one_process(cluster, tmp_path, zion
     assert len(nodes) == 2 and min(nodes.values()) >= 3  # both workers ran blocks, the head none
 
 
-def test_a_worker_node_killed_mid_run(cluster, tmp_path, zion, zion_images, reference):
+def test_tiles_mapped_on_the_cluster_equal_a_local_run(cluster, zion_pairs, zion_images, tmp_path):
+    """`predict --tiles` with the pixel model: each tile written by the worker node that made it (named in its STAC
+    item), the same bytes as the tiles one process writes."""
+    address, env = cluster
+    runs = tmp_path / "runs"
+    assert main(["train", "--quiet", "--task", "pixels", "--manifest", str(zion_pairs), "--runs", str(runs),
+                 "--name", "px", "--pixels-per-class", "2000"]) == 0
+    argv = ["predict", str(runs / "px" / "bundle"), "--image", *zion_images, "--tiles", "400px"]
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    done = subprocess.run([sys.executable, "-m", "landcover", *argv, "--out", str(tmp_path / "cluster"), "--engine",
+                           "ray", "--ray-address", address], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    local = sorted((tmp_path / "local" / "tiles").glob("*.tif"))
+    assert len(local) == 12
+    for tile in local:
+        assert tile.read_bytes() == (tmp_path / "cluster" / "tiles" / tile.name).read_bytes()
+    nodes = [json.loads(p.read_text())["properties"]["landcover:node"]
+             for p in (tmp_path / "cluster" / "items").glob("*.json")]
+    print(f"tiles on the cluster: per node {sorted(nodes.count(n) for n in set(nodes))}")
+    assert len(nodes) == 12 and len(set(nodes)) == 2  # both worker nodes wrote tiles
+
+
+def test_a_worker_node_killed_mid_run(cluster, tmp_path, zion, zion_images):
     """The run goes on on the surviving node (Ray retries the lost node's tasks): every chip once, the same
     manifest."""
     address, env = cluster
+    reference = one_process_chips(tmp_path, zion, zion_images)
     out = tmp_path / "fault"
     argv = zion_args(zion, zion_images, out, "--block-tiles", "3", "--engine", "ray", "--ray-address", address)
     run = subprocess.Popen([sys.executable, "-m", "landcover", *argv], stdout=subprocess.PIPE,

@@ -27,11 +27,16 @@ def manifest(out) -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture
-def reference(tmp_path, zion, zion_images):
+def one_process_chips(tmp_path, zion, zion_images) -> pd.DataFrame:
+    """Zion's chips made in this process (blocks of 3 tiles) into tmp_path/reference: their manifest."""
     out = tmp_path / "reference"
     assert main(zion_args(zion, zion_images, out, "--block-tiles", "3")) == 0
     return manifest(out)
+
+
+@pytest.fixture
+def reference(tmp_path, zion, zion_images):
+    return one_process_chips(tmp_path, zion, zion_images)
 
 
 def test_killed_run_resumes_to_the_same_manifest(tmp_path, zion, zion_images, reference, capsys):

@@ -9,14 +9,13 @@ import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 import rasterio
 from conftest import headless_chromium, need_data, post_json
 from PIL import Image
+from test_studio import get
 
 from landcover.cli import main
 from landcover.label.server import serve
@@ -38,14 +37,6 @@ def studio(zion_images, tmp_path_factory):
     url, session, server = start(zion_images, tmp_path_factory.mktemp("studio") / "st")
     yield url, session
     server.shutdown()
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def nlcd_ids(session: StudioSession) -> np.ndarray:

@@ -19,8 +19,8 @@ seams but are not bit-identical to it; tile classifiers are not tiled in this ve
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import socket
 import tempfile
 import time
@@ -37,7 +37,9 @@ from landcover.atomic import write_text
 from landcover.bundle import load_bundle
 from landcover.errors import LandcoverError
 from landcover.geo.grid import parse_length, to_pixels
+from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map
+from landcover.onnx_graph import file_sha256
 from landcover.predict.bands import pixel_grid
 from landcover.predict.outputs import open_scene
 from landcover.predict.request import MapRequest
@@ -111,9 +113,19 @@ def predict_tiled(bundle_path: str | Path, images: list[str | Path], out: str | 
     tasks = [TileTask(i, row, col, min(size, height - row), min(size, width - col))
              for i, (row, col) in enumerate((row, col) for row in range(0, height, size)
                                             for col in range(0, width, size))]
+    with output_lock(out / "tiles.json"):
+        return _run_tiles(out, job, tasks, size, res, r, started)
+
+
+def _run_tiles(out: Path, job: TileJob, tasks: list[TileTask], size: int, res: float, r: MapRequest,
+               started: float) -> dict:
+    """The tiles not yet written, on the engine (each failure tried once more), then the index and catalog."""
+    for scratch in (out / "tiles").glob(".r*"):  # a killed run's tasks' scratch folders
+        shutil.rmtree(scratch, ignore_errors=True)
     records = {t.index: record for t in tasks if (record := finished(out, t)) is not None}
     resumed = len(records)
     todo = [t for t in tasks if t.index not in records]
+    height, width, halo = job.height, job.width, job.halo
     r.log(f"{len(tasks)} tiles of {size} px ({size * res:g} m) over the {height} x {width} px map, halo {halo} px; "
           f"{resumed} already written")
     failed: dict[int, str] = {}
@@ -125,9 +137,9 @@ def predict_tiled(bundle_path: str | Path, images: list[str | Path], out: str | 
                 records[result["index"]] = result
                 failed.pop(result["index"], None)
         todo = [t for t in tasks if t.index in failed]
-        if not todo:
+        if not todo or attempt == RETRIES:
             break
-        r.log(f"{len(todo)} tile(s) failed; trying again" if attempt < RETRIES else "")
+        r.log(f"{len(todo)} tile(s) failed; trying them again")
     ordered = [records[t.index] for t in tasks if t.index in records]
     write_index(out / "index.vrt", ordered, job)
     write_catalog(out, ordered, job, res)
@@ -151,15 +163,7 @@ def finished(out: Path, task: TileTask) -> dict | None:
     if not (record.is_file() and cog.is_file()):
         return None
     kept = json.loads(record.read_text())
-    return kept if kept.get("sha256") == sha256(cog) and kept.get("index") == task.index else None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return kept if kept.get("sha256") == file_sha256(cog) and kept.get("index") == task.index else None
 
 
 def run_tile(job: TileJob, task: TileTask) -> dict:
@@ -182,6 +186,7 @@ def run_tile(job: TileJob, task: TileTask) -> dict:
             with rasterio.open(Path(scratch) / "map.tif") as src:
                 data = src.read(1, window=Window(task.col - c0, task.row - r0, task.width, task.height))
                 tags = {k: v for k, v in src.tags().items() if k.startswith("LANDCOVER_")}
+        tags["LANDCOVER_IMAGES"] = json.dumps(list(job.images))  # the imagery, not this task's clipped VRTs
         classes = [{"id": i, "name": n} for i, n in job.classes]
         transform = Affine(*job.transform) * Affine.translation(task.col, task.row)
         meta = json.loads(tags.pop("LANDCOVER_CLASSES"))
@@ -190,7 +195,7 @@ def run_tile(job: TileJob, task: TileTask) -> dict:
                                  {**tags, "LANDCOVER_TILE": task.name}), cog)
         counts = np.bincount(data.ravel(), minlength=256)
         record = {"index": task.index, "name": task.name, "row": task.row, "col": task.col,
-                  "height": task.height, "width": task.width, "sha256": sha256(cog), "node": node_id(),
+                  "height": task.height, "width": task.width, "sha256": file_sha256(cog), "node": node_id(),
                   "counts": {c["name"]: int(counts[c["id"]]) for c in classes}, "nodata": int(counts[NODATA])}
         write_text(tiles / f"{task.name}.json", json.dumps(record))
         return record
