@@ -150,6 +150,13 @@ def test_a_map_as_tiles_written_by_the_workers(pixel_run, zion_images, tmp_path,
     assert hectares == pytest.approx((whole != 255).sum() * 0.09)  # 30 m pixels: 0.09 ha
     summary = json.loads((tiled / "tiles.json").read_text())
     assert summary["written"] == 12 and len(summary["nodes"]) == 1
+    truth = str(need_data("zion", "nlcd2011.tif"))
+    for name, mapped in (("single", single), ("tiled", tiled / "index.vrt")):  # evaluate reads the mosaic
+        assert main(["evaluate", str(mapped), "--truth", truth, "--scheme", "nlcd-grouped", "--quiet", "--out",
+                     str(tmp_path / f"eval-{name}")]) == 0
+    scores = [json.loads((tmp_path / f"eval-{n}" / "accuracy.json").read_text())["overall_accuracy"]
+              for n in ("single", "tiled")]
+    assert scores[0] == scores[1]
     # resume: a missing tile and an altered one are made again, the other ten are left as they are
     tiles = sorted((tiled / "tiles").glob("*.tif"))
     tiles[0].unlink()

@@ -252,9 +252,10 @@ def write_index(path: Path, records: list[dict], job: TileJob) -> None:
                       f'<VRTRasterBand dataType="Byte" band="1"><NoDataValue>{NODATA}</NoDataValue>{sources}'
                       "</VRTRasterBand></VRTDataset>\n"))
     first = path.parent / "tiles" / f"{records[0]['name']}.tif" if records else None
-    if first is not None:  # the classes' names and colours, as the tiles carry them, for `landcover map`
+    if first is not None:  # the classes' names and colours and the imagery, as the tiles carry them
         with rasterio.open(first) as src, rasterio.open(path, "r+") as vrt:
-            vrt.update_tags(**{k: v for k, v in src.tags().items() if k == "LANDCOVER_CLASSES"})
+            vrt.update_tags(**{k: v for k, v in src.tags().items() if k.startswith("LANDCOVER_")
+                               and k != "LANDCOVER_TILE"})
             vrt.write_colormap(1, src.colormap(1))
 
 
