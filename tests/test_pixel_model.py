@@ -169,6 +169,9 @@ def test_a_map_as_tiles_written_by_the_workers(pixel_run, zion_images, tmp_path,
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     with rasterio.open(tiled / "index.vrt") as b:
         assert np.array_equal(whole, b.read(1))
+    # other settings in the same folder: refused, nothing touched
+    assert main([*argv[:-4], "--tiles", "300px"]) == 2
+    assert "holds tiles of another run" in capsys.readouterr().err
     # a tile that cannot be written (a folder in its place): tried again, then one line naming it; the rest kept
     tiles[3].unlink()
     tiles[3].mkdir()

@@ -9,7 +9,8 @@ record beside it (class counts, the COG's SHA-256, the node that made it). The d
 tile and writes DIR/index.vrt (the mosaic, for `landcover map`, `evaluate` and GDAL) and a STAC collection
 (DIR/catalog.json, one item per tile with the projection extension, its class areas and checksum).
 
-A rerun skips every tile whose COG matches its record (resume after a killed driver, or a finished run); a tile
+A rerun with the same bundle, imagery and settings skips every tile whose COG matches its record (resume after a
+killed driver, or a finished run; other settings are refused until --overwrite); a tile
 whose task fails is tried once more, then reported, and the others finish. For the pixel model the mosaic equals
 the single-COG map of the same inputs (its windows read their filters' reach around them: a pixel's class does not
 depend on the window or tile that holds it). A
@@ -41,7 +42,7 @@ from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map
 from landcover.onnx_graph import file_sha256
 from landcover.predict.bands import pixel_grid
-from landcover.predict.outputs import open_scene
+from landcover.predict.outputs import fingerprint, open_scene
 from landcover.predict.request import MapRequest
 
 MIN_TILE_PX = 256
@@ -113,7 +114,17 @@ def predict_tiled(bundle_path: str | Path, images: list[str | Path], out: str | 
     tasks = [TileTask(i, row, col, min(size, height - row), min(size, width - col))
              for i, (row, col) in enumerate((row, col) for row in range(0, height, size)
                                             for col in range(0, width, size))]
+    stamp = fingerprint([job.bundle], images, {"bands": picks, "nodata": r.nodata, "window": r.window,
+                                               "overlap": r.overlap, "tile_px": size, "halo": halo})
     with output_lock(out / "tiles.json"):
+        kept = out / ".fingerprint"
+        if kept.exists() and kept.read_text() != stamp:
+            if not r.overwrite:
+                raise LandcoverError("holds tiles of another run (another bundle, imagery or settings): pass "
+                                     "--overwrite to replace them, or name another folder", out)
+            for stale in ("tiles", "items"):
+                shutil.rmtree(out / stale, ignore_errors=True)
+        write_text(kept, stamp)
         return _run_tiles(out, job, tasks, size, res, r, started)
 
 
