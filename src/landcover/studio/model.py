@@ -130,14 +130,17 @@ class StudioModel:
         return rows[keep], cols[keep], X[keep]
 
     def bundle(self, stack: Scene, display_bands: list[int]) -> Bundle:
-        """The model as a pixel bundle reading every band of the studio's stack, as `train --task pixels` makes."""
+        """The model as a pixel bundle reading every band of the studio's stack, as `train --task pixels` makes:
+        the bands it was cut from recorded as a manifest records them (`chip_source`), so predict picks them."""
+        from landcover.train.run import chip_source
+
         n = stack.count
         rgb = [b - 1 for b in display_bands] if len(display_bands) == 3 else None
-        chip = {"size_px": TILE_PX, "res": float(stack.res[0]), "crs": stack.crs.to_string(),
-                "dtype": str(np.dtype(stack.dtype)), "rgb_bands": rgb, "scenes": [Path(stack.paths[0]).stem],
-                "format": "studio", "source_files": [Path(p).name for p in stack.paths],
-                "source_bands": [list(b) for b in stack.band_sources], "source_dtype": str(np.dtype(stack.dtype)),
-                "stretch_percentiles": None}
+        dtype = str(np.dtype(stack.dtype))
+        chip = {"size_px": TILE_PX, "res": float(stack.res[0]), "crs": stack.crs.to_string(), "dtype": dtype,
+                "rgb_bands": rgb, "scenes": [Path(stack.paths[0]).stem],
+                **chip_source({"format": "studio", "scenes": [{"paths": list(stack.paths), "dtype": dtype,
+                                                              "bands": [list(b) for b in stack.band_sources]}]})}
         return Bundle("pixels", "filters", self.classes, InputSpec(tuple(range(n)), (0.0,) * n, (1.0,) * n,
                                                                    (0.0,) * n, (1.0,) * n, TILE_PX, resize=False),
                       chip, {"studio_labels_pixels": self.pixels, "model_version": self.version}, head=self.head,
