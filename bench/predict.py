@@ -85,8 +85,9 @@ def cut(src_path: Path, out: Path, size: int) -> Path:
     return out
 
 
-def timing_bundle(out: Path) -> Path:
-    """Lite0 (ImageNet weights, 4 bands), 224 px chips at 1 m, an untrained 8-class head, saved as a bundle."""
+def timing_bundle(out: Path, res: float = 1.0, chip_px: int = TILE_PX, input_px: int = TILE_PX) -> Path:
+    """Lite0 (ImageNet weights, 4 bands), chips of `chip_px` at `res` m (default 224 px at 1 m) read at `input_px`,
+    an untrained 8-class head, saved as a bundle."""
     from landcover.bundle import Bundle, InputSpec, save_bundle
     from landcover.models.backbones import build_model
     from landcover.schemes import load_scheme
@@ -96,9 +97,9 @@ def timing_bundle(out: Path) -> Path:
     scheme = load_scheme("nlcd-grouped")
     classes = [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(scheme.classes)]
     model, pre = build_model("efficientnet-lite0", len(classes), 4, "imagenet", (0, 1, 2))
-    spec = InputSpec((0, 1, 2, 3), (0.0,) * 4, (255.0,) * 4, tuple(pre.mean), tuple(pre.std), TILE_PX,
+    spec = InputSpec((0, 1, 2, 3), (0.0,) * 4, (255.0,) * 4, tuple(pre.mean), tuple(pre.std), input_px,
                      pre.interpolation)
-    chip = {"size_px": TILE_PX, "res": 1.0, "crs": "EPSG:26914", "dtype": "uint8", "rgb_bands": [0, 1, 2],
+    chip = {"size_px": chip_px, "res": res, "crs": "EPSG:26914", "dtype": "uint8", "rgb_bands": [0, 1, 2],
             "format": "tif", "source_files": ["naip.tif"], "source_bands": [[0, b] for b in (1, 2, 3, 4)]}
     save_bundle(Bundle("finetune", "efficientnet-lite0", classes, spec, chip,
                        {"note": "timing bundle: untrained head"}, model=model.eval()), out)

@@ -311,8 +311,8 @@ def bare_loop(pairs: Path, batches: int) -> dict:
             "images_per_s": sum(len(i) for i in order[1:]) / seconds}
 
 
-def timing_bundle(out: Path) -> Path:
-    """U-Net, Lite0 ImageNet encoder, 4 bands, an untrained 8-class decoder, 1 m: cost, not accuracy."""
+def timing_bundle(out: Path, res: float = 1.0) -> Path:
+    """U-Net, Lite0 ImageNet encoder, 4 bands, an untrained 8-class decoder, at `res` m: cost, not accuracy."""
     from landcover.bundle import Bundle, InputSpec, save_bundle
     from landcover.models.segmenters import build_segmenter
     from landcover.schemes import load_scheme
@@ -323,7 +323,7 @@ def timing_bundle(out: Path) -> Path:
     model, pre = build_segmenter("unet", "efficientnet-lite0", len(classes), 4, "imagenet", (0, 1, 2))
     spec = InputSpec((0, 1, 2, 3), (0.0,) * 4, (255.0,) * 4, tuple(pre.mean), tuple(pre.std), 64, pre.interpolation,
                      resize=False)
-    chip = {"size_px": 64, "res": 1.0, "crs": "EPSG:26914", "dtype": "uint8", "rgb_bands": [0, 1, 2],
+    chip = {"size_px": 64, "res": res, "crs": "EPSG:26914", "dtype": "uint8", "rgb_bands": [0, 1, 2],
             "format": "tif", "source_files": ["naip.tif"], "source_bands": [[0, b] for b in (1, 2, 3, 4)]}
     save_bundle(Bundle("finetune", "unet", classes, spec, chip, {"note": "timing bundle: untrained decoder"},
                        model=model.eval(), task="segmentation", encoder="efficientnet-lite0"), out)

@@ -16,12 +16,13 @@ time from request to drawn (the page's own record) -> p50, p95; the server's tim
 Part 2, a labelling session (default: Zion, Landsat 8 bands 2-5 at 30 m, reference NLCD 2011 grouped): the page is
 driven as a person would. Round 1: `--clicks` points at random pixels the reference classes, each placed with the
 point tool (the view centred on it, a click in the middle) in the reference's class. Then each round: "retrain"
-(timed: the server's retraining, and until the view's model tiles, about 1.2 Mpx at the imagery's pixels, are
-drawn), then "suggest" `--clicks` places and each labelled in turn as above (a place the reference has no class for
-is passed over). After the last round, "map all" (timed, with its assessment against the reference). Accuracy per
-round: the studio's model on a fixed random sample of 200,000 reference pixels; beside it, for the same clicks, the
-model bench/annotate.py fits (features of the whole scene at once, `fit_pixel_head`): the two should match (the
-features are the same; the forest sees the rows in another order). Writes <out>/studio_session.json and prints it.
+(timed: the server's retraining, and by the page itself from its answer to the last of the view's model tiles drawn,
+per megapixel the view shows at the imagery's pixels: 0.77 Mpx here, in 20 tiles), then "suggest" `--clicks` places
+and each labelled in turn as above (a place the reference has no class for is passed over). After the last round,
+"map all" (timed, with its assessment against the reference). Accuracy per round: the studio's model on a fixed
+random sample of 200,000 reference pixels; beside it, for the same clicks, the model bench/annotate.py fits
+(features of the whole scene at once, `fit_pixel_head`): the two should match (the features are the same; the forest
+sees the rows in another order). Writes <out>/studio_session.json and prints it.
 """
 
 from __future__ import annotations
@@ -203,8 +204,8 @@ def labelling(images: list[str], truth: str, truth_scheme: str, scheme: str, ban
     curve = [{"clicks": points[0]["clicks"],
               **{k: round(float(np.mean([p["accuracy"][k] for p in points])), 4) for k in ("studio",
                                                                                             "annotate_bench")},
-              "retrain_s": max(p["retrain_s"] for p in points), "view_remap_s": max(p["view_remap_s"]
-                                                                                    for p in points)}
+              "retrain_s": max(p["retrain_s"] for p in points),
+              "remap_s_per_mpx": max(p["remap_s_per_mpx"] for p in points)}
              for points in zip(*(r["rounds"] for r in runs), strict=True)]
     studio = [c["studio"] for c in curve]
     return {"images": [Path(p).name for p in images], "reference": Path(truth).name, "classes": task["names"],
@@ -271,6 +272,11 @@ def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: s
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model-layer .tile"))
             settled(driver)
             seen = time.perf_counter() - started
+            timing = driver.execute_script(
+                "const v = document.getElementById('view'), s = window.studio.stats, t = window.studio.state;"
+                "return [s.lastLoaded - s.retrained, Math.min(v.clientWidth / t.scale, t.info.size[1]) *"
+                "        Math.min(v.clientHeight / t.scale, t.info.size[0])]")
+            remap_s, view_mpx = timing[0] / 1000, timing[1] / 1e6
             trained = re.search(r"trained on (\d+) pixels in ([\d.]+) s",
                                 driver.find_element(By.ID, "label-status").text)
             retrain_s = float(trained.group(2))
@@ -282,10 +288,13 @@ def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: s
                         "annotate_bench": float((bench_head.predict_proba(X[scored]).argmax(1)
                                                  == truth_ids.ravel()[scored]).mean())}
             out["rounds"].append({"clicks": len(clicked), "placing_s": round(labelling, 2),
-                                  "retrain_s": retrain_s, "view_remap_s": round(seen - retrain_s, 2),
+                                  "retrain_s": retrain_s, "view_remap_s": round(remap_s, 2),
+                                  "view_mpx": round(view_mpx, 2), "remap_s_per_mpx": round(remap_s / view_mpx, 2),
+                                  "page_s": round(seen, 2),
                                   "accuracy": {k: round(v, 4) for k, v in accuracy.items()}})
             say(f"seed {seed} round {round_ + 1}: {len(clicked)} clicks, accuracy {accuracy['studio']:.3f} (annotate "
-                f"bench {accuracy['annotate_bench']:.3f}), retrain {retrain_s:.2f} s, view {seen - retrain_s:.2f} s")
+                f"bench {accuracy['annotate_bench']:.3f}), retrain {retrain_s:.2f} s, view {remap_s:.2f} s "
+                f"({view_mpx:.2f} Mpx)")
         started = time.perf_counter()
         driver.find_element(By.ID, "map-all").click()
         WebDriverWait(driver, 600).until(lambda d: "accuracy" in d.find_element(By.ID, "assessment").text)

@@ -143,3 +143,24 @@ def test_studio_session_bench(tmp_path):
     assert labelling["largest_gap_to_annotate_bench"] < 0.08  # the same model as bench/annotate.py's, same clicks
     assert {"map.tif", "bundle/model.json", "labels.geojson", "assessment/accuracy.json"} <= set(
         labelling["map_all"]["files"]) and 0.4 < labelling["map_all"]["overall_accuracy"] < 1
+
+
+def test_scale_bench(tmp_path):
+    """Every way to map timed at 1 m and 30 m, a tiled run with its driver's share, the simulated driver, and the
+    cost table built from them."""
+    need_data("naip_nd")
+    need_data("zion")
+    run_bench("scale", tmp_path)
+    result = json.loads((tmp_path / "scale.json").read_text())
+    methods = {"tile map, torch", "tile map, onnxruntime", "U-Net", "pixel model", "dense CRF"}
+    for res in ("1", "30"):
+        assert set(result["throughput"][res]) == methods
+        assert all(row["km2_per_hour_per_core"] > 0 and row["km2"] > 0 for row in result["throughput"][res].values())
+    local = result["tiled"]["local, process pool x2"]
+    assert local["tiles"] == 16 and 0 < local["driver_share"] < 1 and local["cog_bytes_per_pixel"] > 0
+    assert result["driver"]["simulated"][0]["tiles"] == 1000 and result["driver"]["resume_check_ms_per_tile"] > 0
+    assert len(result["costs"]) == 2 * len(methods) * 3
+    conus = next(r for r in result["costs"] if r["area"] == "CONUS" and r["res_m"] == 1 and r["method"] == "U-Net")
+    middlesex = next(r for r in result["costs"] if r["area"].startswith("Middlesex") and r["res_m"] == 1
+                     and r["method"] == "U-Net")
+    assert conus["node_hours"] == pytest.approx(middlesex["node_hours"] * 8_100_000 / 2_200, rel=0.01)

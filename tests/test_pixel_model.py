@@ -151,12 +151,18 @@ def test_a_map_as_tiles_written_by_the_workers(pixel_run, zion_images, tmp_path,
     summary = json.loads((tiled / "tiles.json").read_text())
     assert summary["written"] == 12 and len(summary["nodes"]) == 1
     truth = str(need_data("zion", "nlcd2011.tif"))
-    for name, mapped in (("single", single), ("tiled", tiled / "index.vrt")):  # evaluate reads the mosaic
+    for name, mapped in (("single", single), ("tiled", tiled)):  # the folder is read as its mosaic, index.vrt
         assert main(["evaluate", str(mapped), "--truth", truth, "--scheme", "nlcd-grouped", "--quiet", "--out",
                      str(tmp_path / f"eval-{name}")]) == 0
     scores = [json.loads((tmp_path / f"eval-{n}" / "accuracy.json").read_text())["overall_accuracy"]
               for n in ("single", "tiled")]
     assert scores[0] == scores[1]
+    assert main(["change", str(single), str(tiled), "--quiet", "--out", str(tmp_path / "change")]) == 0
+    totals = json.loads((tmp_path / "change" / "change.json").read_text())["totals"]
+    assert totals["changed_ha"] == 0 and totals["unchanged_ha"] == pytest.approx((whole != 255).sum() * 0.09)
+    assert main(["map", str(tiled), "--image", *zion_images, "--out", str(tmp_path / "tiled.png")]) == 0
+    assert main(["map", str(tiled / "tiles"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "without index.vrt" in capsys.readouterr().err
     # resume: a missing tile and an altered one are made again, the other ten are left as they are
     tiles = sorted((tiled / "tiles").glob("*.tif"))
     tiles[0].unlink()
@@ -202,3 +208,27 @@ def test_a_killed_tiled_run_finishes_only_the_remaining_tiles(pixel_run, zion_im
     capsys.readouterr()
     assert main(argv) == 0  # 6 x 5 tiles of 256 px
     assert f"30 tiles ({30 - written} written, {written} already there)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_tiles_of_imagery_read_over_http_window_by_window(pixel_run, zion_images, tmp_path):
+    """#30: imagery given as URLs (a Range-honouring HTTP server on 127.0.0.1): each tile's task reads its own
+    window of the remote bands, never a whole file, and the mosaic equals the one made from the local files."""
+    from pathlib import Path
+
+    from stac_helpers import StacServer
+
+    bundle = str(pixel_run / "bundle")
+    assert main(["predict", bundle, "--quiet", "--image", *zion_images, "--out", str(tmp_path / "local"), "--tiles",
+                 "12000m"]) == 0
+    with StacServer(Path(zion_images[0]).parent) as server:
+        urls = [f"{server.base}/{Path(p).name}" for p in zion_images]
+        assert main(["predict", bundle, "--quiet", "--image", *urls, "--out", str(tmp_path / "remote"), "--tiles",
+                     "12000m", "--workers", "2"]) == 0
+    with rasterio.open(tmp_path / "local" / "index.vrt") as a, rasterio.open(tmp_path / "remote" / "index.vrt") as b:
+        assert np.array_equal(a.read(1), b.read(1))
+        assert json.loads(b.tags()["LANDCOVER_IMAGES"]) == urls
+    for path in zion_images:
+        size = Path(path).stat().st_size
+        ranges = server.ranges[f"/{Path(path).name}"]
+        assert len(ranges) >= 4 and max(last - first + 1 for first, last in ranges) < size / 2  # windows, not files

@@ -100,10 +100,15 @@ def test_every_new_request_is_checked(studio):
 def test_suggest_map_all_and_the_command_line_agree(studio, zion_images, tmp_path):
     url, session = studio
     truth = nlcd_ids(session)
+    shown = [(0, 0, 0), (0, 1, 0), (1, 1, 1)]
+    for level, col, row in shown:
+        assert get(f"{url}/tiles/image/{level}/{col}/{row}.png")[0] == 200
     labels = [*points(session, truth), {"class": "Forest", "kind": "polygon",
                                         "points": [[300, 400], [330, 400], [330, 420], [300, 425]]}]
     status, answer = post_json(f"{url}/api/labels", json.dumps({"labels": labels}).encode())
     assert status == 200 and answer["per_class"]["Forest"] == 16
+    session.warming.join(60)  # the tiles shown get their features while the person labels, before any retraining
+    assert set(shown) <= set(session.features.kept) and session.model is None
     status, answer = post_json(f"{url}/api/retrain", b"{}")
     assert status == 200 and answer["pixels"] > len(labels) + 500  # the polygon's ~650 pixels and the points
     for body, said in ((b'{"count": 0}', "1..100"), (b'{"count": "x"}', "1..100"), (b'{"n": 3}', "expected")):

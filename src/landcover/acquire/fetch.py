@@ -25,16 +25,8 @@ from shapely.geometry import mapping, shape
 from landcover.acquire.catalog import FoundItem, sign_href
 from landcover.atomic import replacing
 from landcover.errors import LandcoverError
+from landcover.geo.raster import GDAL_REMOTE
 
-GDAL_REMOTE = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no side-car probes: only the file's bytes
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GDAL_HTTP_MAX_RETRY": "2",  # GDAL's own retries on 429/502/503/504, inside ours
-    "GDAL_HTTP_RETRY_DELAY": "0.5",
-    "GDAL_HTTP_TIMEOUT": "60",
-    "GDAL_CACHEMAX": 128,
-}
-"""GDAL settings for reading COGs over HTTP."""
 STRIP = 1024
 """Rows of an item's window read at a time (bounds memory: a whole Sentinel-2 tile is never held)."""
 

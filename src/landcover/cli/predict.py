@@ -61,8 +61,9 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                                      "window (default a quarter); overlaps are blended with weights that fall "
                                      "towards window edges, so windows leave no seams")
     g.add_argument("--tiles", metavar="SIZE",
-                   help="per-pixel bundles: write the map as tiles of SIZE (m or px) into the folder --out, each by "
-                        "the task that made it, with index.vrt and a STAC catalog.json; resumes tile by tile")
+                   help="write the map as tiles of SIZE (m or px; a tile map's: whole strides) into the folder "
+                        "--out, each by the task that made it, with index.vrt and a STAC catalog.json; resumes tile "
+                        "by tile")
     g.add_argument("--smooth", type=WHOLE.parse, default=0, metavar="N",
                    help="also write the map after an N x N plurality filter on the cell grid (e.g. 3)")
     g.add_argument("--probabilities", action="store_true",

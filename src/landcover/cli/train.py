@@ -131,7 +131,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                                    "(resampled nearest onto the map), polygons or points, plus per-class IoU and "
                                    "area-adjusted accuracies and class areas with 95% confidence intervals "
                                    "(Olofsson et al. 2014) in accuracy.json and areas.png.")
-    p.add_argument("target", metavar="BUNDLE|MAP", help="a model bundle folder, or a class-map GeoTIFF")
+    p.add_argument("target", metavar="BUNDLE|MAP",
+                   help="a model bundle folder, or a class map (a GeoTIFF, or the folder of a tiled map)")
     p.add_argument("--manifest", help="bundles: manifest.parquet or its chips folder")
     p.add_argument("--split", default="test", help="bundles: which split to score (default test)")
     p.add_argument("--truth", metavar="REFERENCE",
@@ -146,12 +147,14 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         target = Path(args.target)
-        if target.is_file() and not args.manifest:  # a map: bundles are folders (the loader names a file's problem)
+        tiled = target.is_dir() and (target / "index.vrt").is_file()  # a map's tiles (predict --tiles)
+        if (target.is_file() or tiled) and not args.manifest:  # a map: bundles are folders
             from landcover.maps.accuracy import assess_map
 
             if not args.truth:
                 raise LandcoverError("scoring a map needs --truth (a reference raster, polygons or points)", target)
-            out = args.out or target.with_name(f"{target.with_suffix('').name}.accuracy")
+            out = args.out or (target / "accuracy" if tiled else
+                               target.with_name(f"{target.with_suffix('').name}.accuracy"))
             print(assess_map(target, args.truth, out, truth_field=args.truth_field, scheme=args.scheme).summary())
             return
         if not args.manifest:

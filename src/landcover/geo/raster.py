@@ -6,7 +6,7 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,12 +23,51 @@ from rasterio.windows import Window
 
 from landcover.errors import LandcoverError
 
+GDAL_REMOTE = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no side-car probes: only the file's bytes
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "2",  # GDAL's own retries on 429/502/503/504, inside ours
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_CACHEMAX": 128,
+}
+"""GDAL settings for reading rasters over HTTP."""
+
+
+def is_remote(path: str | Path) -> bool:
+    """A URL or a GDAL virtual path (/vsicurl/..., /vsis3/...): read through GDAL, not the file system."""
+    text = str(path)
+    return "://" in text or text.startswith("/vsi")
+
+
+def absolute(path: str | Path) -> str:
+    """A raster's path as recorded (tags, fingerprints, tasks on other machines): a local file made absolute, a URL
+    or GDAL virtual path as it is."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
+
+
+def gdal_path(path: str | Path) -> str:
+    """What GDAL itself opens (a VRT's source, say): http(s) URLs through /vsicurl/, local files absolute."""
+    text = str(path)
+    return f"/vsicurl/{text}" if text.startswith(("http://", "https://")) else absolute(text)
+
+
+def remote_reading(paths: list[str]) -> AbstractContextManager:
+    """GDAL_REMOTE's settings while any of `paths` is remote (a local raster keeps its side-cars: .aux.xml, .ovr)."""
+    return rasterio.Env(**GDAL_REMOTE) if any(is_remote(p) for p in paths) else nullcontext()
+
 
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open a raster for reading, or fail with one line naming the file."""
+    """Open a raster for reading, or fail with one line naming the file. A folder is read as the mosaic of its
+    tiles, `index.vrt` (what `predict --tiles` writes)."""
     path = str(path)
-    if not Path(path).exists() and "://" not in path and not path.startswith("/vsi"):
+    if not Path(path).exists() and not is_remote(path):
         raise LandcoverError("no such file", path)
+    if Path(path).is_dir():
+        if not (Path(path) / "index.vrt").is_file():
+            raise LandcoverError("is a folder without index.vrt (a tiled map's folder, from predict --tiles, holds "
+                                 "one): give a raster", path)
+        path = str(Path(path) / "index.vrt")
     try:
         return rasterio.open(path)
     except RasterioIOError as exc:

@@ -74,8 +74,8 @@ def label_raster(images: list[str | Path], scribbles: str | Path, out: str | Pat
     class, settings, seconds) and <out>.png (image | scribbles | result). `model` 'pixels' (the default) trains the
     pixel model on the scribbled pixels (every band of the images) and hands its probabilities to the CRF as
     evidence, so far from the strokes a class comes from the image, never from a tie; 'none' gives the CRF the
-    scribbles alone. On NC's points, at the CRF's defaults by resolution: the polygons' interiors scribbled 0.647
-    through the model, 0.664-0.668 the CRF alone, 0.556 the model alone; three short strokes a polygon 0.630
+    scribbles alone. On NC's points, at the CRF's defaults by resolution: the polygons' interiors scribbled 0.648
+    through the model, 0.664-0.668 the CRF alone, 0.552 the model alone; three short strokes a polygon 0.630
     through the model, the CRF alone one class everywhere in one run of three (tests/test_label.py). Scribbled
     pixels keep their class. `bands` pick the image bands the CRF compares (default the first three); `median` > 1
     median-filters the refined probabilities."""

@@ -19,7 +19,7 @@ from landcover.atomic import replacing, write_text
 from landcover.bundle import load_bundle
 from landcover.engine import in_order
 from landcover.errors import LandcoverError
-from landcover.geo.raster import Scene
+from landcover.geo.raster import Scene, absolute
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, raster_classes, start_draft, write_rows
@@ -151,7 +151,7 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
     files = output_files(out, 0, job.probabilities_out)
     del files["tiles"]
     state = out.with_name(f".{out.name}.landcover-state")
-    tags = {**tags, "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
+    tags = {**tags, "LANDCOVER_IMAGES": json.dumps([absolute(p) for p in images]),
             "LANDCOVER_CRF": json.dumps(s.to_dict()), "LANDCOVER_TASK": "dense"}
     drafts = {"map": state / "map.tif", "probabilities": state / "probs.tif"}
     stamp = fingerprint([job.probabilities], images, {

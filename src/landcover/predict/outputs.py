@@ -18,7 +18,7 @@ from landcover.bundle import Bundle
 from landcover.chips.check import pick_bands
 from landcover.errors import LandcoverError
 from landcover.geo.grid import area_text
-from landcover.geo.raster import Scene, open_raster
+from landcover.geo.raster import Scene, absolute, open_raster
 from landcover.schemes import load_scheme
 
 
@@ -102,7 +102,7 @@ def fingerprint(sources: list[str | Path], images: list[str], settings: dict) ->
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix != ".onnx"
                        and p.name != "onnx.json") if source.is_dir() else [source]
         found += [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    data = {"sources": found, "images": [str(Path(p).resolve()) for p in images], **settings}
+    data = {"sources": found, "images": [absolute(p) for p in images], **settings}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

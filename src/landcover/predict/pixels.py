@@ -15,7 +15,7 @@ from landcover.bundle import Bundle
 from landcover.engine import Engine, in_order
 from landcover.errors import LandcoverError
 from landcover.geo.grid import parse_length, scene_footprint, to_pixels
-from landcover.geo.raster import Scene
+from landcover.geo.raster import Scene, absolute
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, start_draft, write_rows
@@ -77,7 +77,7 @@ def predict_pixels(bundle: Bundle, images: list[str], out: Path, request: MapReq
     drafts = {"map": state / "map.tif", "probabilities": state / "probs.tif"}
     res = job.transform.a
     tags = {"LANDCOVER_BUNDLE": str(Path(bundle.path).resolve()),
-            "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
+            "LANDCOVER_IMAGES": json.dumps([absolute(p) for p in images]),
             "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_TASK": "segmentation",
             "LANDCOVER_WINDOW_PX": str(job.window), "LANDCOVER_OVERLAP_PX": str(job.overlap)}
     rgb = bundle.chip.get("rgb_bands")

@@ -19,8 +19,8 @@ from landcover.bundle import Bundle, load_bundle
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid, make_grid, on_lattice, parse_length, scene_footprint, to_pixels
-from landcover.geo.raster import Scene, crs_name
-from landcover.geo.stretch import scene_stretch
+from landcover.geo.raster import Scene, absolute, crs_name
+from landcover.geo.stretch import Stretch, scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_probabilities
 from landcover.predict.bands import bundle_reads_png, window_threads
@@ -116,8 +116,9 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
                              "its tiles (--stride overlaps them)")
     log, every = r.log, r.decimate
     picks, scene = open_scene(bundle, images, r.bands, r.nodata)
-    grid = _grid(bundle, scene, r.stride)
-    job = _job(bundle, scene, grid, runtime, r.resampling, r.batch_size or BATCH_TILES, r.max_nodata, engine)
+    grid = tile_grid(bundle, scene, r.stride)
+    job = _job(bundle, scene, grid, runtime, r.resampling, r.batch_size or BATCH_TILES, r.max_nodata, engine,
+               r.stretch)
     reading = _reading(job)
     cell_in_aoi = _aoi_cells(job, r.aoi)
     if every > 1:
@@ -158,7 +159,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
                                  f"{r.max_nodata:g} of their pixels nodata, --max-nodata); --allow-empty writes the "
                                  "empty map instead", images[0])
         tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()),
-                "LANDCOVER_IMAGES": json.dumps([str(Path(p).resolve()) for p in images]),
+                "LANDCOVER_IMAGES": json.dumps([absolute(p) for p in images]),
                 "LANDCOVER_BANDS": json.dumps(picks), "LANDCOVER_STRIDE_M": f"{grid.step:g}",
                 "LANDCOVER_TILE_M": f"{grid.tile * grid.res:g}"}
         if r.probabilities:
@@ -204,7 +205,7 @@ def predict_raster(bundle_path: str | Path, images: list[str | Path], out: str |
         return result
 
 
-def _grid(bundle: Bundle, scene: Scene, stride: str | None) -> Grid:
+def tile_grid(bundle: Bundle, scene: Scene, stride: str | None) -> Grid:
     """The bundle's tiles (size in px at its ground resolution, every stride) on the imagery's CRS, or, for
     imagery in degrees, on the UTM zone of its centre (as `landcover chips` cuts it)."""
     tile, res = int(bundle.chip["size_px"]), float(bundle.chip["res"])
@@ -226,17 +227,26 @@ def _reading(job: RasterJob) -> str:
             f"{crs_name(grid.crs)} at {grid.res:g} m (the bundle's ground resolution), {job.resampling}")
 
 
-def _job(bundle: Bundle, scene: Scene, grid: Grid, runtime: str, resampling: str, batch_size: int,
-         max_nodata: float, engine: Engine) -> RasterJob:
+def map_cells(scene: Scene, grid: Grid) -> tuple[int, int]:
+    """The tile map's cells (one per stride) down and across the scene."""
     _, bottom, right, _ = scene_footprint(scene, grid.crs).bounds
     eps = 1e-6
-    cols = math.floor((right - grid.x0) / grid.step + eps)
-    rows = math.floor((grid.y0 - bottom) / grid.step + eps)
+    return math.floor((grid.y0 - bottom) / grid.step + eps), math.floor((right - grid.x0) / grid.step + eps)
+
+
+def chip_stretch(bundle: Bundle, scene: Scene) -> Stretch | None:
+    """How a bundle of 8-bit (PNG) chips sees the scene: its percentiles stretched to 8 bits (None: already 8-bit,
+    or chips that were not PNG)."""
+    if not bundle_reads_png(bundle) or np.dtype(scene.dtype) == np.uint8:
+        return None
+    return scene_stretch(scene, tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0)))
+
+
+def _job(bundle: Bundle, scene: Scene, grid: Grid, runtime: str, resampling: str, batch_size: int,
+         max_nodata: float, engine: Engine, stretch: Stretch | None = None) -> RasterJob:
+    rows, cols = map_cells(scene, grid)
     png = bundle_reads_png(bundle)
-    stretch = None
-    if png and np.dtype(scene.dtype) != np.uint8:
-        percentiles = tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0))
-        stretch = scene_stretch(scene, percentiles)
+    stretch = (stretch or chip_stretch(bundle, scene)) if png else None
     threads = window_threads(engine.name, engine.workers)
     return RasterJob(str(Path(bundle.path).resolve()), runtime, scene, png, stretch, grid, on_lattice(scene, grid),
                      resampling, rows, cols, batch_size, max_nodata, threads)

@@ -11,6 +11,7 @@ from typing import Any
 from landcover.bounds import COUNT
 from landcover.engine import Engine
 from landcover.errors import LandcoverError
+from landcover.geo.stretch import Stretch
 from landcover.segment.crf import CrfSettings
 from landcover.segment.crfdefaults import CrfChoice, resolve_crf
 
@@ -48,6 +49,9 @@ class MapRequest:
     decimate: int = 1
     """Tile maps: classify only every N-th tile in each direction (the rest nodata), as the hybrid dense map asks."""
     block_windows: int = BLOCK_WINDOWS
+    stretch: Stretch | None = None
+    """Tile maps of 8-bit (PNG) chip bundles: the stretch to 8 bits (default: the scene's own percentiles; a tiled
+    run gives every tile the whole scene's)."""
     # per-pixel maps
     window: str | None = None
     """Segmentation bundles: window side, px or m (default 512 px)."""

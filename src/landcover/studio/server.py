@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,11 @@ from landcover.studio.model import StudioModel, TileFeatures
 from landcover.studio.tiles import TILE_PX, MapTiles, TileSource
 
 MAX_SUGGESTIONS = 100
+VIEWED_TILES = 64
+"""Image tiles remembered as shown."""
+WARM_TILES = 28
+"""The last shown of them whose features are computed ahead of a retraining (a full-HD view; FEATURES_MB holds
+them)."""
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/studio.js": ("studio.js", "text/javascript; charset=utf-8"),
@@ -103,6 +109,9 @@ class StudioSession:
         self.model: StudioModel | None = None
         self.features: TileFeatures | None = None
         self.model_version = 0
+        self.viewed: OrderedDict = OrderedDict()
+        """The imagery's tiles last shown (level, col, row): their features are computed while a person labels."""
+        self.warming: threading.Thread | None = None
 
     def info(self) -> dict:
         stack, imagery = self.imagery.stack, self.imagery
@@ -121,7 +130,13 @@ class StudioSession:
     def tile(self, layer: str, level: int, col: int, row: int) -> bytes:
         try:
             if layer == "image":
-                return self.imagery.tile_png(level, col, row)
+                png = self.imagery.tile_png(level, col, row)
+                with self.lock:
+                    self.viewed[level, col, row] = True
+                    self.viewed.move_to_end((level, col, row))
+                    if len(self.viewed) > VIEWED_TILES:
+                        self.viewed.popitem(last=False)
+                return png
             if layer in ("model", "uncertainty"):
                 model = self.model
                 if model is None:
@@ -166,20 +181,48 @@ class StudioSession:
         if not isinstance(body, dict) or set(body) != {"labels"}:
             raise BadRequest(400, 'expected {"labels": [...]}')
         with self.lock:
-            return self.labels.replace(body["labels"])
+            answer = self.labels.replace(body["labels"])
+        self.warm()
+        return answer
+
+    def tile_features(self) -> TileFeatures:
+        """The display tiles' features (kept across retrainings) for the pixel model's features of this imagery."""
+        from landcover.predict.evidence import scene_features
+
+        spec = scene_features(self.imagery.stack)
+        with self.lock:
+            if self.features is None or self.features.spec != spec:
+                self.features = TileFeatures(self.imagery, spec)
+            return self.features
+
+    def warm(self) -> None:
+        """While a person labels, the features of the tiles in view are computed in the background (once at a
+        time), so that the first retraining's view is re-mapped as fast as the later ones."""
+        if self.warming is not None and self.warming.is_alive():
+            return
+
+        def run() -> None:
+            features = self.tile_features()
+            with self.lock:
+                keys = list(reversed(self.viewed))
+            for key in keys[:WARM_TILES]:
+                try:
+                    features.get(*key)
+                except LandcoverError:  # a tile of an earlier display's grid
+                    continue
+
+        self.warming = threading.Thread(target=run, daemon=True)
+        self.warming.start()
 
     def retrain(self) -> dict:
         """The pixel model on every label so far."""
-        from landcover.predict.evidence import scene_features
         from landcover.train.pixels import fit_pixel_head
 
         if self.labels is None:
             raise BadRequest(400, "no classes to label: start the studio with --classes, --scheme or --map")
         started = time.perf_counter()
         stack = self.imagery.stack
-        spec = scene_features(stack)
-        if self.features is None or self.features.spec != spec:
-            self.features = TileFeatures(self.imagery, spec)
+        spec = self.tile_features().spec
         X, y = self.labels.training_pixels(spec, stack)
         head = fit_pixel_head("rf", X, y, len(self.classes))
         with self.lock:
