@@ -1,4 +1,4 @@
-"""Maps of any extent as tiles written by the workers (`predict --tiles SIZE --out DIR/`): the first part of #30.
+"""Maps of any extent as tiles written by the workers (`predict --tiles SIZE --out DIR/`), #30.
 
 The map's grid is cut into square output tiles of SIZE (m or px), aligned to the grid's origin: for per-pixel
 bundles the grid is the imagery's own pixels (read at the bundle's resolution), for a tile classifier its cells,
