@@ -80,6 +80,7 @@ def pixel_bundle(out: Path, images: list[str]) -> Path:
     from landcover.predict.evidence import scene_features
     from landcover.schemes import load_scheme
     from landcover.train.pixels import HEAD_PARAMS
+    from landcover.train.run import chip_source
 
     if (out / "model.json").exists():
         return out
@@ -96,10 +97,10 @@ def pixel_bundle(out: Path, images: list[str]) -> Path:
     head = fit_head("rf", features[:, rows[pick], cols[pick]].T, labels[rows[pick], cols[pick]], 8,
                     **HEAD_PARAMS["rf"])
     classes = [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(load_scheme("nlcd-grouped").classes)]
-    n = stack.count
-    chip = {"size_px": TILE_PX, "res": float(res), "crs": stack.crs.to_string(), "dtype": str(np.dtype(stack.dtype)),
-            "rgb_bands": [0, 1, 2], "format": "tif", "source_files": [Path(p).name for p in images],
-            "source_bands": [list(b) for b in stack.band_sources]}
+    n, dtype = stack.count, str(np.dtype(stack.dtype))
+    chip = {"size_px": TILE_PX, "res": float(res), "crs": stack.crs.to_string(), "dtype": dtype, "rgb_bands": [0, 1, 2],
+            **chip_source({"format": "tif", "scenes": [{"paths": list(images), "dtype": dtype,
+                                                        "bands": [list(b) for b in stack.band_sources]}]})}
     save_bundle(Bundle("pixels", "filters", classes, InputSpec(tuple(range(n)), (0.0,) * n, (1.0,) * n, (0.0,) * n,
                                                                (1.0,) * n, TILE_PX, resize=False), chip,
                        {"note": "timing bundle: labels of random 64 px blocks"}, head=head, task="pixels",
@@ -160,7 +161,8 @@ def simulated_driver(n: int, folder: str, first_tile: str) -> dict:
     shutil.copy(first_tile, out / "tiles" / f"{records[0]['name']}.tif")
     crs = CRS.from_epsg(26914)
     job = TileJob("bundle", ("naip.tif",), None, None, None, None, crs.to_wkt(), (1.0, 0.0, 500000.0, 0.0, -1.0,
-                  5200000.0), side * TILE_PX, side * TILE_PX, 50, str(out), tuple((k, f"class {k}") for k in range(8)))
+                  5200000.0), side * TILE_PX, side * TILE_PX, 50, str(out), tuple((k, f"class {k}") for k in range(8)),
+                  (side * TILE_PX, side * TILE_PX))
     started = time.perf_counter()
     write_index(out / "index.vrt", records, job)
     indexed = time.perf_counter()

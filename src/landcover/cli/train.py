@@ -146,8 +146,10 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> None:
+        from landcover.geo.raster import tiles_index
+
         target = Path(args.target)
-        tiled = target.is_dir() and (target / "index.vrt").is_file()  # a map's tiles (predict --tiles)
+        tiled = tiles_index(target) is not None  # a map's tiles (predict --tiles)
         if (target.is_file() or tiled) and not args.manifest:  # a map: bundles are folders
             from landcover.maps.accuracy import assess_map
 

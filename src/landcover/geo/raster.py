@@ -57,17 +57,24 @@ def remote_reading(paths: list[str]) -> AbstractContextManager:
     return rasterio.Env(**GDAL_REMOTE) if any(is_remote(p) for p in paths) else nullcontext()
 
 
+def tiles_index(path: str | Path) -> Path | None:
+    """The mosaic of a folder of map tiles (`predict --tiles` writes DIR/index.vrt), or None."""
+    index = Path(path) / "index.vrt"
+    return index if Path(path).is_dir() and index.is_file() else None
+
+
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
     """Open a raster for reading, or fail with one line naming the file. A folder is read as the mosaic of its
-    tiles, `index.vrt` (what `predict --tiles` writes)."""
+    tiles (`tiles_index`)."""
     path = str(path)
     if not Path(path).exists() and not is_remote(path):
         raise LandcoverError("no such file", path)
     if Path(path).is_dir():
-        if not (Path(path) / "index.vrt").is_file():
+        index = tiles_index(path)
+        if index is None:
             raise LandcoverError("is a folder without index.vrt (a tiled map's folder, from predict --tiles, holds "
                                  "one): give a raster", path)
-        path = str(Path(path) / "index.vrt")
+        path = str(index)
     try:
         return rasterio.open(path)
     except RasterioIOError as exc:

@@ -88,6 +88,8 @@ class TileJob:
     """Cells of context read around a tile on every side."""
     out: str
     classes: tuple[tuple[int, str], ...]
+    image_shape: tuple[int, int]
+    """The imagery's pixels down and across (every input shares the grid)."""
     cell: int = 1
     """Imagery pixels a cell spans (a tile map's stride; 1 for per-pixel maps)."""
     stride: str | None = None
@@ -139,8 +141,8 @@ def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles:
     out.mkdir(parents=True, exist_ok=True)
     job = TileJob(str(Path(bundle.path).resolve()), tuple(images), tuple(picks), r.nodata, r.window, r.overlap,
                   crs.to_wkt(), tuple(transform)[:6], height, width, halo, str(out.resolve()),
-                  tuple((int(c["id"]), c["name"]) for c in bundle.classes), cell, r.stride, r.max_nodata,
-                  r.batch_size, r.runtime, stretch)
+                  tuple((int(c["id"]), c["name"]) for c in bundle.classes), (scene.height, scene.width), cell,
+                  r.stride, r.max_nodata, r.batch_size, r.runtime, stretch)
     tasks = [TileTask(i, row, col, min(size, height - row), min(size, width - col))
              for i, (row, col) in enumerate((row, col) for row in range(0, height, size)
                                             for col in range(0, width, size))]
@@ -226,8 +228,9 @@ def run_tile(job: TileJob, task: TileTask) -> dict:
         tiles = Path(job.out) / "tiles"
         tiles.mkdir(parents=True, exist_ok=True)
         with remote_reading(job.images), tempfile.TemporaryDirectory(prefix=f".{task.name}-", dir=tiles) as scratch:
-            inputs = [clipped_vrt(path, window_of(path, job, r0, r1, c0, c1),
-                                  Path(scratch) / f"{i}-{Path(path).stem}.vrt") for i, path in enumerate(job.images)]
+            window = window_of(job, r0, r1, c0, c1)
+            inputs = [clipped_vrt(path, window, Path(scratch) / f"{i}-{Path(path).stem}.vrt")
+                      for i, path in enumerate(job.images)]
             predict_raster(job.bundle, inputs, Path(scratch) / "map.tif", bands=job.bands, nodata=job.nodata,
                            window=job.window, overlap=job.overlap, stride=job.stride, max_nodata=job.max_nodata,
                            batch_size=job.batch_size, runtime=job.runtime, stretch=job.stretch, progress=False,
@@ -252,12 +255,11 @@ def run_tile(job: TileJob, task: TileTask) -> dict:
         return {"index": task.index, "error": f"{task.name}: {type(exc).__name__}: {exc}"}
 
 
-def window_of(path: str, job: TileJob, r0: int, r1: int, c0: int, c1: int) -> Window:
+def window_of(job: TileJob, r0: int, r1: int, c0: int, c1: int) -> Window:
     """The imagery window under cells [r0, r1) x [c0, c1); where they are the map's last cells, to the raster's
     edge, so the clipped raster ends where the whole one does (its tile map has the same cells)."""
-    with rasterio.open(path) as src:
-        bottom = src.height if r1 == job.height else r1 * job.cell
-        right = src.width if c1 == job.width else c1 * job.cell
+    bottom = job.image_shape[0] if r1 == job.height else r1 * job.cell
+    right = job.image_shape[1] if c1 == job.width else c1 * job.cell
     return Window(c0 * job.cell, r0 * job.cell, right - c0 * job.cell, bottom - r0 * job.cell)
 
 
