@@ -138,10 +138,11 @@ function hit(label, at) {  // whether a point of the view (screen coordinates) f
   return false;
 }
 
-function addLabel(label) {  // a new label; suggestions it answers are done
+function addLabel(label) {  // a new label, drawn at once (the server's answer may come later); suggestions it answers are done
   state.labels.push(label);
   const near = Math.max(1.5, 8 / state.scale);
   state.suggestions = state.suggestions.filter((s) => !label.points.some((p) => Math.hypot(p[0] - s[0], p[1] - s[1]) <= near));
+  drawLabels();
   saveLabels();
 }
 
