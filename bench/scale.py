@@ -148,7 +148,9 @@ def simulated_driver(n: int, folder: str, first_tile: str) -> dict:
 
     from rasterio.crs import CRS
 
-    from landcover.predict.tiled import TileJob, write_catalog, write_index
+    from landcover.predict.mosaic import write_catalog, write_index
+    from landcover.predict.request import MapRequest
+    from landcover.predict.tiled import TileJob
 
     out = Path(folder)
     shutil.rmtree(out, ignore_errors=True)
@@ -160,9 +162,9 @@ def simulated_driver(n: int, folder: str, first_tile: str) -> dict:
                 "nodata": 0} for i in range(n)]
     shutil.copy(first_tile, out / "tiles" / f"{records[0]['name']}.tif")
     crs = CRS.from_epsg(26914)
-    job = TileJob("bundle", ("naip.tif",), None, None, None, None, crs.to_wkt(), (1.0, 0.0, 500000.0, 0.0, -1.0,
-                  5200000.0), side * TILE_PX, side * TILE_PX, 50, str(out), tuple((k, f"class {k}") for k in range(8)),
-                  (side * TILE_PX, side * TILE_PX))
+    extent = side * TILE_PX
+    job = TileJob("bundle", ("naip.tif",), crs.to_wkt(), (1.0, 0.0, 500000.0, 0.0, -1.0, 5200000.0), extent, extent,
+                  50, str(out), tuple((k, f"class {k}") for k in range(8)), (extent, extent), MapRequest())
     started = time.perf_counter()
     write_index(out / "index.vrt", records, job)
     indexed = time.perf_counter()
@@ -254,11 +256,21 @@ def tiled_runs(work: Path, mosaic: Path, bundle: Path, cluster: bool) -> dict:
                               "folder": str(out)}
                 say(f"{name}: {summary['tiles']} tiles in {summary['seconds']} s, driver {summary['driver_seconds']} s"
                     f" ({runs[name]['driver_share']:.1%}), {runs[name]['tiles_per_second']} tiles/s")
+        # The same map as one COG from one process (all its cores): the tiles' mosaic must be it, byte for byte.
+        single = work / "single-map.tif"
+        run = fresh_process(["predict", str(bundle), "--quiet", "--image", str(mosaic), "--out", str(single),
+                             "--overwrite"])
+        with rasterio.open(single) as src:
+            whole = src.read(1)
+        for record in runs.values():
+            with rasterio.open(Path(record["folder"]) / "index.vrt") as src:
+                record["equals_single_map"] = bool(np.array_equal(src.read(1), whole))
+        runs["single_map_seconds"] = round(run["seconds"], 1)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    if len(runs) == 2:
-        local, remote = runs.values()
+    if cluster:
+        local, remote = (row for row in runs.values() if isinstance(row, dict))
         runs["cluster_over_local"] = round(remote["tiles_per_second"] / local["tiles_per_second"], 3)
     return runs
 
@@ -325,11 +337,14 @@ def report(r: dict) -> str:
     for method, row in r["throughput"]["1"].items():
         lines.append(f"| {method} | {row['km2_per_hour_per_core']:,} | "
                      f"{r['throughput']['30'][method]['km2_per_hour_per_core']:,} |")
-    lines += ["", "| tiled run | tiles | seconds | driver | tiles/s |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "| tiled run | tiles | seconds | driver | tiles/s | mosaic = one-process map |",
+              "|---|---:|---:|---:|---:|---|"]
     for name, row in r["tiled"].items():
         if isinstance(row, dict):
             lines.append(f"| {name} | {row['tiles']:,} | {row['seconds']} | {row['driver_seconds']} s "
-                         f"({row['driver_share']:.1%}) | {row['tiles_per_second']} |")
+                         f"({row['driver_share']:.1%}) | {row['tiles_per_second']} | "
+                         f"{'yes' if row['equals_single_map'] else 'NO'} |")
+    lines.append(f"| one COG, one process | | {r['tiled']['single_map_seconds']} | | | |")
     lines += ["", "| simulated tiles | driver seconds | per 1,000 | peak MB |", "|---:|---:|---:|---:|"]
     for row in r["driver"]["simulated"]:
         lines.append(f"| {row['tiles']:,} | {row['seconds']} | {row['seconds_per_1000']} | {row['peak_rss_mb']} |")

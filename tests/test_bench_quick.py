@@ -158,6 +158,7 @@ def test_scale_bench(tmp_path):
         assert all(row["km2_per_hour_per_core"] > 0 and row["km2"] > 0 for row in result["throughput"][res].values())
     local = result["tiled"]["local, process pool x2"]
     assert local["tiles"] == 16 and 0 < local["driver_share"] < 1 and local["cog_bytes_per_pixel"] > 0
+    assert local["equals_single_map"] and result["tiled"]["single_map_seconds"] > 0  # NAIP, byte for byte
     assert result["driver"]["simulated"][0]["tiles"] == 1000 and result["driver"]["resume_check_ms_per_tile"] > 0
     assert len(result["costs"]) == 2 * len(methods) * 3
     conus = next(r for r in result["costs"] if r["area"] == "CONUS" and r["res_m"] == 1 and r["method"] == "U-Net")

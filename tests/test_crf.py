@@ -1,20 +1,25 @@
 """The dense CRF: its lattice filter, mean field (against pydensecrf2 where installed), blocks, the hybrid and the
-segmentation maps on Zion, the `crf` command, resume and bad input."""
+segmentation maps on Zion, the `crf` command, resume, dense maps as tiles (#30) and bad input."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from conftest import need_data
+from conftest import need_data, write_raster
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from landcover.cli import main
-from landcover.maps.classmap import read_class_map
+from landcover.maps.classmap import read_class_map, read_probabilities
 from landcover.maps.figures import truth_on_grid
+from landcover.predict.dense import predict_dense
+from landcover.predict.tiled import predict_tiled
 from landcover.segment.crf import DEEPLAB, CrfSettings, Lattice, dense_crf, pixel_features
+from landcover.segment.crfdefaults import CrfChoice
 
 
 def naip_crop(size: int = 160) -> np.ndarray:
@@ -195,6 +200,40 @@ def test_a_decimated_hybrid_still_gives_every_pixel_a_class(zion_bundle, zion_ti
     assert (tile_cells != 255).mean() < 0.3
     assert (read_class_map(sparse).data != 255).all()
     assert nlcd_agreement(sparse, zion) > tile_score
+
+
+@pytest.mark.slow
+def test_dense_maps_as_tiles_equal_the_single_map(zion_seg_run, zion_bundle, zion_images, tmp_path, capsys):
+    """#30: dense maps written as tiles by two workers equal the single dense map, pixel and probability: a U-Net's
+    map refined (96 px windows: tiles of whole steps and whole CRF blocks, 384 px, whose halo of 192 px puts the
+    clipped rasters' corners between blocks, so each tile places its blocks where the whole map's fall) and the
+    hybrid of the tile classifier (every 2nd cell of 240 m classified). Blocks of 128 cells and a 10 px appearance
+    kernel keep it small; a size that is not whole blocks is one line."""
+    crop = []
+    for image in zion_images:  # 640 x 768 px of the park: 2 x 2 tiles
+        with rasterio.open(image) as src:
+            window = rasterio.windows.Window(300, 300, 768, 640)
+            crop.append(str(write_raster(tmp_path / Path(image).name, src.read(1, window=window), src.crs,
+                                         src.window_transform(window), src.nodata)))
+    small = {"crf_block": 128, "crf": CrfChoice(given=(("sxy_bilateral", "10"),)), "log": lambda _: None}
+    runs = {"unet": (zion_seg_run / "bundle", {"window": "96px", "overlap": "0px", "probabilities": True}),
+            "hybrid": (zion_bundle[0], {"stride": "240m", "decimate": 2})}
+    for name, (bundle, options) in runs.items():
+        single, tiled = tmp_path / f"{name}.tif", tmp_path / name
+        predict_dense(bundle, crop, single, progress=False, **small, **options)
+        summary = predict_tiled(bundle, crop, tiled, "384px", dense=True, engine="process:2", **small, **options)
+        assert summary["tiles"] == 4 and not summary["failed"]
+        whole = read_class_map(single).data
+        assert np.array_equal(whole, read_class_map(tiled / "index.vrt").data), name
+        assert len(np.unique(whole)) >= 3
+        if options.get("probabilities"):
+            assert summary["halo_cells"] == 192
+            assert np.array_equal(read_probabilities(single.with_suffix(".probs.tif"))[0],
+                                  read_probabilities(tiled / "probs.vrt")[0])
+    capsys.readouterr()
+    assert main(["predict", str(zion_seg_run / "bundle"), "--quiet", "--image", *crop, "--crf", "--tiles", "384px",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "tiles are whole blocks of the CRF (512 cells of 1 px)" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line(seg_dense, zion_seg_run, zion_images, tmp_path, capsys):

@@ -248,13 +248,13 @@ def test_a_tile_map_as_tiles_equals_the_single_map(zion_bundle, tmp_path, capsys
     single, tiled = tmp_path / "single.tif", tmp_path / "tiled"
     predict_raster(bundle, images, single, stride="240m", progress=False, log=lambda _: None)
     argv = ["predict", str(bundle), "--quiet", "--image", *images, "--stride", "240m", "--out", str(tiled)]
-    assert main([*argv, "--tiles", "4800m", "--workers", "2"]) == 0  # 20 cells of 240 m a side
+    assert main([*argv, "--tiles", "9600m", "--workers", "2"]) == 0  # 40 cells of 240 m a side
     with rasterio.open(single) as a, rasterio.open(tiled / "index.vrt") as b:
         whole, mosaic = a.read(1), b.read(1)
         assert b.transform == a.transform and b.shape == a.shape == (178, 141)
     assert np.array_equal(whole, mosaic)
     summary = json.loads((tiled / "tiles.json").read_text())
-    assert summary["tiles"] == 9 * 8 and summary["halo_cells"] == 1 and summary["cell_m"] == 240
+    assert summary["tiles"] == 5 * 4 and summary["halo_cells"] == 1 and summary["cell_m"] == 240
     hectares = sum(sum(json.loads(p.read_text())["properties"]["landcover:hectares"].values())
                    for p in (tiled / "items").glob("*.json"))
     assert hectares == pytest.approx((whole != 255).sum() * 5.76)  # 240 m cells: 5.76 ha

@@ -26,6 +26,19 @@ class Engine:
     name: str = "local"
     workers: int = 1
     ray_address: str | None = None
+    threads: int | None = None
+    """Threads a task may use (torch, onnxruntime, numba): default every core in-process, an equal share of the
+    cores on a pool or a local Ray, one on a Ray cluster (it runs a task on each CPU of each node); a tile of
+    `predict --tiles`, run in-process on a worker, is given its share."""
+
+    @property
+    def task_threads(self) -> int | None:
+        """Threads per task (None: every core)."""
+        if self.threads:
+            return self.threads
+        if self.name == "ray" and self.ray_address:
+            return 1
+        return None if self.name == "local" else max(1, (os.cpu_count() or 1) // self.workers)
 
     @classmethod
     def choose(cls, name: str | None, workers: int = 1, ray_address: str | None = None) -> Engine:
@@ -63,6 +76,15 @@ class Engine:
         if self.name == "process":
             return _pool_map(fn, shared, tasks, self.workers, spawn)
         return _ray_map(fn, shared, tasks, self.workers, self.ray_address)
+
+
+def use_threads(threads: int | None) -> None:
+    """A pool's or Ray's task given its share of the cores (None: leave every core): numba's kernels (the pixel
+    model's filters and trees, the CRF) then use that many threads, process-wide as torch's do."""
+    if threads:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def in_order(results: Iterable[Any], first: int = 0) -> Iterator[Any]:

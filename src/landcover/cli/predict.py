@@ -113,14 +113,16 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                               decimate=args.decimate or 1, threshold=0.5 if args.threshold is None else args.threshold,
                               evidence_model=args.evidence_model or "none")
         if args.tiles:
-            if dense or args.smooth or args.truth or args.probabilities or args.aoi:
-                raise LandcoverError("--tiles writes class-map tiles: --dense, --smooth, --truth, --probabilities "
-                                     "and --aoi are for single maps in this version")
+            if args.smooth or args.truth or args.aoi:
+                raise LandcoverError("--tiles writes class-map tiles (and with --probabilities theirs, which "
+                                     "`landcover crf DIR` refines): --smooth, --truth and --aoi are for single maps "
+                                     "in this version")
             from landcover.predict.tiled import predict_tiled
 
-            summary = predict_tiled(args.bundle, args.image, args.out, args.tiles, request)
+            summary = predict_tiled(args.bundle, args.image, args.out, args.tiles, request, dense=bool(dense))
             print(f"{args.out}: {summary['tiles']} tiles ({summary['written']} written, {summary['resumed']} already "
-                  f"there), index.vrt and catalog.json; {summary['seconds']} s")
+                  f"there), index.vrt{', probs.vrt' if args.probabilities else ''} and catalog.json; "
+                  f"{summary['seconds']} s")
             return
         if dense:
             from landcover.predict.dense import predict_dense
@@ -203,7 +205,8 @@ def _crf_parser(sub: argparse._SubParsersAction) -> None:
                                    "connected CRF (Krähenbühl & Koltun 2011) against the imagery, block by block, "
                                    "into a class-map COG (<out>.json beside it).",
                        epilog=CRF_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("probabilities", metavar="PROBS", help="a probability raster, one band per class")
+    p.add_argument("probabilities", metavar="PROBS", help="a probability raster, one band per class (or the folder "
+                                                          "of predict --tiles --probabilities)")
     p.add_argument("--image", nargs="+", required=True, metavar="RASTER", help="the imagery, stacked as bands")
     p.add_argument("--out", required=True, help="the refined class map (.tif)")
     p.add_argument("--bands", type=COUNT.parse, nargs="+", metavar="N",

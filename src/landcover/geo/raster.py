@@ -57,9 +57,10 @@ def remote_reading(paths: list[str]) -> AbstractContextManager:
     return rasterio.Env(**GDAL_REMOTE) if any(is_remote(p) for p in paths) else nullcontext()
 
 
-def tiles_index(path: str | Path) -> Path | None:
-    """The mosaic of a folder of map tiles (`predict --tiles` writes DIR/index.vrt), or None."""
-    index = Path(path) / "index.vrt"
+def tiles_index(path: str | Path, probabilities: bool = False) -> Path | None:
+    """The mosaic of a folder of map tiles (`predict --tiles` writes DIR/index.vrt; with --probabilities also
+    DIR/probs.vrt, the tiles' probabilities), or None."""
+    index = Path(path) / ("probs.vrt" if probabilities else "index.vrt")
     return index if Path(path).is_dir() and index.is_file() else None
 
 

@@ -172,8 +172,14 @@ def scale_probabilities(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def write_probabilities(path: str | Path, probs: np.ndarray, valid: np.ndarray, transform: Affine, crs: CRS,
                         classes: list[dict], tags: dict[str, str] | None = None) -> Path:
     """Per-class probabilities (classes, h, w) in [0, 1] as a uint8 COG (p * 254, 255 nodata, GDAL scale 1/254)."""
-    return write_cog(path, scale_probabilities(probs, valid), transform, crs, NODATA, resampling="AVERAGE",
-                     **_probability_styling(classes, tags))
+    return write_scaled_probabilities(path, scale_probabilities(probs, valid), transform, crs, classes, tags)
+
+
+def write_scaled_probabilities(path: str | Path, scaled: np.ndarray, transform: Affine, crs: CRS,
+                               classes: list[dict], tags: dict[str, str] | None = None) -> Path:
+    """Probabilities already scaled as stored (uint8 p * 254, 255 nodata; e.g. a window of a probability COG) as a
+    probability COG."""
+    return write_cog(path, scaled, transform, crs, NODATA, resampling="AVERAGE", **_probability_styling(classes, tags))
 
 
 def read_probabilities(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

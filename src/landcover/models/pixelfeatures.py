@@ -22,7 +22,6 @@ faster than scipy's float64 filter; each channel's gradient, Laplacian and devia
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,7 +91,8 @@ class PixelFeatures:
     def compute(self, pixels: np.ndarray, valid: np.ndarray | None, res: float, threads: int | None = None
                 ) -> np.ndarray:
         """(bands, h, w) pixels and (h, w) validity at `res` metres per pixel -> (features, h, w) float32; the
-        channels are filtered on `threads` threads (default: every core; the filters release the GIL)."""
+        channels are filtered on `threads` threads (default: numba's, every core unless a pool's or Ray's task was
+        given its share, `landcover.engine.use_threads`; the filters release the GIL)."""
         if pixels.ndim != 3 or pixels.shape[0] != len(self.band_names):
             raise LandcoverError(f"pixel features of {len(self.band_names)}-band imagery: got {pixels.shape}")
         data = pixels.astype(np.float32)
@@ -116,7 +116,7 @@ class PixelFeatures:
                 _gaussian(c * c, kernel, square)
                 _derived(out[at], square, np.float32(sigma), out[at + 1], out[at + 2], out[at + 3])
 
-        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(threads or numba.get_num_threads()) as pool:
             list(pool.map(filtered, range(n)))
         if not ok.all():
             out[:, ~ok] = np.nan

@@ -5,15 +5,16 @@ Windows of `window` px start every `window - overlap` px from the map's top-left
 probabilities are weighted by a taper (1 inside, falling linearly over `overlap` px to its edges; where two
 windows overlap their weights sum to 1) and the weighted sums are normalised, so the map does not change where
 one window ends and the next begins. A band (an engine task and a resume step) holds whole window rows; the
-`overlap` rows it shares with the next band are handed on as weighted sums, so no window is computed twice and
-banding changes nothing: the map equals one computed in a single pass. Within a band, windows are read and
-inferred a chunk of columns at a time, the next chunk read while this one is inferred.
+`overlap` rows it shares with the next band are handed on as weighted sums, so no window is computed twice. The
+sums are kept in fixed point (integers, `SUM_SCALE` a unit), whose addition does not depend on its order: how the
+windows fall into bands, chunks and batches changes nothing, and a window placed at the same spot of a clipped
+raster (a tile of `predict --tiles`) adds exactly what it adds to the whole raster's map. Within a band, windows
+are read and inferred a chunk of columns at a time, the next chunk read while this one is inferred.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ from rasterio.features import geometry_mask
 from rasterio.windows import Window
 
 from landcover.bundle import Bundle
+from landcover.engine import use_threads
 from landcover.geo.grid import PIXEL_TOLERANCE, make_grid, scene_footprint
 from landcover.geo.raster import Scene, crs_name, same_crs
-from landcover.geo.stretch import Stretch
+from landcover.geo.stretch import Stretch, scene_stretch
 from landcover.maps.classmap import NODATA, scale_probabilities
 from landcover.predict.runtime import open_runtime
 
@@ -43,6 +45,9 @@ BAND_PX = 1024
 """Rows per band, about: with the chunk width below, what bounds a worker's memory whatever the raster's size."""
 CHUNK_PX = 2048
 """Columns read and inferred at once within a band."""
+SUM_SCALE = 2 ** 24
+"""A weighted probability of 1 in the fixed-point sums (a float32's precision; at most 4 windows cover a pixel, as
+the overlap is at most half a window, so a sum stays below 2**26 and fits int32)."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,8 @@ class BandResult:
     probs: np.ndarray | None
     """(n_classes, h, width) uint8 scaled probabilities, with `probabilities`."""
     top: np.ndarray | None
-    """(n_classes + 1, overlap, width) float32: weighted probability sums and the weight, of the rows shared with
-    the band above (None for the first band)."""
+    """(n_classes + 1, overlap, width) int32: weighted probability sums and the weight (fixed point), of the rows
+    shared with the band above (None for the first band)."""
     bottom: np.ndarray | None
     top_valid: np.ndarray | None
     bottom_valid: np.ndarray | None
@@ -211,20 +216,22 @@ def _load_chunk(job: PixelJob, band: Band, i0: int, i1: int) -> _Chunk:
 def run_band(job: PixelJob, band: Band) -> BandResult:
     """One engine task: the band's windows, chunk by chunk, blended into finished rows and shared-row sums."""
     runtime = open_runtime(job.bundle, job.runtime, job.threads)
+    use_threads(job.threads)
     s, o, win, c, ctx = job.step, job.overlap, job.window, job.n_classes, job.context
     top_row, height = band.j0 * s, (band.j1 - band.j0) * s + o
     first, last = band.j0 == 0, band.j1 == job.window_rows
     row0 = 0 if first else o  # finished rows of the band's footprint: [row0, row1)
     row1 = min(height if last else height - o, job.height - top_row)
     taper = torch.from_numpy(job.taper())
+    weight = torch.round(taper * SUM_SCALE).to(torch.int32)
     per_chunk = max(1, round(CHUNK_PX / s))
     whole = job.batch_size // math.gcd(job.batch_size, band.j1 - band.j0)
     per_chunk = math.ceil(per_chunk / whole) * whole  # a chunk's windows fill whole batches
     spans = [(i, min(i + per_chunk, job.window_cols)) for i in range(0, job.window_cols, per_chunk)]
     classes = np.full((row1 - row0, job.width), NODATA, np.uint8)
     probs = np.full((c, row1 - row0, job.width), NODATA, np.uint8) if job.probabilities else None
-    top = None if first else np.zeros((c + 1, o, job.width), np.float32)
-    bottom = None if last else np.zeros((c + 1, o, job.width), np.float32)
+    top = None if first else np.zeros((c + 1, o, job.width), np.int32)
+    bottom = None if last else np.zeros((c + 1, o, job.width), np.int32)
     top_valid = None if first else np.zeros((o, job.width), bool)
     bottom_valid = None if last else np.zeros((o, job.width), bool)
     carry = None  # weighted sums of the `overlap` columns the previous chunk shares with this one
@@ -238,7 +245,7 @@ def run_band(job: PixelJob, band: Band) -> BandResult:
                 ahead.append(reader.submit(_load_chunk, job, band, *spans[k + 2]))
             seconds_read += chunk.seconds
             t0 = time.perf_counter()
-            sums = torch.zeros((c + 1, height, chunk.valid.shape[1]))
+            sums = torch.zeros((c + 1, height, chunk.valid.shape[1]), dtype=torch.int32)
             if carry is not None:
                 sums[:, :, :o] = carry
             spots = [(r * s, (i - chunk.i0) * s) for r in range(band.j1 - band.j0) for i in range(chunk.i0, chunk.i1)]
@@ -252,8 +259,8 @@ def run_band(job: PixelJob, band: Band) -> BandResult:
                 p = torch.from_numpy(np.asarray(runtime.predict_proba(torch.from_numpy(raw)), np.float32))
                 p = p[:, :, ctx:ctx + win, ctx:ctx + win]
                 for (y, x), pw in zip(batch, p, strict=True):
-                    sums[:c, y:y + win, x:x + win] += pw * taper
-                    sums[c, y:y + win, x:x + win] += taper
+                    sums[:c, y:y + win, x:x + win] += torch.round(pw * taper * SUM_SCALE).to(torch.int32)
+                    sums[c, y:y + win, x:x + win] += weight
             done = chunk.valid.shape[1] if k == len(spans) - 1 else (chunk.i1 - chunk.i0) * s
             col0 = chunk.i0 * s
             done = min(done, job.width - col0)
@@ -273,13 +280,13 @@ def run_band(job: PixelJob, band: Band) -> BandResult:
 
 
 def _finish(sums: np.ndarray, valid: np.ndarray, classes: np.ndarray, probs: np.ndarray | None) -> None:
-    """Weighted sums (n_classes + 1, h, w) into class ids (and scaled probabilities), in place; pixels with no
-    window or no valid imagery become NODATA."""
+    """Weighted sums (n_classes + 1, h, w; fixed point) into class ids (and scaled probabilities), in place; pixels
+    with no window or no valid imagery become NODATA."""
     weight = sums[-1]
     known = valid & (weight > 0)
     classes[:] = np.where(known, sums[:-1].argmax(axis=0), NODATA)  # the weight divides every class alike
     if probs is not None:
-        probs[:] = scale_probabilities(sums[:-1] / np.maximum(weight, 1e-12), known)
+        probs[:] = scale_probabilities(sums[:-1].astype(np.float32) / np.maximum(weight, 1).astype(np.float32), known)
 
 
 def join_rows(above: np.ndarray, above_valid: np.ndarray, below: np.ndarray, below_valid: np.ndarray,
@@ -293,11 +300,14 @@ def join_rows(above: np.ndarray, above_valid: np.ndarray, below: np.ndarray, bel
     return classes, probs
 
 
-def window_threads(engine_name: str, workers: int) -> int | None:
-    """Threads per worker: all cores in-process, an equal share on a pool or Ray."""
-    return None if engine_name == "local" else max(1, (os.cpu_count() or 1) // workers)
-
-
 def bundle_reads_png(bundle: Bundle) -> bool:
     """The bundle's chips were 8-bit PNGs: imagery is made 8-bit the same way."""
     return bundle.chip.get("format", "png" if bundle.chip.get("dtype") == "uint8" else "tif") == "png"
+
+
+def chip_stretch(bundle: Bundle, scene: Scene) -> Stretch | None:
+    """How a bundle of 8-bit (PNG) chips sees the scene: its percentiles stretched to 8 bits (None: already 8-bit,
+    or chips that were not PNG)."""
+    if not bundle_reads_png(bundle) or np.dtype(scene.dtype) == np.uint8:
+        return None
+    return scene_stretch(scene, tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0)))

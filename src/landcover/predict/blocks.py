@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from landcover.atomic import replacing
 from landcover.bundle import Bundle
-from landcover.engine import Engine
+from landcover.engine import Engine, use_threads
 from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid
 from landcover.geo.raster import Scene
@@ -142,6 +142,7 @@ def infer_block(job: RasterJob, loaded: LoadedBlock, runtime: Runtime | None = N
     """Probabilities for the block's windows, in batches (by default on the worker's cached runtime)."""
     t0 = time.perf_counter()
     runtime = runtime or open_runtime(job.bundle, job.runtime, job.threads)
+    use_threads(job.threads)
     s, t = job.grid.stride, job.grid.tile
     windows = loaded.windows
     probs = []

@@ -15,7 +15,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import rasterio
 import shapely
@@ -27,6 +26,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from scipy.ndimage import median_filter
 
+from landcover.engine import use_threads
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene, open_raster, same_crs
 from landcover.geo.stretch import Stretch
@@ -69,6 +69,9 @@ class CrfJob:
     """numba threads per worker (None: all cores, in-process): a pool's workers share the cores."""
     fixed: str | None = None
     """An evidence raster on the map's grid (`label`'s scribbles): its marked pixels keep their class in the map."""
+    lattice: tuple[int, int] = (0, 0)
+    """Cells of the CRF's grid (rows, columns) the first block starts before the map's corner: a tile of a tiled
+    map has its blocks where the whole map's are."""
 
     @property
     def crf_transform(self) -> Affine:
@@ -88,18 +91,25 @@ class CrfJob:
 
     @property
     def block_rows(self) -> int:
-        return math.ceil(self.crf_height / self.block)
+        return math.ceil((self.crf_height + self.lattice[0]) / self.block)
 
     @property
     def block_cols(self) -> int:
-        return math.ceil(self.crf_width / self.block)
+        return math.ceil((self.crf_width + self.lattice[1]) / self.block)
+
+    def block_span(self, index: int, axis: int) -> tuple[int, int]:
+        """The CRF cells [start, end) of block `index` along rows (axis 0) or columns (1)."""
+        start, size = index * self.block - self.lattice[axis], (self.crf_height, self.crf_width)[axis]
+        return max(0, start), min(size, start + self.block)
 
     def map_rows(self, index: int) -> tuple[int, int]:
         """The map rows [y0, y1) whose centres fall in block row `index` of the CRF's grid."""
-        return self._map_span(index * self.block, self.height), self._map_span((index + 1) * self.block, self.height)
+        r0, r1 = self.block_span(index, 0)
+        return self._map_span(r0, self.height), self._map_span(r1, self.height) if r1 < self.crf_height else self.height
 
     def map_cols(self, index: int) -> tuple[int, int]:
-        return self._map_span(index * self.block, self.width), self._map_span((index + 1) * self.block, self.width)
+        c0, c1 = self.block_span(index, 1)
+        return self._map_span(c0, self.width), self._map_span(c1, self.width) if c1 < self.crf_width else self.width
 
     def _map_span(self, cell: int, size: int) -> int:
         return min(size, max(0, math.ceil(cell / self.settings.downscale - 0.5 - 1e-9)))
@@ -153,15 +163,14 @@ def missing_evidence(path: str) -> tuple[int, int]:
 def run_rows(job: CrfJob, index: int) -> CrfRows:
     """One engine task: block row `index`, every block with its margin through the CRF, cores upscaled to the map."""
     started = time.perf_counter()
-    if job.threads:
-        numba.set_num_threads(min(job.threads, numba.config.NUMBA_NUM_THREADS))
+    use_threads(job.threads)
     y0, y1 = job.map_rows(index)
     classes = np.full((y1 - y0, job.width), NODATA, np.uint8)
     probs = np.full((job.n_classes, y1 - y0, job.width), NODATA, np.uint8) if job.probabilities_out else None
-    r0, r1 = index * job.block, min((index + 1) * job.block, job.crf_height)
+    r0, r1 = job.block_span(index, 0)
     m = job.margin
     for j in range(job.block_cols):
-        c0, c1 = j * job.block, min((j + 1) * job.block, job.crf_width)
+        c0, c1 = job.block_span(j, 1)
         top, left = max(0, r0 - m), max(0, c0 - m)
         bottom, right = min(job.crf_height, r1 + m), min(job.crf_width, c1 + m)
         unary, image, valid = _read_block(job, top, left, bottom - top, right - left)

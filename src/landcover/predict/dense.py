@@ -19,15 +19,16 @@ from landcover.atomic import replacing, write_text
 from landcover.bundle import load_bundle
 from landcover.engine import in_order
 from landcover.errors import LandcoverError
-from landcover.geo.raster import Scene, absolute
+from landcover.geo.raster import Scene, absolute, tiles_index
 from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, raster_classes, start_draft, write_rows
-from landcover.predict.bands import pixel_grid, window_threads
+from landcover.predict.bands import pixel_grid
 from landcover.predict.crf import CrfJob, check_same_grid, crf_for, missing_evidence, run_rows
 from landcover.predict.evidence import TileMarks, fit_marks, write_model_evidence
 from landcover.predict.outputs import (
     RasterResult,
+    appearance_scene,
     check_map_name,
     fingerprint,
     kept_only_when_started,
@@ -41,12 +42,18 @@ from landcover.progress import progress_bar
 
 def refine_raster(probabilities: str | Path, images: list[str | Path], out: str | Path,
                   request: MapRequest | None = None, **options: Any) -> RasterResult:
-    """Refine a probability raster (one band per class, e.g. predict's <map>.probs.tif) with the dense CRF against
-    the imagery it was predicted from (the same grid), into a class-map COG at `out`. The request's (or keyword)
-    `crf` settings, `crf_block`, `probabilities` (also write the refined ones) and `bands` (the image bands the
-    appearance kernel compares; default: the map's display bands, else the first three) apply."""
+    """Refine a probability raster (one band per class, e.g. predict's <map>.probs.tif, or a `predict --tiles
+    --probabilities` folder) with the dense CRF against the imagery it was predicted from (the same grid), into a
+    class-map COG at `out`. The request's (or keyword) `crf` settings, `crf_block`, `probabilities` (also write the
+    refined ones) and `bands` (the image bands the appearance kernel compares; default: the map's display bands,
+    else the first three) apply."""
     r = MapRequest.of(request, options)
     probabilities, out = str(probabilities), Path(out)
+    if Path(probabilities).is_dir():  # a tiled map's folder: its tiles' probabilities
+        if (index := tiles_index(probabilities, probabilities=True)) is None:
+            raise LandcoverError("is a folder without probs.vrt: run predict --tiles with --probabilities to "
+                                 "refine its tiles", probabilities)
+        probabilities = str(index)
     images = [str(p) for p in images]
     classes, tags = raster_classes(probabilities, probabilities=True)
     cells, missing = missing_evidence(probabilities)
@@ -98,9 +105,7 @@ def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | 
         first_result = predict_raster(bundle_path, images, first, replace(r, probabilities=True))
     picks, scene = open_scene(bundle, images, r.bands, r.nodata)
     crs, transform, height, width, _ = pixel_grid(scene, float(bundle.chip["res"]))
-    rgb = bundle.chip.get("rgb_bands")
-    look = [picks[bundle.input.bands[i]] for i in rgb] if rgb and len(rgb) == 3 else picks[:3]
-    appearance = Scene.open(images, bands=look, name=Path(images[0]).stem, nodata=r.nodata)
+    look, appearance = appearance_scene(bundle, picks, images, r.nodata)
     aoi = None
     if r.aoi is not None:
         from landcover.chips.cut import read_aoi
@@ -118,8 +123,9 @@ def predict_dense(bundle_path: str | Path, images: list[str | Path], out: str | 
             r.log(f"pixel model: trained on the confident tiles' pixels ({len(spec.names)} features), mapped in "
                   f"{time.perf_counter() - t0:.1f} s: its probabilities are the CRF's evidence")
         evidence, threshold = str(model_evidence), None
-    job = CrfJob(evidence, threshold, appearance, scene_stretch(appearance), crf_for(r.crf, crs, transform), crs,
-                 transform, height, width, bundle.n_classes, r.probabilities, r.crf_block, aoi)
+    job = CrfJob(evidence, threshold, appearance, r.crf_stretch or scene_stretch(appearance),
+                 crf_for(r.crf, crs, transform), crs, transform, height, width, bundle.n_classes, r.probabilities,
+                 r.crf_block, aoi, lattice=r.crf_lattice)
     tags = {"LANDCOVER_BUNDLE": str(Path(bundle_path).resolve()), "LANDCOVER_DENSE": "crf",
             "LANDCOVER_REFINED_FROM": first.name, "LANDCOVER_DISPLAY_BANDS": json.dumps(look)}
     if segmentation:
@@ -143,7 +149,7 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
     started = time.perf_counter()
     engine, log = request.runner, request.log
     check_map_name(out)
-    job = replace(job, threads=window_threads(engine.name, engine.workers))
+    job = replace(job, threads=engine.task_threads)
     s = job.settings
     reading = (f"CRF on a {job.crf_height} x {job.crf_width} grid ({s.downscale:g} x the map's {job.transform.a:g} "
                f"m), blocks of {job.block} + {job.margin} margin")
@@ -157,7 +163,7 @@ def run_crf(job: CrfJob, classes: list[dict], images: list[str], picks: list[int
     stamp = fingerprint([job.probabilities], images, {
         "bands": picks, "nodata": job.scene.nodata_override, "crs": job.crs.to_wkt(),
         "transform": list(job.transform)[:6], "size": [job.height, job.width],
-        "block": job.block, "settings": job.settings.to_dict(), "threshold": job.threshold,
+        "block": job.block, "lattice": job.lattice, "settings": job.settings.to_dict(), "threshold": job.threshold,
         "probs": job.probabilities_out, "aoi": None if job.aoi is None else hashlib.sha256(job.aoi.wkb).hexdigest()})
     with output_lock(out), kept_only_when_started(state):
         prepare_outputs(out, files, state, stamp, request.overwrite)

@@ -147,3 +147,12 @@ def open_scene(bundle: Bundle, images: list[str], bands: list[int] | None,
         raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
                              images[0])
     return picks, scene
+
+
+def appearance_scene(bundle: Bundle, picks: list[int], images: list[str], nodata: float | str | None = None
+                     ) -> tuple[list[int], Scene]:
+    """The bands the CRF's appearance kernel compares for a bundle's map (the three its encoder took as RGB, else
+    the first three it reads) and the scene of them."""
+    rgb = bundle.chip.get("rgb_bands")
+    look = [picks[bundle.input.bands[i]] for i in rgb] if rgb and len(rgb) == 3 else picks[:3]
+    return look, Scene.open(images, bands=look, name=Path(images[0]).stem, nodata=nodata)

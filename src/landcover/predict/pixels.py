@@ -16,7 +16,6 @@ from landcover.engine import Engine, in_order
 from landcover.errors import LandcoverError
 from landcover.geo.grid import parse_length, scene_footprint, to_pixels
 from landcover.geo.raster import Scene, absolute
-from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, finish_draft, start_draft, write_rows
 from landcover.models.segmenters import STRIDE
@@ -25,12 +24,12 @@ from landcover.predict.bands import (
     BandResult,
     PixelJob,
     bundle_reads_png,
+    chip_stretch,
     join_rows,
     pixel_grid,
     plan_bands,
     reading,
     run_band,
-    window_threads,
 )
 from landcover.predict.outputs import (
     RasterResult,
@@ -159,8 +158,29 @@ def check_pixel_options(request: MapRequest) -> None:
 
 def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJob:
     res = float(bundle.chip["res"])
-    window, overlap, aoi = r.window, r.overlap, r.aoi
     crs, transform, height, width, direct = pixel_grid(scene, res)
+    size, margin, context = window_sizes(bundle, height, width, r)
+    model = bundle.kind == "pixels"
+    batch_size = r.batch_size or (1 if model else max(1, BATCH_PIXELS // size ** 2))
+    png = bundle_reads_png(bundle)
+    stretch = (r.stretch or chip_stretch(bundle, scene)) if png else None
+    geom = None
+    if r.aoi is not None:
+        from landcover.chips.cut import read_aoi
+
+        geom = read_aoi(r.aoi, crs)
+        if not geom.intersects(scene_footprint(scene, crs)):
+            raise LandcoverError(f"the imagery ({scene.paths[0]}) does not overlap the AOI", r.aoi)
+    return PixelJob(str(Path(bundle.path).resolve()), r.runtime, scene, png, stretch, crs, transform, height, width,
+                    direct, r.resampling, size, margin, batch_size, engine.task_threads,
+                    bundle.n_classes, r.probabilities, geom, nodata_nan=model, context=context)
+
+
+def window_sizes(bundle: Bundle, height: int, width: int, r: MapRequest) -> tuple[int, int, int]:
+    """The windows a map of `height` x `width` px takes: their side and overlap (the request's, else the defaults:
+    a network's 512 px overlapping by a quarter, the pixel model's least work) and the context read around each."""
+    res = float(bundle.chip["res"])
+    window, overlap = r.window, r.overlap
     model = bundle.kind == "pixels"  # the pixel model: filters need `halo` px of context, not a network's quarter
     size = to_pixels(parse_length(window, "window"), res, "window") if window else (
         PIXEL_MODEL_WINDOW_PX if model else WINDOW_PX)
@@ -179,21 +199,7 @@ def _job(bundle: Bundle, scene: Scene, r: MapRequest, engine: Engine) -> PixelJo
     if size > whole:  # a window past the map would mostly compute padding (4096 px on a 1428 px map: 9x the work)
         r.log(f"--window {window}: one window of {whole} px covers the {height} x {width} px map")
         size, margin = whole, min(margin, whole // 2 if overlap or model else whole // 4)
-    batch_size = r.batch_size or (1 if model else max(1, BATCH_PIXELS // size ** 2))
-    stretch = None
-    png = bundle_reads_png(bundle)
-    if png and np.dtype(scene.dtype) != np.uint8:
-        stretch = scene_stretch(scene, tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0)))
-    geom = None
-    if aoi is not None:
-        from landcover.chips.cut import read_aoi
-
-        geom = read_aoi(aoi, crs)
-        if not geom.intersects(scene_footprint(scene, crs)):
-            raise LandcoverError(f"the imagery ({scene.paths[0]}) does not overlap the AOI", aoi)
-    return PixelJob(str(Path(bundle.path).resolve()), r.runtime, scene, png, stretch, crs, transform, height, width,
-                    direct, r.resampling, size, margin, batch_size, window_threads(engine.name, engine.workers),
-                    bundle.n_classes, r.probabilities, geom, nodata_nan=model, context=context)
+    return size, margin, context
 
 
 def _ceil(a: int, b: int) -> int:

@@ -20,10 +20,10 @@ from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import Grid, make_grid, on_lattice, parse_length, scene_footprint, to_pixels
 from landcover.geo.raster import Scene, absolute, crs_name
-from landcover.geo.stretch import Stretch, scene_stretch
+from landcover.geo.stretch import Stretch
 from landcover.locks import output_lock
 from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_probabilities
-from landcover.predict.bands import bundle_reads_png, window_threads
+from landcover.predict.bands import bundle_reads_png, chip_stretch
 from landcover.predict.blocks import (
     Block,
     BlockResult,
@@ -234,20 +234,12 @@ def map_cells(scene: Scene, grid: Grid) -> tuple[int, int]:
     return math.floor((grid.y0 - bottom) / grid.step + eps), math.floor((right - grid.x0) / grid.step + eps)
 
 
-def chip_stretch(bundle: Bundle, scene: Scene) -> Stretch | None:
-    """How a bundle of 8-bit (PNG) chips sees the scene: its percentiles stretched to 8 bits (None: already 8-bit,
-    or chips that were not PNG)."""
-    if not bundle_reads_png(bundle) or np.dtype(scene.dtype) == np.uint8:
-        return None
-    return scene_stretch(scene, tuple(bundle.chip.get("stretch_percentiles") or (2.0, 98.0)))
-
-
 def _job(bundle: Bundle, scene: Scene, grid: Grid, runtime: str, resampling: str, batch_size: int,
          max_nodata: float, engine: Engine, stretch: Stretch | None = None) -> RasterJob:
     rows, cols = map_cells(scene, grid)
     png = bundle_reads_png(bundle)
     stretch = (stretch or chip_stretch(bundle, scene)) if png else None
-    threads = window_threads(engine.name, engine.workers)
+    threads = engine.task_threads
     return RasterJob(str(Path(bundle.path).resolve()), runtime, scene, png, stretch, grid, on_lattice(scene, grid),
                      resampling, rows, cols, batch_size, max_nodata, threads)
 

@@ -74,6 +74,12 @@ class MapRequest:
     whose probabilities are the CRF's evidence everywhere: on the demo's Zion map 0.645 of NLCD's pixels against
     0.646 without, in twice the time, so not the default)."""
     crf_block: int = CRF_BLOCK_PX
+    crf_stretch: Stretch | None = None
+    """Dense maps: the appearance bands' stretch to display levels (default: the scene's own; a tiled run gives
+    every tile the whole scene's)."""
+    crf_lattice: tuple[int, int] = (0, 0)
+    """Dense maps: where the CRF's blocks start, rows and columns (cells of its grid) before the map's corner: a
+    tile of a tiled run places them where the whole map's fall."""
     # the run
     engine: Engine | str | None = None
     """'local', 'process:N' or 'ray[:N]' (or an Engine)."""

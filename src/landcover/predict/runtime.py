@@ -142,3 +142,4 @@ def _files_state(path: Path) -> tuple:
             stat = entry.stat()
             entries.append((entry.name, stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
+

@@ -1,58 +1,64 @@
 """Maps of any extent as tiles written by the workers (`predict --tiles SIZE --out DIR/`), #30.
 
 The map's grid is cut into square output tiles of SIZE (m or px), aligned to the grid's origin: for per-pixel
-bundles the grid is the imagery's own pixels (read at the bundle's resolution), for a tile classifier its cells,
-one per stride (SIZE whole cells). Each tile is one engine task: it reads its window with a halo of context (the
-pixel model's: twice its filters' reach; a tile map's: every window that covers one of its cells) through small
-VRTs of the inputs clipped to that window, maps it with `predict_raster` (the same windows, features and heads as a
-map of the whole raster; an 8-bit chip bundle's stretch is the whole scene's), crops the halo and writes its own
-COG from the worker (temporary name, then renamed) with a record beside it (class counts, the COG's SHA-256, the
-node that made it). The driver keeps one small record per tile and writes DIR/index.vrt (the mosaic: `landcover
-map`, `evaluate` and `change` read DIR as it) and a STAC collection (DIR/catalog.json, one item per tile with the
-projection extension, its class areas and checksum).
+bundles and dense maps the grid is the imagery's own pixels (read at the bundle's resolution), for a tile classifier
+its cells, one per stride (SIZE whole cells). Each tile is one engine task: it reads its window with a halo of
+context (the pixel model's: twice its filters' reach; a segmentation network's: every window that covers one of its
+pixels, the tile being whole steps of the windows; a tile map's: every window that covers one of its cells; a dense
+map's: the CRF's margin around whole blocks of its grid, and the evidence's own halo beyond) through small VRTs of
+the inputs clipped to that window, maps it with `predict_raster` or `predict_dense` (the same windows, features,
+heads and CRF blocks as a map of the whole raster; an 8-bit chip bundle's stretch is the whole scene's), crops the
+halo and writes its own COG from the worker (temporary name, then renamed) with a record beside it (class counts,
+the COG's SHA-256, the node that made it). The driver keeps one small record per tile and writes DIR/index.vrt (the
+mosaic: `landcover map`, `evaluate` and `change` read DIR as it) and a STAC collection (DIR/catalog.json, one item
+per tile with the projection extension, its class areas and checksum).
 
 A rerun with the same bundle, imagery and settings skips every tile whose COG matches its record (resume after a
 killed driver, or a finished run; other settings are refused until --overwrite); a tile whose task fails is tried
-once more, then reported, and the others finish. For the pixel model and tile classifiers the mosaic equals the
-single-COG map of the same inputs: a pixel model's windows read their filters' reach around them, and a tile map's
-cells average the same windows, so no class depends on the tile that holds it. A segmentation network's tiles place
-their windows differently from one whole-raster run, so its tiles join without seams but are not bit-identical to
-it. Dense (CRF) maps are not tiled in this version.
+once more, then reported, and the others finish. The mosaic equals the single-COG map of the same inputs: a pixel
+model's windows read their filters' reach around them, a segmentation network's windows fall at the same places
+as in the whole raster's map and add up in fixed point (`landcover.predict.bands`), a tile map's cells average
+the same windows, and a dense map's tiles run the whole map's CRF blocks (placed on its lattice, the appearance
+stretched as the whole scene is) on the same evidence, so no class depends on the tile that holds it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from landcover.atomic import write_text
-from landcover.bundle import load_bundle
+from landcover.bundle import Bundle, load_bundle
+from landcover.engine import Engine
 from landcover.errors import LandcoverError
 from landcover.geo.grid import on_lattice, parse_length, to_pixels
 from landcover.geo.raster import absolute, gdal_path, remote_reading
-from landcover.geo.stretch import Stretch
+from landcover.geo.stretch import scene_stretch
 from landcover.locks import output_lock
-from landcover.maps.classmap import NODATA, ClassMap, write_class_map
+from landcover.maps.classmap import NODATA, ClassMap, write_class_map, write_scaled_probabilities
 from landcover.onnx_graph import file_sha256
-from landcover.predict.bands import pixel_grid
-from landcover.predict.outputs import fingerprint, open_scene
-from landcover.predict.raster import chip_stretch, map_cells, tile_grid
+from landcover.predict.bands import chip_stretch, pixel_grid
+from landcover.predict.crf import crf_for
+from landcover.predict.mosaic import write_catalog, write_index
+from landcover.predict.outputs import appearance_scene, fingerprint, open_scene
+from landcover.predict.pixels import window_sizes
+from landcover.predict.raster import map_cells, tile_grid
 from landcover.predict.request import MapRequest
 
 MIN_TILE_PX = 256
-SEGMENTATION_HALO_PX = 128
-"""A segmentation network's tiles read this much context (a quarter of its default window)."""
 RETRIES = 1
 
 
@@ -71,14 +77,10 @@ class TileTask:
 
 @dataclass(frozen=True)
 class TileJob:
-    """What every tile's task needs: the bundle, the imagery, the map's grid, the halo, the folder."""
+    """What every tile's task needs: the bundle, the imagery, the map's grid, the halo, the folder, the request."""
 
     bundle: str
     images: tuple[str, ...]
-    bands: tuple[int, ...] | None
-    nodata: float | str | None
-    window: str | None
-    overlap: str | None
     crs_wkt: str
     transform: tuple[float, ...]
     height: int
@@ -90,28 +92,34 @@ class TileJob:
     classes: tuple[tuple[int, str], ...]
     image_shape: tuple[int, int]
     """The imagery's pixels down and across (every input shares the grid)."""
+    request: MapRequest
+    """The map's options as each task runs them: in-process with its share of the cores, the whole scene's
+    stretches, explicit windows."""
     cell: int = 1
-    """Imagery pixels a cell spans (a tile map's stride; 1 for per-pixel maps)."""
-    stride: str | None = None
-    max_nodata: float = 0.25
-    batch_size: int | None = None
-    runtime: str = "auto"
-    stretch: Stretch | None = None
-    """8-bit chip bundles: the whole scene's stretch, the same for every tile."""
+    """Imagery pixels a cell spans (a tile map's stride; 1 for per-pixel and dense maps)."""
+    dense: bool = False
+    """Through the CRF (`predict_dense`): the tiles are whole blocks of its grid, `crf_cell` pixels a CRF cell."""
+    crf_cell: int = 1
+
+    @property
+    def probabilities(self) -> bool:
+        return self.request.probabilities
 
 
 def predict_tiled(bundle_path: str | Path, images: list[str | Path], out: str | Path, tiles: str,
-                  request: MapRequest | None = None, **options) -> dict:
+                  request: MapRequest | None = None, dense: bool = False, **options) -> dict:
     """Map the imagery with a bundle into tiles of `tiles` (m or px) under the folder `out`, each written by the
     task that made it; returns the run's summary (also DIR/tiles.json). The request's engine, bands, nodata,
-    stride, max_nodata, window, overlap, batch size, runtime and log apply. Imagery may be URLs: each task reads
-    its own window of them."""
+    stride, max_nodata, window, overlap, batch size, runtime, probabilities and log apply; with `dense`, the map
+    goes through the CRF (a segmentation map refined, or the hybrid of a tile classifier) with the request's CRF
+    settings. Imagery may be URLs: each task reads its own window of them."""
     images = [absolute(p) for p in images]
     with remote_reading(images):
-        return _predict_tiled(bundle_path, images, Path(out), tiles, MapRequest.of(request, options))
+        return _predict_tiled(bundle_path, images, Path(out), tiles, MapRequest.of(request, options), dense)
 
 
-def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles: str, r: MapRequest) -> dict:
+def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles: str, r: MapRequest,
+                   dense: bool) -> dict:
     started = time.perf_counter()
     if out.exists() and not out.is_dir():
         raise LandcoverError("is a file: --tiles writes a folder of tiles", out)
@@ -119,18 +127,38 @@ def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles:
     picks, scene = open_scene(bundle, images, list(r.bands) if r.bands else None, r.nodata)
     res = float(bundle.chip["res"])
     size = to_pixels(parse_length(tiles, "--tiles"), res, "--tiles")
-    if bundle.per_pixel:
+    task = replace(r, bands=tuple(picks), stretch=chip_stretch(bundle, scene), engine=Engine(
+        "local", threads=r.runner.task_threads), log=_silent, on_progress=None, progress=False, overwrite=False)
+    crf_cell = 1
+    if bundle.per_pixel or dense:
         crs, transform, height, width, direct = pixel_grid(scene, res)
-        cell, stretch = 1, None
-        halo = 2 * bundle.pixels.halo_px(res) if bundle.kind == "pixels" else SEGMENTATION_HALO_PX
+        cell = 1
         if size < MIN_TILE_PX:
             raise LandcoverError(f"--tiles {tiles} is {size} px: at least {MIN_TILE_PX} px a side")
+        if bundle.kind == "pixels":
+            halo, unit = 2 * bundle.pixels.halo_px(res), 1
+        elif bundle.per_pixel:  # a network's windows: tiles of whole steps, a halo holding every window over the tile
+            side, margin, _ = window_sizes(bundle, height, width, r)
+            unit = side - margin
+            halo = -(-side // unit) * unit
+            task = replace(task, window=f"{side}px", overlap=f"{margin}px")
+            what = f"whole steps of its windows ({unit} px: {side} px windows overlapping by {margin} px)"
+        else:  # the hybrid's tile evidence: every window over the tile, cells (and every N-th) where the map's are
+            grid = tile_grid(bundle, scene, r.stride)
+            halo, unit = grid.tile, grid.stride * r.decimate
+            what = f"whole cells of its {grid.stride} px stride" + (f", {r.decimate} at a time" * (r.decimate > 1))
+        if dense:
+            halo, unit, crf_cell, task = _dense_plan(bundle, picks, images, crs, transform, halo, unit, task)
+            what = f"whole blocks of the CRF ({task.crf_block} cells of {crf_cell} px) and " + what
+        if size % unit:
+            raise LandcoverError(f"--tiles {tiles} is {size} px: a {'dense' if dense else 'segmentation'} map's tiles "
+                                 f"are {what}, e.g. {max(1, round(size / unit)) * unit} px")
     else:  # a tile classifier: tiles of whole cells, each reading the windows that cover its cells
         bundle.require_classifier("prediction")
         grid = tile_grid(bundle, scene, r.stride)
         (height, width), direct = map_cells(scene, grid), on_lattice(scene, grid)
         crs, transform = grid.crs, Affine(grid.step, 0, grid.x0, 0, -grid.step, grid.y0)
-        cell, halo, stretch = grid.stride, grid.tile // grid.stride - 1, chip_stretch(bundle, scene)
+        cell, halo = grid.stride, grid.tile // grid.stride - 1
         if size % cell or size < grid.tile:
             raise LandcoverError(f"--tiles {tiles} is {size} px: a tile map's tiles are whole cells of its "
                                  f"{cell} px stride, at least one {grid.tile} px window")
@@ -139,17 +167,15 @@ def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles:
         raise LandcoverError(f"--tiles reads the imagery on its own grid: it is not at the bundle's {res:g} m (map "
                              "the whole raster, or resample the imagery first)", images[0])
     out.mkdir(parents=True, exist_ok=True)
-    job = TileJob(str(Path(bundle.path).resolve()), tuple(images), tuple(picks), r.nodata, r.window, r.overlap,
-                  crs.to_wkt(), tuple(transform)[:6], height, width, halo, str(out.resolve()),
-                  tuple((int(c["id"]), c["name"]) for c in bundle.classes), (scene.height, scene.width), cell,
-                  r.stride, r.max_nodata, r.batch_size, r.runtime, stretch)
+    job = TileJob(str(Path(bundle.path).resolve()), tuple(images), crs.to_wkt(), tuple(transform)[:6], height, width,
+                  halo, str(out.resolve()), tuple((int(c["id"]), c["name"]) for c in bundle.classes),
+                  (scene.height, scene.width), task, cell, dense, crf_cell)
     tasks = [TileTask(i, row, col, min(size, height - row), min(size, width - col))
              for i, (row, col) in enumerate((row, col) for row in range(0, height, size)
                                             for col in range(0, width, size))]
-    stamp = fingerprint([job.bundle], images, {"bands": picks, "nodata": r.nodata, "window": r.window,
-                                               "overlap": r.overlap, "tile_px": size, "halo": halo, "cell": cell,
-                                               "stride": r.stride, "max_nodata": r.max_nodata,
-                                               "runtime": r.runtime})
+    settings = {k: v for k, v in asdict(task).items() if k not in ("engine", "log", "on_progress", "stretch",
+                                                                    "crf_stretch", "crf_lattice")}
+    stamp = fingerprint([job.bundle], images, {**settings, "tile_px": size, "halo": halo, "cell": cell, "dense": dense})
     with output_lock(out / "tiles.json"):
         kept = out / ".fingerprint"
         if kept.exists() and kept.read_text() != stamp:
@@ -162,6 +188,30 @@ def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles:
         return _run_tiles(out, job, tasks, size, res * cell, r, started)
 
 
+def _dense_plan(bundle: Bundle, picks: list[int], images: list[str], crs: CRS, transform: Affine, halo: int,
+                unit: int, task: MapRequest) -> tuple[int, int, int, MapRequest]:
+    """A dense map's tiles: whole blocks of the CRF's grid (so each block is the whole map's, run with the same
+    margin), the halo also holding the evidence under the blocks' margins, on every lattice the evidence needs;
+    the CRF's appearance stretched as the whole scene is."""
+    if task.evidence_model != "none":
+        raise LandcoverError("--tiles with --evidence-model pixels: the pixel model is trained on the whole map's "
+                             "confident tiles; map it as one raster")
+    settings = crf_for(task.crf, crs, transform)
+    crf_cell = round(1 / settings.downscale)
+    if abs(crf_cell * settings.downscale - 1) > 1e-9:
+        raise LandcoverError(f"--tiles with the CRF needs a downscale of 1/N (1, 0.5, 0.25, ...), not "
+                             f"{settings.downscale:g}")
+    unit = math.lcm(unit, crf_cell)
+    halo = -(-(halo + settings.reach * crf_cell) // unit) * unit
+    _, appearance = appearance_scene(bundle, picks, images, task.nodata)
+    return halo, math.lcm(unit, task.crf_block * crf_cell), crf_cell, replace(
+        task, crf_stretch=scene_stretch(appearance))
+
+
+def _silent(_: str) -> None:
+    return None
+
+
 def _run_tiles(out: Path, job: TileJob, tasks: list[TileTask], size: int, res: float, r: MapRequest,
                started: float) -> dict:
     """The tiles not yet written, on the engine (each failure tried once more), then the index and catalog. The
@@ -169,7 +219,7 @@ def _run_tiles(out: Path, job: TileJob, tasks: list[TileTask], size: int, res: f
     (the plan, checking tiles already written, the index and catalog)."""
     for scratch in (out / "tiles").glob(".r*"):  # a killed run's tasks' scratch folders
         shutil.rmtree(scratch, ignore_errors=True)
-    records = {t.index: record for t in tasks if (record := finished(out, t)) is not None}
+    records = {t.index: record for t in tasks if (record := finished(out, t, job.probabilities)) is not None}
     resumed = len(records)
     todo = [t for t in tasks if t.index not in records]
     height, width, halo = job.height, job.width, job.halo
@@ -191,6 +241,8 @@ def _run_tiles(out: Path, job: TileJob, tasks: list[TileTask], size: int, res: f
     mapped = time.perf_counter()
     ordered = [records[t.index] for t in tasks if t.index in records]
     write_index(out / "index.vrt", ordered, job)
+    if job.probabilities:
+        write_index(out / "probs.vrt", ordered, job, probabilities=True)
     write_catalog(out, ordered, job, res)
     nodes: dict[str, int] = {}
     for record in ordered:
@@ -207,18 +259,22 @@ def _run_tiles(out: Path, job: TileJob, tasks: list[TileTask], size: int, res: f
     return summary
 
 
-def finished(out: Path, task: TileTask) -> dict | None:
-    """A tile's record when its COG is there and matches the checksum the record gives; else None."""
+def finished(out: Path, task: TileTask, probabilities: bool = False) -> dict | None:
+    """A tile's record when its COG (and probabilities) are there and match the checksums the record gives; else
+    None."""
     record, cog = out / "tiles" / f"{task.name}.json", out / "tiles" / f"{task.name}.tif"
-    if not (record.is_file() and cog.is_file()):
+    probs = cog.with_suffix(".probs.tif")
+    if not (record.is_file() and cog.is_file() and (probs.is_file() or not probabilities)):
         return None
     kept = json.loads(record.read_text())
-    return kept if kept.get("sha256") == file_sha256(cog) and kept.get("index") == task.index else None
+    return kept if (kept.get("sha256") == file_sha256(cog) and kept.get("index") == task.index
+                    and (not probabilities or kept.get("probs_sha256") == file_sha256(probs))) else None
 
 
 def run_tile(job: TileJob, task: TileTask) -> dict:
     """One tile, on whichever worker runs it: its window with the halo mapped, the halo cropped, its COG and record
     written. A failure is returned (the driver retries), not raised."""
+    from landcover.predict.dense import predict_dense
     from landcover.predict.raster import predict_raster
 
     try:
@@ -231,24 +287,36 @@ def run_tile(job: TileJob, task: TileTask) -> dict:
             window = window_of(job, r0, r1, c0, c1)
             inputs = [clipped_vrt(path, window, Path(scratch) / f"{i}-{Path(path).stem}.vrt")
                       for i, path in enumerate(job.images)]
-            predict_raster(job.bundle, inputs, Path(scratch) / "map.tif", bands=job.bands, nodata=job.nodata,
-                           window=job.window, overlap=job.overlap, stride=job.stride, max_nodata=job.max_nodata,
-                           batch_size=job.batch_size, runtime=job.runtime, stretch=job.stretch, progress=False,
-                           log=lambda _: None)
+            if job.dense:  # the CRF's blocks where the whole map's fall (in cells of its grid from the clip's corner)
+                block = job.request.crf_block
+                lattice = ((r0 // job.crf_cell) % block, (c0 // job.crf_cell) % block)
+                predict_dense(job.bundle, inputs, Path(scratch) / "map.tif", replace(job.request, crf_lattice=lattice))
+            else:
+                predict_raster(job.bundle, inputs, Path(scratch) / "map.tif", job.request)
+            core = Window(task.col - c0, task.row - r0, task.width, task.height)
             with rasterio.open(Path(scratch) / "map.tif") as src:
-                data = src.read(1, window=Window(task.col - c0, task.row - r0, task.width, task.height))
+                data = src.read(1, window=core)
                 tags = {k: v for k, v in src.tags().items() if k.startswith("LANDCOVER_")}
+            scaled = None
+            if job.probabilities:
+                with rasterio.open(Path(scratch) / "map.probs.tif") as src:
+                    scaled = src.read(window=core)
         tags["LANDCOVER_IMAGES"] = json.dumps(list(job.images))  # the imagery, not this task's clipped VRTs
         classes = [{"id": i, "name": n} for i, n in job.classes]
         transform = Affine(*job.transform) * Affine.translation(task.col, task.row)
         meta = json.loads(tags.pop("LANDCOVER_CLASSES"))
         cog = tiles / f"{task.name}.tif"
-        write_class_map(ClassMap(data, transform, rasterio.crs.CRS.from_wkt(job.crs_wkt), meta,
-                                 {**tags, "LANDCOVER_TILE": task.name}), cog)
+        crs = rasterio.crs.CRS.from_wkt(job.crs_wkt)
+        tags.pop("LANDCOVER_PROBABILITIES", None)
+        write_class_map(ClassMap(data, transform, crs, meta, {**tags, "LANDCOVER_TILE": task.name}), cog)
         counts = np.bincount(data.ravel(), minlength=256)
         record = {"index": task.index, "name": task.name, "row": task.row, "col": task.col,
                   "height": task.height, "width": task.width, "sha256": file_sha256(cog), "node": node_id(),
                   "counts": {c["name"]: int(counts[c["id"]]) for c in classes}, "nodata": int(counts[NODATA])}
+        if scaled is not None:
+            probs = write_scaled_probabilities(cog.with_suffix(".probs.tif"), scaled, transform, crs, meta,
+                                               {**tags, "LANDCOVER_TILE": task.name})
+            record["probs_sha256"] = file_sha256(probs)
         write_text(tiles / f"{task.name}.json", json.dumps(record))
         return record
     except Exception as exc:  # reported by the driver with the tile's name
@@ -296,73 +364,3 @@ def clipped_vrt(path: str, window: Window, out: Path) -> str:
                f"</GeoTransform>{''.join(bands)}</VRTDataset>")
     out.write_text(xml)
     return str(out)
-
-
-def write_index(path: Path, records: list[dict], job: TileJob) -> None:
-    """DIR/index.vrt: the tiles' mosaic on the map's grid, one band of class ids (nodata where no tile)."""
-    sources = "".join(
-        f'<SimpleSource><SourceFilename relativeToVRT="1">tiles/{r["name"]}.tif</SourceFilename>'
-        f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{r["width"]}" ySize="{r["height"]}"/>'
-        f'<DstRect xOff="{r["col"]}" yOff="{r["row"]}" xSize="{r["width"]}" ySize="{r["height"]}"/>'
-        "</SimpleSource>" for r in records)
-    transform = Affine(*job.transform)
-    write_text(path, (f'<VRTDataset rasterXSize="{job.width}" rasterYSize="{job.height}">'
-                      f"<SRS>{escape(job.crs_wkt)}</SRS><GeoTransform>"
-                      f"{', '.join(map(repr, transform.to_gdal()))}</GeoTransform>"
-                      f'<VRTRasterBand dataType="Byte" band="1"><NoDataValue>{NODATA}</NoDataValue>{sources}'
-                      "</VRTRasterBand></VRTDataset>\n"))
-    first = path.parent / "tiles" / f"{records[0]['name']}.tif" if records else None
-    if first is not None:  # the classes' names and colours and the imagery, as the tiles carry them
-        with rasterio.open(first) as src, rasterio.open(path, "r+") as vrt:
-            vrt.update_tags(**{k: v for k, v in src.tags().items() if k.startswith("LANDCOVER_")
-                               and k != "LANDCOVER_TILE"})
-            vrt.write_colormap(1, src.colormap(1))
-
-
-STAC_VERSION = "1.0.0"
-PROJECTION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
-FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
-
-
-def write_catalog(out: Path, records: list[dict], job: TileJob, res: float) -> None:
-    """DIR/catalog.json: a STAC collection of the tiles, DIR/items/NAME.json one item each (projection extension,
-    class areas in hectares, the COG's checksum, the node that made it)."""
-    from rasterio.warp import transform_bounds
-
-    crs = rasterio.crs.CRS.from_wkt(job.crs_wkt)
-    grid = Affine(*job.transform)
-    (out / "items").mkdir(exist_ok=True)
-    boxes = []
-    for r in records:
-        transform = grid * Affine.translation(r["col"], r["row"])
-        left, top = transform * (0, 0)
-        right, bottom = transform * (r["width"], r["height"])
-        box = transform_bounds(crs, "EPSG:4326", left, min(top, bottom), right, max(top, bottom))
-        boxes.append(box)
-        west, south, east, north = box
-        item = {"type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": [PROJECTION, FILE],
-                "id": r["name"], "collection": "landcover-tiles", "bbox": list(box),
-                "geometry": {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north],
-                                                                 [west, north], [west, south]]]},
-                "properties": {"datetime": None, "start_datetime": None, "end_datetime": None,
-                               "proj:wkt2": job.crs_wkt, "proj:shape": [r["height"], r["width"]],
-                               "proj:transform": list(transform)[:6], "landcover:node": r["node"],
-                               "landcover:hectares": {k: v * res * res / 1e4 for k, v in r["counts"].items()}},
-                "assets": {"map": {"href": f"../tiles/{r['name']}.tif",
-                                   "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                                   "roles": ["data"], "file:checksum": "1220" + r["sha256"]}},
-                "links": [{"rel": "collection", "href": "../catalog.json", "type": "application/json"},
-                          {"rel": "root", "href": "../catalog.json", "type": "application/json"}]}
-        write_text(out / "items" / f"{r['name']}.json", json.dumps(item, indent=1))
-    extent = np.array(boxes) if boxes else np.zeros((1, 4))
-    collection = {"type": "Collection", "stac_version": STAC_VERSION, "stac_extensions": [], "id": "landcover-tiles",
-                  "description": "A class map as tiles, each written by the landcover task that made it",
-                  "license": "other", "extent": {
-                      "spatial": {"bbox": [[float(extent[:, 0].min()), float(extent[:, 1].min()),
-                                            float(extent[:, 2].max()), float(extent[:, 3].max())]]},
-                      "temporal": {"interval": [[None, None]]}},
-                  "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"},
-                            {"rel": "self", "href": "./catalog.json", "type": "application/json"},
-                            *({"rel": "item", "href": f"./items/{r['name']}.json", "type": "application/geo+json"}
-                              for r in records)]}
-    write_text(out / "catalog.json", json.dumps(collection, indent=1))
