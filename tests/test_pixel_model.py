@@ -185,6 +185,10 @@ def test_a_map_as_tiles_written_by_the_workers(pixel_run, zion_images, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of 12 tiles failed twice" in err[0] and tiles[3].stem in err[0]
     assert json.loads((tiled / "tiles.json").read_text())["failed"].keys() == {tiles[3].stem}
+    # refined by the CRF (at 30 m: blocks of 512 px), tiles are whole blocks
+    assert main(["predict", bundle, "--image", *zion_images, "--out", str(tmp_path / "dense"), "--crf", "--tiles",
+                 "400px"]) == 2
+    assert "a dense map's tiles are whole blocks of the CRF (512 cells of 1 px), e.g. 512 px" in capsys.readouterr().err
 
 
 def test_a_killed_tiled_run_finishes_only_the_remaining_tiles(pixel_run, zion_images, tmp_path, capsys):

@@ -136,7 +136,7 @@ def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles:
         if size < MIN_TILE_PX:
             raise LandcoverError(f"--tiles {tiles} is {size} px: at least {MIN_TILE_PX} px a side")
         if bundle.kind == "pixels":
-            halo, unit = 2 * bundle.pixels.halo_px(res), 1
+            halo, unit, what = 2 * bundle.pixels.halo_px(res), 1, ""
         elif bundle.per_pixel:  # a network's windows: tiles of whole steps, a halo holding every window over the tile
             side, margin, _ = window_sizes(bundle, height, width, r)
             unit = side - margin
@@ -149,7 +149,7 @@ def _predict_tiled(bundle_path: str | Path, images: list[str], out: Path, tiles:
             what = f"whole cells of its {grid.stride} px stride" + (f", {r.decimate} at a time" * (r.decimate > 1))
         if dense:
             halo, unit, crf_cell, task = _dense_plan(bundle, picks, images, crs, transform, halo, unit, task)
-            what = f"whole blocks of the CRF ({task.crf_block} cells of {crf_cell} px) and " + what
+            what = f"whole blocks of the CRF ({task.crf_block} cells of {crf_cell} px)" + (f" and {what}" * bool(what))
         if size % unit:
             raise LandcoverError(f"--tiles {tiles} is {size} px: a {'dense' if dense else 'segmentation'} map's tiles "
                                  f"are {what}, e.g. {max(1, round(size / unit)) * unit} px")
