@@ -1,6 +1,7 @@
 """A real Ray cluster on this machine (#30): a head and two worker nodes started as separate `ray start` processes on
 127.0.0.1, each worker with its own resource; chips made on it equal one process's, the work spread over both
-workers, and a worker node killed mid-run (its raylet and workers, by PID) costs nothing but time."""
+workers, tiled maps equal a local run's, and a worker node killed mid-run (its raylet and workers, by PID) costs
+nothing but time, for chips and for tiles."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def test_chips_on_a_three_node_cluster_equal_one_process(cluster, tmp_path, zion
 
 def test_tiles_mapped_on_the_cluster_equal_a_local_run(cluster, zion_pairs, zion_images, tmp_path):
     """`predict --tiles` with the pixel model: each tile written by the worker node that made it (named in its STAC
-    item), the same bytes as the tiles one process writes."""
+    item), the same bytes as the tiles one process writes, and still when a worker node is killed mid-run."""
     address, env = cluster
     runs = tmp_path / "runs"
     assert main(["train", "--quiet", "--task", "pixels", "--manifest", str(zion_pairs), "--runs", str(runs),
@@ -129,6 +130,33 @@ def test_tiles_mapped_on_the_cluster_equal_a_local_run(cluster, zion_pairs, zion
              for p in (tmp_path / "cluster" / "items").glob("*.json")]
     print(f"tiles on the cluster: per node {sorted(nodes.count(n) for n in set(nodes))}")
     assert len(nodes) == 12 and len(set(nodes)) == 2  # both worker nodes wrote tiles
+    # A worker node killed mid-run (its raylet and workers): its tiles are made on the other, each tile once, the
+    # same bytes; then the node is started again for the tests after this one.
+    fault = tmp_path / "fault"
+    run = subprocess.Popen([sys.executable, "-m", "landcover", *argv, "--out", str(fault), "--engine", "ray",
+                            "--ray-address", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list((fault / "tiles").glob("*.json"))) < 2 and run.poll() is None:
+        time.sleep(0.05)
+    raylet = raylet_of(NODES[0])
+    assert raylet is not None and run.poll() is None, "the run ended before the node could be killed"
+    for pid in [raylet, *children(raylet)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    done_before = len(list((fault / "tiles").glob("*.json")))
+    try:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-3000:]
+        print(f"a worker node killed after {done_before} of 12 tiles: the run finished on the other")
+        assert done_before < 12
+        assert sorted(p.name for p in (fault / "tiles").glob("*.tif")) == [p.name for p in local]
+        for tile in local:
+            assert tile.read_bytes() == (fault / "tiles" / tile.name).read_bytes()
+        summary = json.loads((fault / "tiles.json").read_text())
+        assert summary["written"] == 12 and not summary["failed"]
+    finally:
+        ray_start("--address", address, "--num-cpus", "1", "--resources", json.dumps({NODES[0]: 1}), env=env)
 
 
 def test_a_worker_node_killed_mid_run(cluster, tmp_path, zion, zion_images):
