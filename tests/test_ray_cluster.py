@@ -70,6 +70,21 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def kill_node_after(run: subprocess.Popen, folder: Path, pattern: str, count: int, resource: str,
+                    seconds: float) -> int:
+    """Once `count` files matching `pattern` are in `folder` (work the run has finished), kill the worker node that
+    holds `resource` (its raylet and workers) while the run goes on; returns how many were there by then."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(list(folder.glob(pattern))) < count and run.poll() is None:
+        time.sleep(0.05)
+    raylet = raylet_of(resource)
+    assert raylet is not None and run.poll() is None, "the run ended before the node could be killed"
+    for pid in [raylet, *children(raylet)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(list(folder.glob(pattern)))
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A head with no CPUs (it schedules, never runs tasks) and two 1-CPU worker nodes, each with its own resource;
@@ -136,15 +151,7 @@ def test_tiles_mapped_on_the_cluster_equal_a_local_run(cluster, zion_pairs, zion
     run = subprocess.Popen([sys.executable, "-m", "landcover", *argv, "--out", str(fault), "--engine", "ray",
                             "--ray-address", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list((fault / "tiles").glob("*.json"))) < 2 and run.poll() is None:
-        time.sleep(0.05)
-    raylet = raylet_of(NODES[0])
-    assert raylet is not None and run.poll() is None, "the run ended before the node could be killed"
-    for pid in [raylet, *children(raylet)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    done_before = len(list((fault / "tiles").glob("*.json")))
+    done_before = kill_node_after(run, fault / "tiles", "*.json", 2, NODES[0], 300)
     try:
         _, stderr = run.communicate(timeout=600)
         assert run.returncode == 0, stderr[-3000:]
@@ -169,15 +176,7 @@ def test_a_worker_node_killed_mid_run(cluster, tmp_path, zion, zion_images):
     run = subprocess.Popen([sys.executable, "-m", "landcover", *argv], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=env)
     state = out / STATE_DIR
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(state.glob("b*.json"))) < 4 and run.poll() is None:
-        time.sleep(0.05)
-    raylet = raylet_of(NODES[1])
-    assert raylet is not None and run.poll() is None, "the run ended before the node could be killed"
-    for pid in [raylet, *children(raylet)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    done_before = len(list(state.glob("b*.json")))
+    done_before = kill_node_after(run, state, "b*.json", 4, NODES[1], 120)
     _, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr[-3000:]
     print(f"a worker node killed after {done_before} blocks: the run finished on the other")
