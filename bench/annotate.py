@@ -131,7 +131,7 @@ def least_sure(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Gener
     pixels are too few to keep them apart: NC's polygons): the studio's own choice (`least_sure_spread`)."""
     pool = rng.choice(task["clickable"], min(CANDIDATES, len(task["clickable"])), replace=False)
     pool = np.setdiff1d(pool, taken)
-    sure = head.predict_proba(task["X"][pool]).max(axis=1)
+    sure = head.predict_top(task["X"][pool])[1]
     width = task["width"]
     placed = np.c_[taken // width, taken % width]
     return pool[least_sure_spread(pool // width, pool % width, sure, placed, k, SPREAD_PX)]
@@ -168,7 +168,7 @@ def run_task(task: dict, rounds: int, clicks: int, seed: int) -> dict:
     view = task["X"][:1_000_000] if len(task["X"]) >= 1_000_000 else np.resize(task["X"], (1_000_000,
                                                                                          task["X"].shape[1]))
     t0 = time.perf_counter()
-    head.predict_proba(view)
+    head.predict_top(view)  # what the studio does for a tile: classes and how sure
     remap = time.perf_counter() - t0
     return {"clickable": len(task["clickable"]), "scored": len(task["scored"]), "curves": curves,
             "reference": {"pixels": len(picked), "accuracy": accuracy(task, reference)},

@@ -62,6 +62,27 @@ def test_head_round_trip_equals_sklearn(tmp_path, training, kind, params):
     assert load_head(tmp_path / "head.json").kind == kind  # either file names the head
 
 
+def test_one_class_leaves_add_what_their_probabilities_add(training):
+    """The forest kernel's shortcut (a leaf holding one class adds one vote) gives the very sums the leaves'
+    probability vectors give, on a forest with both kinds of leaves."""
+    from landcover.models.trees import forest_sum, pure_classes
+
+    X, y, X_new = training
+    head = fit_head("rf", X, y, N_CLASSES, n_estimators=12, min_samples_leaf=3)
+    value = head.arrays["value"]
+    pure = pure_classes(value)
+    leaves = head.arrays["children_left"] == -1
+    assert (pure[leaves] >= 0).any() and (pure[leaves] < 0).any() and (pure[~leaves] < 0).all()
+    rows = np.asarray(X_new, np.float32)
+    walk = head._walk(np.float32)
+    assert np.array_equal(forest_sum(rows, *walk, value, pure), forest_sum(rows, *walk, value, np.full_like(pure, -1)))
+    # a map tile's classes and how sure: argmax and max of the probabilities, label ids of the absent class skipped
+    proba = head.predict_proba(X_new)
+    best, top = head.predict_top(X_new)
+    assert np.array_equal(best, proba.argmax(axis=1)) and np.array_equal(top, proba.max(axis=1))
+    assert set(best) <= set(PRESENT) and len(set(best)) > 1
+
+
 @pytest.mark.parametrize("kind", ["rf", "gbt"])
 def test_tree_heads_follow_sklearn_on_missing_values(tmp_path, training, kind):
     X, y, X_new = training

@@ -69,7 +69,7 @@ from safetensors.numpy import load_file, save_file
 
 from landcover.atomic import replacing, write_text
 from landcover.errors import LandcoverError, refuse_pickle
-from landcover.models.trees import boosted_sum, forest_sum, walk_arrays
+from landcover.models.trees import boosted_sum, forest_sum, forest_top, pure_classes, walk_arrays
 
 FORMAT = "landcover-head"
 VERSION = 1
@@ -116,6 +116,11 @@ class Head:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The most probable label id per row."""
         return self.predict_proba(X).argmax(axis=1)
+
+    def predict_top(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The most probable label id per row and its probability (argmax and max of `predict_proba`)."""
+        proba = self.predict_proba(X)
+        return proba.argmax(axis=1), proba.max(axis=1)
 
     def _proba_present(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -167,7 +172,20 @@ class ForestHead(Head):
 
     def _proba_present(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)  # scikit-learn's forests compare float32 features
-        return forest_sum(X, *self._walk(np.float32), self.arrays["value"]) / self.n_trees
+        return forest_sum(X, *self._walk(np.float32), *self._leaves()) / self.n_trees
+
+    def predict_top(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As `Head.predict_top`, from the trees' sums row by row (no (n, classes) array: a map tile in about a fifth
+        less time). The present classes are in ascending order, so the first most probable of them is argmax's."""
+        X = np.asarray(self._check_X(X), dtype=np.float32)
+        best, top = forest_top(X, *self._walk(np.float32), *self._leaves())
+        return self.classes[best], top
+
+    def _leaves(self) -> tuple[np.ndarray, np.ndarray]:
+        """The nodes' class probabilities and each one-class leaf's class (made once, kept)."""
+        if getattr(self, "_pure", None) is None:
+            self._pure = pure_classes(self.arrays["value"])
+        return self.arrays["value"], self._pure
 
 
 class BoostedHead(Head):

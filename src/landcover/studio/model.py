@@ -68,11 +68,10 @@ class StudioModel:
         ids = np.full((TILE_PX, TILE_PX), 255, np.uint8)
         top = np.zeros((TILE_PX, TILE_PX), np.float32)
         if ok.all():  # the tile's features as rows without a copy
-            probs = self.head.predict_proba(X.reshape(len(X), -1).T)
-            ids[:], top[:] = (probs.argmax(axis=1).reshape(ids.shape), probs.max(axis=1).reshape(ids.shape))
+            best, sure = self.head.predict_top(X.reshape(len(X), -1).T)
+            ids[:], top[:] = best.reshape(ids.shape), sure.reshape(ids.shape)
         elif ok.any():
-            probs = self.head.predict_proba(X[:, ok].T)
-            ids[ok], top[ok] = probs.argmax(axis=1), probs.max(axis=1)
+            ids[ok], top[ok] = self.head.predict_top(X[:, ok].T)
         self.kept[key] = ids, top
         if len(self.kept) > KEPT_TILES:
             self.kept.popitem(last=False)
@@ -98,7 +97,7 @@ class StudioModel:
         rows, cols, features = self._sample(stack, rng)
         if not len(rows):
             return []
-        sure = self.head.predict_proba(features).max(axis=1)
+        sure = self.head.predict_top(features)[1]
         spread = max(self.spec.scales_m) / stack.res[0]
         unsure = least_sure_spread(rows, cols, sure, taken, k // 2, spread)
         rest = np.setdiff1d(np.arange(len(rows)), unsure)
