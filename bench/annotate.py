@@ -16,11 +16,15 @@ random first round:
   suggested  the model proposes half the round: among a random sample of clickable pixels, those it is least sure
              of (lowest top probability), taken in turn at least `SPREAD_PX` from each other and from earlier
              clicks; the other half are random clicks (what it is sure of can be wrong: only exploring finds that);
-and a reference: the same model trained on the clickable half's labelled pixels (sampled per class as
-`train --task pixels` does). Each curve is the mean over `--seeds` runs (the first round's clicks and the random
-draws differ by seed): one run's curve moves by 0.02-0.05 from round to round. Timings: retraining on the round's
-clicks, and re-mapping a 1-megapixel view from its features. Writes <out>/annotate.json and annotate.png (accuracy
-against clicks, both strategies, both datasets).
+and, on Zion, both strategies again with another model's class probabilities blended into the pixel model's, as
+`landcover studio --bundle` does (their share chosen at each retraining on the clicks so far): a weak model's (the
+frozen-feature tile classifier the tests share, trained on chips of the clickable half only, its probabilities
+warped onto the imagery's grid as the studio warps them) and a strong one's (the reference below); and a
+reference: the same model trained on the clickable half's labelled pixels (sampled per class as `train --task
+pixels` does). Each curve is the mean over `--seeds` runs (the first round's clicks and the random draws differ by
+seed): one run's curve moves by 0.02-0.05 from round to round. Timings: retraining on the round's clicks, and
+re-mapping a 1-megapixel view from its features. Writes <out>/annotate.json and annotate.png (accuracy against
+clicks, every strategy, both datasets).
 """
 
 from __future__ import annotations
@@ -29,15 +33,19 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, data_folder, load, machine, say, zion, zion_images
+from common import ROOT, data_folder, load, machine, say, workspace, zion, zion_classifier, zion_images
 
 from landcover.geo.raster import Scene
+from landcover.models.pixelfeatures import PixelFeatures
 from landcover.predict.evidence import scene_features
+from landcover.studio.context import SHARES, fit_with_context, write_context
 from landcover.studio.model import CANDIDATES, least_sure_spread
 from landcover.train.pixels import fit_pixel_head
 
@@ -82,7 +90,58 @@ def zion_task() -> dict:
     board = ((rows // BLOCK_PX + cols // BLOCK_PX) % 2 == 0).ravel()
     known = valid & inside.ravel() & (truth < len(scheme.classes))
     return {"name": "zion", "X": X, "truth": truth, "clickable": np.flatnonzero(known & board),
-            "scored": np.flatnonzero(known & ~board), "n_classes": len(scheme.classes), "width": scene.width}
+            "scored": np.flatnonzero(known & ~board), "n_classes": len(scheme.classes), "width": scene.width,
+            "scene": scene}
+
+
+def tile_classifier_probabilities(task: dict, work: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A tile classifier's class probabilities (pixels, classes) on the imagery's grid, as the studio's --bundle
+    makes them: the classifier trained on chips of the clickable half only, its map's probabilities warped."""
+    import geopandas as gpd
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    from landcover.predict.raster import predict_raster
+
+    scene = task["scene"]
+    clickable = np.zeros(scene.height * scene.width, np.uint8)
+    clickable[task["clickable"]] = 1
+    grid = clickable.reshape(scene.height, scene.width)
+    blocks = [shape(g) for g, v in shapes(grid, mask=grid.astype(bool), transform=scene.transform) if v == 1]
+    gpd.GeoDataFrame(geometry=blocks, crs=scene.crs).to_file(work / "clickable.gpkg")
+    bundle = zion_classifier(work, aoi=work / "clickable.gpkg")
+    predict_raster(bundle, list(scene.paths), work / "map.tif", probabilities=True, progress=False,
+                   log=lambda _: None)
+    context = write_context(work / "map.probs.tif", scene, work / "context.tif")
+    with rasterio.open(context.path) as src:
+        return src.read().reshape(len(context.names), -1).T.astype(np.float32), context.names
+
+
+def pixel_model_probabilities(task: dict) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The reference pixel model's class probabilities (pixels, classes), scaled to 0..254 as a probability raster
+    holds them."""
+    head = reference_model(task, np.random.default_rng(0), 0)[0]
+    rows = range(0, len(task["X"]), 200_000)
+    probs = np.vstack([head.predict_proba(task["X"][i:i + 200_000]) for i in rows])
+    return np.rint(probs * 254).astype(np.float32), tuple(f"class_{i}" for i in range(probs.shape[1]))
+
+
+def with_context(task: dict, probs: np.ndarray, names: tuple[str, ...]) -> dict:
+    """The task with another model's class probabilities as the last features, blended as the studio's --bundle."""
+    scored = task["scored"]
+    return {**task, "X": np.hstack([task["X"], probs]), "spec": replace(scene_features(task["scene"]), context=names),
+            "alone": float((probs[scored].argmax(1) == task["truth"][scored]).mean())}
+
+
+def reference_model(task: dict, rng: np.random.Generator, seed: int) -> tuple[object, np.ndarray]:
+    """The pixel model on the clickable half's labelled pixels (up to REFERENCE_PER_CLASS a class, weighted back to
+    the classes' shares) and the pixels it was trained on."""
+    truth = task["truth"][task["clickable"]]
+    counts = np.bincount(truth, minlength=task["n_classes"])
+    keep = np.minimum(1.0, REFERENCE_PER_CLASS / np.maximum(counts, 1))
+    picked = task["clickable"][rng.random(len(truth)) < keep[truth]]
+    return fit_pixel_head("rf", task["X"][picked], task["truth"][picked], task["n_classes"], seed,
+                          sample_weight=1 / keep[task["truth"][picked]]), picked
 
 
 def nc_task() -> dict:
@@ -110,7 +169,28 @@ def nc_task() -> dict:
             "scored": scored[valid[scored]], "n_classes": len(names), "width": scene.width}
 
 
+@dataclass
+class Blended:
+    """A head read through features with a context: its probabilities blended with the context's (as the studio's)."""
+
+    head: object
+    spec: PixelFeatures
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.spec.proba(self.head, X[:, :len(self.spec.names)])
+
+    def predict_top(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.spec.top(self.head, X[:, :len(self.spec.names)])
+
+
 def fit(task: dict, picked: np.ndarray, seed: int):
+    """The pixel model on the picked pixels (with a context, the studio's: the share of the context's probabilities
+    chosen on the picked pixels)."""
+    if "spec" in task:
+        head, spec, choice = fit_with_context(task["X"][picked], task["truth"][picked], task["n_classes"],
+                                              task["spec"], seed)
+        task.setdefault("shares", []).append(choice["share"])
+        return Blended(head, spec)
     return fit_pixel_head("rf", task["X"][picked], task["truth"][picked], task["n_classes"], seed)
 
 
@@ -137,11 +217,12 @@ def least_sure(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Gener
     return pool[least_sure_spread(pool // width, pool % width, sure, placed, k, SPREAD_PX)]
 
 
-def run_task(task: dict, rounds: int, clicks: int, seed: int) -> dict:
+def run_task(task: dict, rounds: int, clicks: int, seed: int, strategies: tuple[str, ...] = ("random", "suggested")
+             ) -> dict:
     rng = np.random.default_rng([seed, 0])
     first = rng.choice(task["clickable"], clicks, replace=False)
     curves: dict[str, list[dict]] = {}
-    for strategy in ("random", "suggested"):
+    for strategy in strategies:
         srng = np.random.default_rng([seed, 1])
         taken = first.copy()
         curve = []
@@ -159,12 +240,9 @@ def run_task(task: dict, rounds: int, clicks: int, seed: int) -> dict:
             curve.append({"clicks": len(taken), "accuracy": accuracy(task, head), "retrain_s": round(retrain, 3)})
             say(f"{task['name']} {strategy}: {len(taken)} clicks, accuracy {curve[-1]['accuracy']:.3f}")
         curves[strategy] = curve
-    truth = task["truth"][task["clickable"]]
-    counts = np.bincount(truth, minlength=task["n_classes"])
-    keep = np.minimum(1.0, REFERENCE_PER_CLASS / np.maximum(counts, 1))
-    picked = task["clickable"][rng.random(len(truth)) < keep[truth]]
-    reference = fit_pixel_head("rf", task["X"][picked], task["truth"][picked], task["n_classes"], seed,
-                               sample_weight=1 / keep[task["truth"][picked]])
+    if "spec" in task:  # the context's runs: no reference, no timing
+        return {"curves": curves}
+    reference, picked = reference_model(task, rng, seed)
     view = task["X"][:1_000_000] if len(task["X"]) >= 1_000_000 else np.resize(task["X"], (1_000_000,
                                                                                          task["X"].shape[1]))
     t0 = time.perf_counter()
@@ -175,16 +253,20 @@ def run_task(task: dict, rounds: int, clicks: int, seed: int) -> dict:
             "remap_1mpx_s": round(remap, 3)}
 
 
+def mean_curves(runs: list[dict]) -> dict:
+    """Per strategy and round the mean accuracy (and each run's), the slowest retraining."""
+    return {strategy: [{"clicks": points[0]["clicks"],
+                        "accuracy": float(np.mean([p["accuracy"] for p in points])),
+                        "runs": [round(p["accuracy"], 4) for p in points],
+                        "retrain_s": max(p["retrain_s"] for p in points)}
+                       for points in zip(*(r["curves"][strategy] for r in runs), strict=True)]
+            for strategy in runs[0]["curves"]}
+
+
 def mean_of_runs(task: dict, rounds: int, clicks: int, seeds: int) -> dict:
-    """`run_task` with seeds 0 .. seeds - 1: per round the mean accuracy (and each run's), the slowest retraining."""
+    """`run_task` with seeds 0 .. seeds - 1: the mean curves, the reference, the slowest re-mapping."""
     runs = [run_task(task, rounds, clicks, seed) for seed in range(seeds)]
-    curves = {strategy: [{"clicks": points[0]["clicks"],
-                          "accuracy": float(np.mean([p["accuracy"] for p in points])),
-                          "runs": [round(p["accuracy"], 4) for p in points],
-                          "retrain_s": max(p["retrain_s"] for p in points)}
-                         for points in zip(*(r["curves"][strategy] for r in runs), strict=True)]
-              for strategy in runs[0]["curves"]}
-    return {**runs[0], "seeds": seeds, "curves": curves,
+    return {**runs[0], "seeds": seeds, "curves": mean_curves(runs),
             "reference": {"pixels": runs[0]["reference"]["pixels"],
                           "accuracy": float(np.mean([r["reference"]["accuracy"] for r in runs]))},
             "remap_1mpx_s": max(r["remap_1mpx_s"] for r in runs)}
@@ -226,8 +308,22 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         task = make()
         say(f"{task['name']}: features of {len(task['X']):,} pixels in {time.perf_counter() - t0:.1f} s")
-        results["tasks"][task["name"]] = mean_of_runs(task, rounds, clicks, seeds)
-        results["tasks"][task["name"]]["features_s"] = round(time.perf_counter() - t0, 1)
+        result = results["tasks"][task["name"]] = mean_of_runs(task, rounds, clicks, seeds)
+        result["features_s"] = round(time.perf_counter() - t0, 1)
+        if task["name"] == "zion" and not args.quick:
+            with workspace(out, False, "annotate-work-") as work:
+                contexts = {"a tile classifier's probabilities": tile_classifier_probabilities(task, work),
+                            "the reference's probabilities": pixel_model_probabilities(task)}
+            result["contexts"] = {}
+            for label, (probs, names) in contexts.items():
+                context = with_context(task, probs, names)
+                runs = [run_task(context, rounds, clicks, seed) for seed in range(seeds)]
+                for strategy, curve in mean_curves(runs).items():
+                    result["curves"][f"{strategy}, with {label}"] = curve
+                shares = np.asarray(context["shares"])
+                result["contexts"][label] = {"alone": context["alone"], "shares_chosen": {
+                    f"{s:g}": round(float(np.mean(shares == s)), 3) for s in SHARES}}
+                del context
     (out / "annotate.json").write_text(json.dumps(results, indent=2))
     figure(results, out / "annotate.png")
     for name, r in results["tasks"].items():
@@ -236,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{last['suggested']['accuracy']:.3f}; every clickable pixel {r['reference']['accuracy']:.3f}; "
               f"retrain {max(c['retrain_s'] for c in r['curves']['suggested']):.2f} s, re-map 1 Mpx "
               f"{r['remap_1mpx_s']:.2f} s")
+        for label, context in r.get("contexts", {}).items():
+            print(f"{name}: with {label} (alone {context['alone']:.3f}) after {last['random']['clicks']} clicks random "
+                  f"{r['curves'][f'random, with {label}'][-1]['accuracy']:.3f}, suggested "
+                  f"{r['curves'][f'suggested, with {label}'][-1]['accuracy']:.3f}; the context's shares chosen "
+                  f"{context['shares_chosen']}")
     return 0
 
 

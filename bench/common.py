@@ -102,14 +102,15 @@ def fresh_process(argv: list[str], code: str = CLI_CHILD) -> dict:
     return json.loads(line[-1][6:])
 
 
-def zion_classifier(work: Path, input_size: int = 32) -> Path:
-    """The classifier the tests also share: true-colour 480 m chips of Zion where 3 x 3 NLCD points agree, split by
-    blocks of 4 x 4 80:10:10, frozen Lite0 features at `input_size` px + logistic regression. Returns the bundle."""
+def zion_classifier(work: Path, input_size: int = 32, aoi: Path | None = None) -> Path:
+    """The classifier the tests also share: true-colour 480 m chips of Zion where 3 x 3 NLCD points agree (inside
+    `aoi` if given), split by blocks of 4 x 4 80:10:10, frozen Lite0 features at `input_size` px + logistic
+    regression. Returns the bundle."""
     folder = zion()
     chips, runs = work / "chips", work / "runs"
     landcover_cli(["chips", "--quiet", "--image", *zion_images(folder), "--bands", "3", "2", "1", "--labels",
                    str(folder / "nlcd2011.tif"), "--scheme", "nlcd-grouped", "--tile-size", "480m", "--rule",
-                   "points:3", "--out", str(chips)])
+                   "points:3", "--out", str(chips), *(["--aoi", str(aoi)] if aoi else [])])
     landcover_cli(["split", str(chips), "--blocks", "4", "--ratios", "80:10:10", "--no-plot"])
     landcover_cli(["train", "--quiet", "--manifest", str(chips), "--runs", str(runs), "--name", "b", "--mode",
                    "features", "--head", "logreg", "--arch", "efficientnet-lite0", "--input-size", str(input_size)])

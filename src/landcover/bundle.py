@@ -146,7 +146,7 @@ class Bundle:
         out = np.empty((len(raw), self.n_classes, *raw.shape[2:]), np.float32)
         for i, window in enumerate(raw):
             features = self.pixels.compute(window[list(self.input.bands)], None, float(self.chip["res"]))
-            p = self.head.predict_proba(features.reshape(len(features), -1).T)
+            p = self.pixels.proba(self.head, features.reshape(len(features), -1).T)
             out[i] = np.nan_to_num(p, nan=1.0 / self.n_classes).T.reshape(self.n_classes, *raw.shape[2:])
         return out
 

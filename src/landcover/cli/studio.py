@@ -32,7 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     first = p.add_mutually_exclusive_group()
     first.add_argument("--map", metavar="MAP.tif", help="a class map to show over the imagery")
     first.add_argument("--bundle", metavar="B", help="a model bundle: its map of the imagery (made as the studio "
-                       "starts, into DIR/bundle-map.tif) is the first map, its classes the ones labelled")
+                       "starts, into DIR/bundle-map.tif) is the first map, its classes the ones labelled, and its "
+                       "class probabilities (DIR/context.tif) more features of the pixel model where they help")
     p.add_argument("--out", required=True, metavar="DIR", help="the studio's folder (its display cache)")
     p.add_argument("--classes", nargs="+", metavar="NAME", help="the classes to label (default: the map's)")
     p.add_argument("--scheme", help="the classes to label: a scheme's, with its colours")

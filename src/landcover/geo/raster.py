@@ -266,6 +266,9 @@ class Scene:
     nodata: tuple[float | None, ...]
     nodata_override: float | str | None = None
     """`--nodata`: a value read as nodata in every band instead of the files' own, or 'none'; None: the files'."""
+    valid_bands: int | None = None
+    """Only the first this many bands say where a pixel is valid (None: all): bands stacked after the imagery, such
+    as another model's probabilities (`PixelFeatures.context`), never make a pixel of no imagery valid."""
 
     @classmethod
     def open(cls, paths: list[str | Path], bands: list[int] | None = None, name: str | None = None,
@@ -350,7 +353,8 @@ class Scene:
             data = read_from(self.paths[fi], lambda src, p=picks: src.read([b for _, b in p], window=inner))
             for k, (pos, _) in enumerate(picks):
                 out[pos][sl] = data[k]
-        valid[sl] = _valid_pixels(out[:, sl[0], sl[1]], self.nodata)
+        n = self.valid_bands or self.count
+        valid[sl] = _valid_pixels(out[:n, sl[0], sl[1]], self.nodata[:n])
         return out, valid
 
     def read_warped(self, crs: CRS, transform: Affine, width: int, height: int,
@@ -375,7 +379,8 @@ class Scene:
             valid &= data[-1].astype(bool)
             for k, (pos, _) in enumerate(picks):
                 out[pos] = data[k]
-        valid &= _valid_pixels(out, self.nodata)
+        n = self.valid_bands or self.count
+        valid &= _valid_pixels(out[:n], self.nodata[:n])
         return out, valid
 
 

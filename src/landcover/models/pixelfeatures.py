@@ -12,6 +12,11 @@ differentiated responses at a few scales tells a field from a forest by texture 
 which one pixel's bands cannot. The default scales are 1, 2, 4 and 8 pixels of the training imagery, stored in
 metres, so a bundle computes the same features at prediction as in training whatever the resolution it is fed.
 
+Context bands (`context`, after the imagery's bands) are another model's class probabilities on the imagery's grid
+(the studio's `--bundle`): taken as they are, one feature each after the filters', with no index or filter. The
+head reads the imagery's features only; `proba` blends its probabilities with the context's (normalised), the
+context's share `context_share` of them.
+
 Invalid pixels (nodata) are filled with the mean of the valid ones before filtering and their features are NaN
 (what the heads send down the tree's missing-value branch). A block needs `halo_px` pixels of context on each
 side to give the values the whole raster would give: callers read windows with that margin. The Gaussians are
@@ -24,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -48,6 +53,10 @@ class PixelFeatures:
     roles: tuple[str | None, ...]
     indices: tuple[tuple[str, int, int], ...]
     scales_m: tuple[float, ...]
+    context: tuple[str, ...] = ()
+    """Names of the bands after `band_names`: another model's probability of each class (no index, no filter)."""
+    context_share: float = 0.0
+    """The context's share of the class probabilities (`proba`), the head's the rest."""
 
     @classmethod
     def create(cls, band_names: Sequence[str], roles: Sequence[str | None], scales_m: Sequence[float]) -> PixelFeatures:
@@ -64,17 +73,54 @@ class PixelFeatures:
         return [*self.band_names, *(name for name, _, _ in self.indices)]
 
     @property
+    def n_bands(self) -> int:
+        """Bands a window must have: the imagery's, then the context's."""
+        return len(self.band_names) + len(self.context)
+
+    @property
     def names(self) -> list[str]:
-        """Feature names in order: every channel's value, then per scale and filter ('ndvi_std_60m')."""
+        """Feature names in order: every channel's value, then per scale and filter ('ndvi_std_60m'), then the
+        context bands ('context_water')."""
         out = list(self.channels)
         for scale in self.scales_m:
             out += [f"{c}_{f}_{scale:g}m" for c in self.channels for f in FILTERS]
-        return out
+        return out + [f"context_{c}" for c in self.context]
+
+    def without_context(self) -> PixelFeatures:
+        """The same features of the imagery alone (its names a prefix of these)."""
+        return replace(self, context=(), context_share=0.0)
+
+    @property
+    def head_columns(self) -> int:
+        """The features a head reads: the imagery's (the context's come after them)."""
+        return len(self.names) - len(self.context)
+
+    def proba(self, head, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (rows, classes) of feature rows X: the head's on the imagery's features, blended with
+        the context's values normalised to sum to 1 (their share `context_share`)."""
+        share = self.context_share
+        p = head.predict_proba(X[:, :self.head_columns]) if share < 1 else 0.0
+        if share > 0:
+            given = np.asarray(X[:, self.head_columns:], np.float64)
+            total = given.sum(axis=1, keepdims=True)
+            p = (1 - share) * p + share * np.where(total > 0, given / np.where(total > 0, total, 1),
+                                                   1 / len(self.context))
+        return p
+
+    def top(self, head, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's most probable class and its probability, as `proba` gives them (the head's own fast path
+        when the context has no share)."""
+        if not self.context_share:
+            return head.predict_top(X[:, :self.head_columns])
+        p = self.proba(head, X)
+        best = p.argmax(axis=1)
+        return best, p[np.arange(len(p)), best].astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"band_names": list(self.band_names), "roles": list(self.roles),
                 "indices": [list(i) for i in self.indices], "scales_m": list(self.scales_m), "filters": list(FILTERS),
-                "truncate": TRUNCATE, "features": self.names}
+                "truncate": TRUNCATE, "context": list(self.context), "context_share": self.context_share,
+                "features": self.names}
 
     @classmethod
     def from_dict(cls, data: dict) -> PixelFeatures:
@@ -82,7 +128,8 @@ class PixelFeatures:
             raise LandcoverError(f"the bundle's pixel features ({data.get('filters')}, truncate "
                                  f"{data.get('truncate')}) are not this landcover's: upgrade landcover")
         return cls(tuple(data["band_names"]), tuple(data["roles"]), tuple(tuple(i) for i in data["indices"]),
-                   tuple(float(s) for s in data["scales_m"]))
+                   tuple(float(s) for s in data["scales_m"]), tuple(data.get("context", ())),
+                   float(data.get("context_share", 0.0)))
 
     def halo_px(self, res: float) -> int:
         """Pixels of context a block needs on each side at ground resolution `res` (metres per pixel)."""
@@ -93,9 +140,9 @@ class PixelFeatures:
         """(bands, h, w) pixels and (h, w) validity at `res` metres per pixel -> (features, h, w) float32; the
         channels are filtered on `threads` threads (default: numba's, every core unless a pool's or Ray's task was
         given its share, `landcover.engine.use_threads`; the filters release the GIL)."""
-        if pixels.ndim != 3 or pixels.shape[0] != len(self.band_names):
-            raise LandcoverError(f"pixel features of {len(self.band_names)}-band imagery: got {pixels.shape}")
-        data = pixels.astype(np.float32)
+        if pixels.ndim != 3 or pixels.shape[0] != self.n_bands:
+            raise LandcoverError(f"pixel features of {self.n_bands}-band imagery: got {pixels.shape}")
+        data = pixels[:len(self.band_names)].astype(np.float32)
         ok = np.isfinite(data).all(axis=0) if valid is None else valid & np.isfinite(data).all(axis=0)
         channels = list(data)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -118,6 +165,8 @@ class PixelFeatures:
 
         with ThreadPoolExecutor(threads or numba.get_num_threads()) as pool:
             list(pool.map(filtered, range(n)))
+        if self.context:
+            out[len(out) - len(self.context):] = pixels[len(self.band_names):]
         if not ok.all():
             out[:, ~ok] = np.nan
         return out

@@ -8,7 +8,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rasterio.enums import Resampling
@@ -143,9 +143,17 @@ def open_scene(bundle: Bundle, images: list[str], bands: list[int] | None,
     picks = pick_bands(bundle.chip, images, bands)
     scene = Scene.open(images, bands=picks, name=Path(images[0]).stem, nodata=nodata)
     need = max(bundle.input.bands) + 1
+    context = bundle.pixels.context if bundle.pixels else ()
+    if scene.count < need and context:
+        raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery's {need - len(context)} then "
+                             f"{len(context)} of another model's class probabilities on the imagery's grid (the "
+                             f"studio's DIR/context.tif: name it last in --image); the stack gives {scene.count}",
+                             images[0])
     if scene.count < need:
         raise LandcoverError(f"band mismatch: the bundle reads {need} bands, the imagery gives {scene.count}",
                              images[0])
+    if context:  # the probabilities never make a pixel of no imagery valid
+        scene = replace(scene, valid_bands=need - len(context))
     return picks, scene
 
 

@@ -73,24 +73,27 @@ class MapJob:
             return dict(self.status)
 
     def start(self, bundle: Path, crf: bool = False, model_version: int = 0, save=None,
-              target: Path | None = None) -> dict:
+              target: Path | None = None, images: list[str] | None = None, probabilities: bool = False,
+              on_done=None) -> dict:
         """Map the raster with the bundle at `bundle` (first saved there when `save`, the studio model's Bundle)
-        into `target` (default DIR/map.tif) in a thread; refused while one runs."""
+        into `target` (default DIR/map.tif) in a thread; refused while one runs. `images`: what the bundle reads
+        (default the imagery); `probabilities`: keep them beside the map; `on_done()` is called once it is made."""
         with self.lock:
             if self.status["state"] == "running":
                 raise BadRequest(409, "a map is being made: wait for it to finish")
             self.status = {"state": "running", "stage": "saving the bundle", "done": 0, "total": 0,
                            "run": self.status.get("run", 0) + 1, "model_version": model_version, "crf": crf,
                            "map": str(target or self.map_path), "started": time.time()}
-        threading.Thread(target=self._run, args=(Path(bundle), save, crf, Path(target or self.map_path)),
-                         daemon=True).start()
+        threading.Thread(target=self._run, args=(Path(bundle), save, crf, Path(target or self.map_path),
+                                                 images or self.images, probabilities, on_done), daemon=True).start()
         return self.state()
 
     def _update(self, **values) -> None:
         with self.lock:
             self.status.update(values)
 
-    def _run(self, bundle_dir: Path, save, crf: bool, target: Path) -> None:
+    def _run(self, bundle_dir: Path, save, crf: bool, target: Path, images: list[str], probabilities: bool,
+             on_done) -> None:
         from landcover.predict.dense import refine_raster
         from landcover.predict.raster import predict_raster
 
@@ -101,7 +104,7 @@ class MapJob:
             common = {"nodata": self.nodata, "overwrite": True, "progress": False, "log": lambda _: None}
             first = target.with_name(f"model-{target.name}") if crf else target
             self._update(stage="mapping with the model")
-            predict_raster(bundle_dir, self.images, first, probabilities=crf,
+            predict_raster(bundle_dir, images, first, probabilities=crf or probabilities,
                            on_progress=lambda done, total: self._update(done=done, total=total), **common)
             if crf:
                 self._update(stage="refining with the CRF", done=0, total=0)
@@ -112,6 +115,8 @@ class MapJob:
                 self._update(stage="assessing against the reference")
                 assessment = assess(target, self.reference, self.out / f"assessment-{target.stem}"
                                     if target != self.map_path else self.out / "assessment")
+            if on_done is not None:
+                on_done()
             files = ([bundle_dir] if save is not None else []) + [target]
             self._update(state="done", stage="", seconds=round(time.perf_counter() - started, 2),
                          files=[str(p.relative_to(self.out)) for p in files], assessment=assessment)

@@ -27,6 +27,7 @@ from landcover.geo.raster import Scene
 from landcover.maps.classmap import hex_rgb
 from landcover.models.heads import Head
 from landcover.models.pixelfeatures import PixelFeatures
+from landcover.studio.context import Context
 from landcover.studio.tiles import TILE_PX, TileSource, class_png, rgba_png
 
 SUGGEST_BLOCKS = 48
@@ -65,13 +66,14 @@ class StudioModel:
             self.kept.move_to_end(key)
             return self.kept[key]
         X, ok = features.get(level, col, row)
+        X = X[:len(self.spec.names)]  # a model without the context reads the imagery's features, their prefix
         ids = np.full((TILE_PX, TILE_PX), 255, np.uint8)
         top = np.zeros((TILE_PX, TILE_PX), np.float32)
         if ok.all():  # the tile's features as rows without a copy
-            best, sure = self.head.predict_top(X.reshape(len(X), -1).T)
+            best, sure = self.spec.top(self.head, X.reshape(len(X), -1).T)
             ids[:], top[:] = best.reshape(ids.shape), sure.reshape(ids.shape)
         elif ok.any():
-            ids[ok], top[ok] = self.head.predict_top(X[:, ok].T)
+            ids[ok], top[ok] = self.spec.top(self.head, X[:, ok].T)
         self.kept[key] = ids, top
         if len(self.kept) > KEPT_TILES:
             self.kept.popitem(last=False)
@@ -92,12 +94,13 @@ class StudioModel:
         return rgba_png(rgba)
 
     def suggest(self, stack: Scene, taken: np.ndarray, k: int, seed: int) -> list[list[float]]:
-        """k places to label next ([x, y] pixel centres, level 0): half least sure and spread, half random."""
+        """k places to label next ([x, y] pixel centres, level 0): half least sure and spread, half random.
+        `stack`: the imagery's bands (then the context's, which a model without them leaves)."""
         rng = np.random.default_rng(seed)
         rows, cols, features = self._sample(stack, rng)
         if not len(rows):
             return []
-        sure = self.head.predict_top(features)[1]
+        sure = self.spec.top(self.head, features)[1]
         spread = max(self.spec.scales_m) / stack.res[0]
         unsure = least_sure_spread(rows, cols, sure, taken, k // 2, spread)
         rest = np.setdiff1d(np.arange(len(rows)), unsure)
@@ -121,7 +124,7 @@ class StudioModel:
             r, c = np.nonzero(ok)
             rows.append(r + r0)
             cols.append(c + c0)
-            xs.append(self.spec.compute(pixels, valid, res)[(slice(None), *core)][:, ok].T)
+            xs.append(self.spec.compute(pixels[:self.spec.n_bands], valid, res)[(slice(None), *core)][:, ok].T)
         if not rows:
             return np.zeros(0, int), np.zeros(0, int), np.zeros((0, len(self.spec.names)), np.float32)
         rows, cols, X = np.concatenate(rows), np.concatenate(cols), np.concatenate(xs)
@@ -129,8 +132,9 @@ class StudioModel:
         return rows[keep], cols[keep], X[keep]
 
     def bundle(self, stack: Scene, display_bands: list[int]) -> Bundle:
-        """The model as a pixel bundle reading every band of the studio's stack, as `train --task pixels` makes:
-        the bands it was cut from recorded as a manifest records them (`chip_source`), so predict picks them."""
+        """The model as a pixel bundle reading every band of `stack` (the imagery's, then the context's when the
+        model reads them), as `train --task pixels` makes: the bands it was cut from recorded as a manifest records
+        them (`chip_source`), so predict picks them."""
         from landcover.train.run import chip_source
 
         n = stack.count
@@ -149,10 +153,12 @@ class StudioModel:
 class TileFeatures:
     """The pixel features of display tiles, kept (least recently used out) up to `budget_mb`: they do not change
     when the model does, so after a retraining the view is re-mapped by the head alone (on Zion's tiles the
-    features are half of a tile's time)."""
+    features are half of a tile's time). With a `context` (a bundle's probabilities), its bands are the last
+    features."""
 
-    def __init__(self, imagery: TileSource, spec: PixelFeatures, budget_mb: float = FEATURES_MB):
-        self.imagery, self.spec, self.budget = imagery, spec, budget_mb * 2 ** 20
+    def __init__(self, imagery: TileSource, spec: PixelFeatures, budget_mb: float = FEATURES_MB,
+                 context: Context | None = None):
+        self.imagery, self.spec, self.budget, self.context = imagery, spec, budget_mb * 2 ** 20, context
         self.kept: OrderedDict = OrderedDict()
         self.bytes = 0
         self.lock = threading.Lock()
@@ -174,7 +180,11 @@ class TileFeatures:
         ok = np.ascontiguousarray(valid[core])
         features = np.zeros((len(self.spec.names), TILE_PX, TILE_PX), np.float32)
         if ok.any():
-            features[:] = self.spec.compute(pixels, valid, res)[(slice(None), *core)]
+            alone = self.spec.without_context()
+            features[:len(alone.names)] = alone.compute(pixels, valid, res)[(slice(None), *core)]
+            if self.context is not None:
+                features[len(alone.names):] = self.context.tile(imagery.stack, level,
+                                                                Window(col * TILE_PX, row * TILE_PX, TILE_PX, TILE_PX))
         with self.lock:
             self.kept[key] = features, ok
             self.bytes += features.nbytes

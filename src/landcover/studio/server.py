@@ -16,7 +16,8 @@ API (every request checked: a 4xx with a message otherwise):
                                               [[x, y], ...], "width"}]} in the imagery's pixels: every label, kept and
                                               written to DIR/labels.geojson
   POST /api/retrain                           {}: the pixel model on the labels; {"seconds", "pixels",
-                                              "model_version"}
+                                              "model_version", "context"} (with --bundle: the share of
+                                              its probabilities in the model's, each share's Brier score)
   POST /api/suggest                           {"count": n}: {"places": [[x, y], ...]} to label next
   POST /api/map                               {"crf": false|true}: map the whole raster (DIR/bundle, DIR/map.tif;
                                               with --truth DIR/assessment/); GET /api/map: how far it is
@@ -28,7 +29,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ from landcover.bundle import load_bundle
 from landcover.errors import LandcoverError
 from landcover.geo.raster import Scene
 from landcover.label.server import BadRequest, PageHandler, local_server, serve, session_classes
+from landcover.models.pixelfeatures import PixelFeatures
+from landcover.studio.context import CONTEXT_TIF, Context, fit_with_context, write_context
 from landcover.studio.labels import Labels
 from landcover.studio.mapping import MapJob, Reference
 from landcover.studio.model import StudioModel, TileFeatures
@@ -103,8 +106,12 @@ class StudioSession:
         self.classes = label_classes(self.scheme, self.class_names, self.map_tiles or self.reference_tiles,
                                      bundle.classes if bundle else None)
         self.shown_run = 0
-        if bundle is not None and not self.map_tiles:  # the bundle's map, made in the background
-            self.job.start(Path(self.bundle_path), target=self.out / "bundle-map.tif")
+        self.context: Context | None = None
+        """With --bundle: its class probabilities on the imagery's grid, once its map is made."""
+        if bundle is not None and not self.map_tiles:  # the bundle's map and probabilities, made in the background
+            target = self.out / "bundle-map.tif"
+            self.job.start(Path(self.bundle_path), target=target, probabilities=True,
+                           on_done=lambda: self.take_context(target.with_suffix(".probs.tif"), bundle.classes))
         self.labels = Labels(self.out / "labels.geojson", self.classes, self.imagery.stack) if self.classes else None
         self.model: StudioModel | None = None
         self.features: TileFeatures | None = None
@@ -186,14 +193,29 @@ class StudioSession:
         return answer
 
     def tile_features(self) -> TileFeatures:
-        """The display tiles' features (kept across retrainings) for the pixel model's features of this imagery."""
+        """The display tiles' features (kept across retrainings) for the pixel model's features of this imagery
+        (and, with --bundle once its map is made, its probabilities)."""
         from landcover.predict.evidence import scene_features
 
-        spec = scene_features(self.imagery.stack)
+        spec, context = scene_features(self.imagery.stack), self.context
+        if context is not None:
+            spec = replace(spec, context=context.names)
         with self.lock:
             if self.features is None or self.features.spec != spec:
-                self.features = TileFeatures(self.imagery, spec)
+                self.features = TileFeatures(self.imagery, spec, context=context)
             return self.features
+
+    def take_context(self, probs: Path, bundle_classes: list[dict]) -> None:
+        """The bundle's probabilities onto the imagery's grid (DIR/context.tif), for the model from its next
+        retraining: when its classes are the ones labelled."""
+        if [c["name"] for c in bundle_classes] != [c["name"] for c in self.classes]:
+            self.log("the bundle's classes are not the ones labelled: its probabilities stay out of the model")
+            return
+        self.context = write_context(probs, self.imagery.stack, self.out / CONTEXT_TIF)
+
+    def model_stack(self, spec: PixelFeatures) -> Scene:
+        """What a model of these features reads: the imagery's bands, then the context's if it uses them."""
+        return self.context.stack(self.imagery.stack) if spec.context else self.imagery.stack
 
     def warm(self) -> None:
         """While a person labels, the features of the tiles in view are computed in the background (once at a
@@ -221,15 +243,18 @@ class StudioSession:
         if self.labels is None:
             raise BadRequest(400, "no classes to label: start the studio with --classes, --scheme or --map")
         started = time.perf_counter()
-        stack = self.imagery.stack
         spec = self.tile_features().spec
-        X, y = self.labels.training_pixels(spec, stack)
-        head = fit_pixel_head("rf", X, y, len(self.classes))
+        X, y = self.labels.training_pixels(spec, self.model_stack(spec))
+        context = None
+        if spec.context:  # the bundle's probabilities, their share chosen on the labels
+            head, spec, context = fit_with_context(X, y, len(self.classes), spec)
+        else:
+            head = fit_pixel_head("rf", X, y, len(self.classes))
         with self.lock:
             self.model_version += 1
             self.model = StudioModel(spec, head, self.classes, self.model_version, len(y))
         return {"seconds": round(time.perf_counter() - started, 3), "pixels": len(y),
-                "model_version": self.model_version}
+                "model_version": self.model_version, "context": context}
 
     def suggest(self, body: object) -> dict:
         """Places to label next: {"count": n} -> {"places": [[x, y], ...]}."""
@@ -243,7 +268,7 @@ class StudioSession:
             raise BadRequest(400, "no model yet: label two classes and retrain, then ask for suggestions")
         taken = [[y, x] for item in self.labels.items for x, y in item["points"]]
         started = time.perf_counter()
-        places = model.suggest(self.imagery.stack, np.asarray(taken, float), count,
+        places = model.suggest(self.model_stack(model.spec), np.asarray(taken, float), count,
                                seed=model.version * 7919 + len(taken))
         return {"places": places, "seconds": round(time.perf_counter() - started, 3)}
 
@@ -254,8 +279,9 @@ class StudioSession:
         model = self.model
         if model is None:
             raise BadRequest(400, "no model yet: label two classes and retrain before mapping")
+        stack = self.model_stack(model.spec)
         return self.job.start(self.out / "bundle", body.get("crf", False), model.version,
-                              model.bundle(self.imagery.stack, self.imagery.bands))
+                              model.bundle(stack, self.imagery.bands), images=list(stack.paths))
 
     def map_state(self) -> dict:
         """How far Map all is; a finished map becomes the map layer."""

@@ -97,13 +97,16 @@ def split_pixels(dataset: PairDataset, spec: PixelFeatures, bands: tuple[int, ..
 
 
 def fit_pixel_head(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
-                   sample_weight: np.ndarray | None = None) -> Head:
+                   sample_weight: np.ndarray | None = None, out_of_bag: bool = False) -> Head:
     """A head fitted on per-pixel features: with the settings for many rows (HEAD_PARAMS), or a forest for a few
-    (below FEW_ROWS: unbounded, its leaves growing with the rows)."""
+    (below FEW_ROWS: unbounded, its leaves growing with the rows). `out_of_bag` (a forest): each row's class
+    probabilities from the trees that did not draw it are kept (`head.estimator.oob_decision_function_`)."""
     params = dict(HEAD_PARAMS[kind])
     if kind == "rf" and len(y) < FEW_ROWS:
         params.update(min_samples_leaf=max(1, len(y) // 500), n_estimators=24 if len(y) < 2000 else 16,
                       max_features="sqrt", max_depth=None)
+    if out_of_bag:
+        params["oob_score"] = True
     return fit_head(kind, X, y, n_classes, seed=seed, sample_weight=sample_weight, **params)
 
 

@@ -254,7 +254,10 @@ async function retrain() {
   stats.retrained = performance.now();  // the view's re-mapping is timed from here to its last tile (bench)
   state.info.model_version = answer.model_version;
   controls();
-  document.getElementById("label-status").textContent = `trained on ${answer.pixels} pixels in ${answer.seconds} s`;
+  const context = answer.context;  // with --bundle: the share of its probabilities that fits the labels best
+  const kept = context ? `; the bundle's share ${context.share}` : "";
+  document.getElementById("label-status").textContent =
+    `trained on ${answer.pixels} pixels in ${answer.seconds} s${kept}`;
   dropTiles("model");
   dropTiles("uncertainty");
   render();
