@@ -13,9 +13,10 @@ A click is one labelled pixel, labelled with the truth. Each round adds `--click
 labelling page would) on every click so far and re-maps the scored pixels. Strategies, both starting from the same
 random first round:
   random     clicks drawn at random from the clickable pixels;
-  suggested  the model proposes half the round: among a random sample of clickable pixels, those it is least sure
-             of (lowest top probability), taken in turn at least `SPREAD_PX` from each other and from earlier
-             clicks; the other half are random clicks (what it is sure of can be wrong: only exploring finds that);
+  suggested  the model proposes half the round: among a random sample of clickable pixels, places drawn with a
+             chance in proportion to how unsure it is (1 - its top probability), taken in turn at least `SPREAD_PX`
+             from each other and from earlier clicks; the other half are random clicks (what it is sure of can be
+             wrong: only exploring finds that);
 and, on Zion, both strategies again with another model's class probabilities blended into the pixel model's, as
 `landcover studio --bundle` does (their share chosen at each retraining on the clicks so far): a weak model's (the
 frozen-feature tile classifier the tests share, trained on chips of the clickable half only, its probabilities
@@ -46,7 +47,7 @@ from landcover.geo.raster import Scene
 from landcover.models.pixelfeatures import PixelFeatures
 from landcover.predict.evidence import scene_features
 from landcover.studio.context import SHARES, fit_with_context, write_context
-from landcover.studio.model import CANDIDATES, least_sure_spread
+from landcover.studio.model import CANDIDATES, unsure_spread
 from landcover.train.pixels import fit_pixel_head
 
 BLOCK_PX = 32
@@ -200,21 +201,21 @@ def accuracy(task: dict, head) -> float:
 
 
 def suggest(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k clicks: half the clickable pixels the model is least sure of, spread out, half at random."""
-    unsure = least_sure(task, head, taken, k // 2, rng)
+    """k clicks: half drawn by how unsure the model is, spread out, half at random."""
+    unsure = drawn_unsure(task, head, taken, k // 2, rng)
     rest = np.setdiff1d(task["clickable"], np.concatenate([taken, unsure]))
     return np.concatenate([unsure, rng.choice(rest, k - len(unsure), replace=False)])
 
 
-def least_sure(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k clickable pixels the model is least sure of, spread out (the least sure of the rest where the clickable
-    pixels are too few to keep them apart: NC's polygons): the studio's own choice (`least_sure_spread`)."""
+def drawn_unsure(task: dict, head, taken: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k clickable pixels drawn by how unsure the model is, spread out (the next drawn of the rest where the
+    clickable pixels are too few to keep them apart: NC's polygons): the studio's own choice (`unsure_spread`)."""
     pool = rng.choice(task["clickable"], min(CANDIDATES, len(task["clickable"])), replace=False)
     pool = np.setdiff1d(pool, taken)
     sure = head.predict_top(task["X"][pool])[1]
     width = task["width"]
     placed = np.c_[taken // width, taken % width]
-    return pool[least_sure_spread(pool // width, pool % width, sure, placed, k, SPREAD_PX)]
+    return pool[unsure_spread(pool // width, pool % width, sure, placed, k, SPREAD_PX, rng)]
 
 
 def run_task(task: dict, rounds: int, clicks: int, seed: int, strategies: tuple[str, ...] = ("random", "suggested")

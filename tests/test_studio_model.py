@@ -121,7 +121,7 @@ def test_suggest_map_all_and_the_command_line_agree(studio, zion_images, tmp_pat
     rows, cols = np.floor(places[:, 1]).astype(int), np.floor(places[:, 0]).astype(int)
     assert (rows < stack.height).all() and (cols < stack.width).all()
     taken = np.array([p for item in session.labels.items for p in item["points"]])
-    for k, (x, y) in enumerate(places[:5]):  # the least-sure half: apart from each other and from every label
+    for k, (x, y) in enumerate(places[:5]):  # the unsure half: apart from each other and from every label
         others = np.vstack([taken, np.delete(places[:5], k, axis=0)])
         assert (np.maximum(abs(others[:, 0] - x), abs(others[:, 1] - y)) >= 8).all()
     status, body = get(f"{url}/tiles/uncertainty/0/1/1.png")
@@ -261,3 +261,27 @@ def test_the_loop_in_a_real_browser(zion_images, tmp_path):
     finally:
         driver.quit()
         server.shutdown()
+
+
+def test_suggestions_are_drawn_by_how_unsure_the_model_is():
+    """The unsure half of the suggestions is a draw weighted by 1 - the top probability: nine times as unsure, about
+    nine times as often; never a place within the spread of another or of a label; the draw itself is random (not
+    the least sure in turn)."""
+    from landcover.studio.model import unsure_spread
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.divmod(np.arange(100 * 100), 100)
+    sure = np.where(rng.random(len(rows)) < 0.5, 0.9, 0.1)  # unsure 0.9 or 0.1
+    counts = np.zeros(2)
+    for seed in range(200):
+        picked = unsure_spread(rows, cols, sure, np.empty((0, 2)), 5, 0, np.random.default_rng(seed))
+        counts += [(sure[picked] == 0.9).sum(), (sure[picked] == 0.1).sum()]
+    assert 7 < counts[1] / counts[0] < 11.5, counts
+    taken = np.array([[50.0, 50.0]])
+    picked = unsure_spread(rows, cols, sure, taken, 20, 8, np.random.default_rng(1))
+    places = np.c_[rows[picked], cols[picked]]
+    for k, (r, c) in enumerate(places):
+        others = np.vstack([taken, np.delete(places, k, axis=0)])
+        assert (np.maximum(abs(others[:, 0] - r), abs(others[:, 1] - c)) >= 8).all()
+    again = unsure_spread(rows, cols, sure, taken, 20, 8, np.random.default_rng(2))
+    assert set(picked) != set(again)

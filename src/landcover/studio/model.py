@@ -6,10 +6,12 @@ at every level): level 0 is the model's map itself, the levels above a preview o
 uncertainty layer (1 - the top class's probability) come from one computation, kept for the last tiles asked.
 
 Suggestions follow the annotator bench (`bench/annotate.py`): among a random sample of the imagery's valid pixels
-(in SUGGEST_BLOCKS small blocks scattered over the raster), half the places are those the model is least sure of,
-taken in turn at least the model's largest filter scale from each other and from every label so far; the other
-half are random places. Least-sure alone keeps picking mixed pixels and edges (below random in the bench's rounds
-2, 3 and 5): what the model is sure of can be wrong, and only exploring finds that.
+(in SUGGEST_BLOCKS small blocks scattered over the raster), half the places are drawn at random with a chance in
+proportion to how unsure the model is there (1 - its top probability), taken in turn at least the model's largest
+filter scale from each other and from every label so far; the other half are random places. The least sure
+places themselves keep picking mixed pixels and edges (below random clicks in the bench's rounds 2, 3 and 5 on
+Zion): the draw still goes mostly where the model is unsure, and what it is sure of can be wrong, which only the
+random half finds.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class StudioModel:
         return rgba_png(rgba)
 
     def suggest(self, stack: Scene, taken: np.ndarray, k: int, seed: int) -> list[list[float]]:
-        """k places to label next ([x, y] pixel centres, level 0): half least sure and spread, half random.
+        """k places to label next ([x, y] pixel centres, level 0): half drawn by how unsure the model is, spread
+        out, half random.
         `stack`: the imagery's bands (then the context's, which a model without them leaves)."""
         rng = np.random.default_rng(seed)
         rows, cols, features = self._sample(stack, rng)
@@ -102,7 +105,7 @@ class StudioModel:
             return []
         sure = self.spec.top(self.head, features)[1]
         spread = max(self.spec.scales_m) / stack.res[0]
-        unsure = least_sure_spread(rows, cols, sure, taken, k // 2, spread)
+        unsure = unsure_spread(rows, cols, sure, taken, k // 2, spread, rng)
         rest = np.setdiff1d(np.arange(len(rows)), unsure)
         random = rng.choice(rest, min(len(rest), k - len(unsure)), replace=False)
         picked = np.concatenate([unsure, random])
@@ -194,12 +197,14 @@ class TileFeatures:
         return features, ok
 
 
-def least_sure_spread(rows: np.ndarray, cols: np.ndarray, sure: np.ndarray, taken: np.ndarray, k: int,
-                      spread: float) -> np.ndarray:
-    """Indices of k candidates (pixel `rows`, `cols`, the model's top probability `sure`) the model is least sure
-    of, taken in turn at least `spread` px (in rows or columns) from each other and from `taken` ((n, 2) rows and
-    columns); where too few lie apart, the least sure of the rest fill the k."""
-    order = np.argsort(sure, kind="stable")
+def unsure_spread(rows: np.ndarray, cols: np.ndarray, sure: np.ndarray, taken: np.ndarray, k: int, spread: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Indices of k candidates (pixel `rows`, `cols`, the model's top probability `sure`) drawn at random without
+    replacement, each with a chance in proportion to how unsure the model is there (1 - `sure`), taken in turn at
+    least `spread` px (in rows or columns) from each other and from `taken` ((n, 2) rows and columns); where too
+    few lie apart, the next drawn of the rest fill the k."""
+    weight = np.clip(1 - np.asarray(sure, np.float64), 1e-9, None)
+    order = np.argsort(-rng.random(len(weight)) ** (1 / weight), kind="stable")  # a weighted draw, in order
     placed = [tuple(p) for p in np.asarray(taken, float).reshape(-1, 2)]
     chosen: list[int] = []
     for i in order:

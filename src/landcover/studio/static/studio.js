@@ -185,7 +185,7 @@ async function suggest() {
   if (!answer) { document.getElementById("suggest-status").textContent = ""; return; }
   state.suggestions = answer.places;
   document.getElementById("suggest-status").textContent =
-    `${answer.places.length} places (half where the model is least sure, half at random): label each, "next" goes there`;
+    `${answer.places.length} places (half drawn by how unsure the model is, half at random): label each, "next" goes there`;
   drawLabels();
 }
 
