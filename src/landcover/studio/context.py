@@ -10,14 +10,16 @@ Brier score on the labelled pixels, each classified by the trees that did not dr
 share names the file as an input: `landcover predict DIR/bundle --image IMAGERY... DIR/context.tif` makes the same
 map as Map all. Display tiles above level 0 read the probabilities warped onto their level's grid directly.
 
-Why a blend and not more features: on Zion's simulated annotator (bench/annotate.py, suggested clicks, mean of 3
-runs), the probabilities of a strong model (the bench's reference, 0.759 alone) as 8 more features of the forest
-(kept where its out-of-bag accuracy was at least as high; tried on 2026-12-07, not kept) gave 0.598 after 20
-clicks and 0.726 after 200, below the model alone: a forest on tens of clicks, trying 10 of
-110 features per split, cannot learn to trust them. Blended, the map keeps 0.759 from the first click (the share
-1 chosen in 97% of the retrainings); with a weak model's (a frozen-feature tile classifier, 0.586 alone) it starts
-at 0.606 instead of 0.585 and ends at 0.712 instead of 0.703 (shares mostly 1/4 and 1/2). Choosing the share by
-out-of-bag accuracy instead of the Brier score dipped in 3 rounds (0.661 and 0.674 against neighbours near 0.70).
+Why a blend and not more features: on Zion's simulated annotator (bench/annotate.py, mean of 3 runs), the
+probabilities of a strong model (the bench's reference, 0.759 alone) as 8 more features of the forest (kept where
+its out-of-bag accuracy was at least as high; tried on 2026-12-07, not kept) gave 0.598 after 20 suggested clicks
+and 0.726 after 200, below the model alone: a forest on tens of clicks, trying 10 of 110 features per split, cannot
+learn to trust them. Blended, the map keeps 0.759 from the first click (the share 1 chosen in 97% of the
+retrainings). A weak model's (a frozen-feature tile classifier, 0.586 alone) starts the curve at 0.606 instead of
+0.585 and ends level with the model without it (0.709 against 0.708 after 200 suggested clicks; shares mostly 1/4
+and 1/2), but random clicks with it run 0.01-0.02 below random clicks without it: 20-200 clicks' out-of-bag votes
+are a noisy judge of the share. Choosing the share by out-of-bag accuracy instead of the Brier score dipped in more
+rounds (0.661 and 0.674 against neighbours near 0.70).
 """
 
 from __future__ import annotations

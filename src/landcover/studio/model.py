@@ -39,8 +39,9 @@ CANDIDATES = 20_000
 """Of those, the valid pixels the model is asked about (a random sample, as the bench's)."""
 KEPT_TILES = 64
 """The model's last tiles (classes and top probabilities) kept: the class and uncertainty layers share them."""
-FEATURES_MB = 768
-"""Memory for display tiles' features (27 MB a tile of 4 bands' 102 features: about 28 tiles, a full-HD view)."""
+FEATURES_MB = 832
+"""Memory for display tiles' features (27 MB a tile of 4 bands' 102 features, 29 MB with a bundle's 8 classes after
+them: 28 tiles either way, a full-HD view)."""
 
 
 @dataclass
