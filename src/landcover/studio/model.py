@@ -99,7 +99,7 @@ class StudioModel:
     def suggest(self, stack: Scene, taken: np.ndarray, k: int, seed: int) -> list[list[float]]:
         """k places to label next ([x, y] pixel centres, level 0): half drawn by how unsure the model is, spread
         out, half random.
-        `stack`: the imagery's bands (then the context's, which a model without them leaves)."""
+        `stack`: the bands the model reads (the imagery's, then the context's if it blends them in)."""
         rng = np.random.default_rng(seed)
         rows, cols, features = self._sample(stack, rng)
         if not len(rows):
@@ -128,7 +128,7 @@ class StudioModel:
             r, c = np.nonzero(ok)
             rows.append(r + r0)
             cols.append(c + c0)
-            xs.append(self.spec.compute(pixels[:self.spec.n_bands], valid, res)[(slice(None), *core)][:, ok].T)
+            xs.append(self.spec.compute(pixels, valid, res)[(slice(None), *core)][:, ok].T)
         if not rows:
             return np.zeros(0, int), np.zeros(0, int), np.zeros((0, len(self.spec.names)), np.float32)
         rows, cols, X = np.concatenate(rows), np.concatenate(cols), np.concatenate(xs)
