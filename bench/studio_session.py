@@ -21,8 +21,12 @@ per megapixel the view shows at the imagery's pixels: 0.77 Mpx here, in 20 tiles
 and each labelled in turn as above (a place the reference has no class for is passed over). After the last round,
 "map all" (timed, with its assessment against the reference). Accuracy per round: the studio's model on a fixed
 random sample of 200,000 reference pixels; beside it, for the same clicks, the model bench/annotate.py fits
-(features of the whole scene at once, `fit_pixel_head`): the two should match (the features are the same; the forest
-sees the rows in another order). Writes <out>/studio_session.json and prints it.
+(features of the whole scene at once, `fit_pixel_head`): the two are the same model (the features of a pixel do not
+depend on the window it is read in, nor the forest on the order of its rows). With `--bundle B` (or `--zion-bundle`:
+the tile classifier the tests share, trained here on Zion's chips) the studio starts with that bundle as
+`landcover studio --bundle` does, the sessions wait for its map, and the bench's model on the same clicks is blended
+with its probabilities as the studio's (`fit_with_context`); the bundle's own accuracy and the shares chosen are
+reported. Writes <out>/studio_session.json and prints it.
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load, machine, say, zion, zion_images
+from common import ROOT, load, machine, say, zion, zion_classifier, zion_images
 from predict import build_mosaic
 
 from landcover.label.server import serve
@@ -195,12 +200,12 @@ def labelling_task(images: list[str], truth: str, truth_scheme: str, scheme: str
 
 
 def labelling(images: list[str], truth: str, truth_scheme: str, scheme: str, bands: list[int] | None, work: Path,
-              rounds: int, clicks: int, seeds: int) -> dict:
+              rounds: int, clicks: int, seeds: int, bundle: str | None = None) -> dict:
     """Part 2: `seeds` scripted sessions (their first clicks differ); per round the mean accuracy of the studio's
     model and of bench/annotate.py's on the same clicks, the slowest retraining and view re-mapping."""
     task = labelling_task(images, truth, truth_scheme, scheme)
     runs = [labelling_session(task, images, truth, truth_scheme, scheme, bands, work / f"labelling-{seed}", rounds,
-                              clicks, seed) for seed in range(seeds)]
+                              clicks, seed, bundle) for seed in range(seeds)]
     curve = [{"clicks": points[0]["clicks"],
               **{k: round(float(np.mean([p["accuracy"][k] for p in points])), 4) for k in ("studio",
                                                                                             "annotate_bench")},
@@ -211,37 +216,65 @@ def labelling(images: list[str], truth: str, truth_scheme: str, scheme: str, ban
     return {"images": [Path(p).name for p in images], "reference": Path(truth).name, "classes": task["names"],
             "scored_pixels": len(task["scored"]), "seeds": seeds, "clicks_per_round": clicks, "curve": curve,
             "rises_every_round": all(b > a for a, b in itertools.pairwise(studio)),
+            **({"bundle": bundle, "bundle_alone": runs[0]["bundle_alone"],
+                "bundle_shares": [[p["accuracy"]["bundle_share"] for p in r["rounds"]] for r in runs]}
+               if bundle else {}),
             "largest_gap_to_annotate_bench": round(max(abs(p["accuracy"]["studio"] - p["accuracy"]["annotate_bench"])
                                                        for r in runs for p in r["rounds"]), 4),
             "map_all": runs[0]["map_all"], "runs": runs}
 
 
+def with_bundle(session: StudioSession, X: np.ndarray, seconds: float = 900) -> tuple[np.ndarray, object]:
+    """Once the studio has made its `--bundle`'s map: every pixel's features with the bundle's probabilities after
+    them (DIR/context.tif, what the studio's model reads) and the features' spec with that context."""
+    import rasterio
+
+    from landcover.predict.evidence import scene_features
+
+    deadline = time.monotonic() + seconds
+    while session.context is None:
+        if session.job.state()["state"] == "failed" or time.monotonic() > deadline:
+            raise RuntimeError(f"the bundle's map was not made: {session.job.state()}")
+        time.sleep(0.5)
+    with rasterio.open(session.context.path) as src:
+        probs = src.read().reshape(src.count, -1).T.astype(np.float32)
+    return np.hstack([X, probs]), replace(scene_features(session.imagery.stack), context=session.context.names)
+
+
 def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: str, scheme: str,
-                      bands: list[int] | None, folder: Path, rounds: int, clicks: int, seed: int) -> dict:
+                      bands: list[int] | None, folder: Path, rounds: int, clicks: int, seed: int,
+                      bundle: str | None = None) -> dict:
     """One scripted session in Chromium: per round the clicks, retraining and view re-mapping seconds, the studio's
-    accuracy and bench/annotate.py's for the same clicks; then map all."""
+    accuracy and bench/annotate.py's for the same clicks (with `bundle`, the studio started with `--bundle` and the
+    bench's model blended with its probabilities as `fit_with_context` does); then map all."""
     import re
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from landcover.studio.context import fit_with_context
     from landcover.studio.mapping import Reference
     from landcover.train.pixels import fit_pixel_head
 
     session = StudioSession(images, folder, scheme=scheme, bands=bands, reference=Reference(truth, truth_scheme),
-                            log=lambda _: None)
+                            bundle_path=bundle, log=lambda _: None)
     server = make_server(session, 0, idle_seconds=600)
     threading.Thread(target=serve, args=(server,), daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     stack, names, X, truth_ids, scored = (session.imagery.stack, task["names"], task["X"], task["truth"],
                                           task["scored"])
     assert names == [c["name"] for c in session.classes]
+    spec = None
+    out = {"seed": seed, "rounds": []}
+    if bundle:
+        X, spec = with_bundle(session, X)
+        out["bundle_alone"] = round(float((X[scored, spec.head_columns:].argmax(1) == truth_ids.ravel()[scored])
+                                          .mean()), 4)
     rng = np.random.default_rng([seed, 1])
     first = [[c + 0.5, r + 0.5] for r, c in zip(*np.unravel_index(rng.choice(task["known"], clicks, replace=False),
                                                                    truth_ids.shape), strict=True)]
     driver = chromium()
     wait = WebDriverWait(driver, 60)
-    out = {"seed": seed, "rounds": []}
     try:
         driver.get(url)
         settled(driver)
@@ -282,11 +315,17 @@ def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: s
             retrain_s = float(trained.group(2))
             clicked = np.array([int(p[1]) * stack.width + int(p[0]) for item in session.labels.items
                                 for p in item["points"]])
-            bench_head = fit_pixel_head("rf", X[clicked], truth_ids.ravel()[clicked], len(names))
-            accuracy = {"studio": float((session.model.head.predict_proba(X[scored]).argmax(1)
+            if spec is None:
+                bench_head, bench_spec = fit_pixel_head("rf", X[clicked], truth_ids.ravel()[clicked], len(names)), \
+                    session.model.spec
+            else:
+                bench_head, bench_spec, _ = fit_with_context(X[clicked], truth_ids.ravel()[clicked], len(names), spec)
+            accuracy = {"studio": float((session.model.spec.proba(session.model.head, X[scored]).argmax(1)
                                          == truth_ids.ravel()[scored]).mean()),
-                        "annotate_bench": float((bench_head.predict_proba(X[scored]).argmax(1)
+                        "annotate_bench": float((bench_spec.proba(bench_head, X[scored]).argmax(1)
                                                  == truth_ids.ravel()[scored]).mean())}
+            if spec is not None:
+                accuracy["bundle_share"] = session.model.spec.context_share
             out["rounds"].append({"clicks": len(clicked), "placing_s": round(labelling, 2),
                                   "retrain_s": retrain_s, "view_remap_s": round(remap_s, 2),
                                   "view_mpx": round(view_mpx, 2), "remap_s_per_mpx": round(remap_s / view_mpx, 2),
@@ -297,8 +336,9 @@ def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: s
                 f"({view_mpx:.2f} Mpx)")
         started = time.perf_counter()
         driver.find_element(By.ID, "map-all").click()
-        WebDriverWait(driver, 600).until(lambda d: "accuracy" in d.find_element(By.ID, "assessment").text)
-        job = session.job.state()
+        WebDriverWait(driver, 600).until(lambda d: session.job.state().get("files") == ["bundle", "map.tif"]
+                                         and "accuracy" in d.find_element(By.ID, "assessment").text)
+        job = session.job.state()  # (with --bundle, the page showed the assessment of the bundle's map before)
         out["map_all"] = {"seconds": job["seconds"], "page_s": round(time.perf_counter() - started, 2),
                           "overall_accuracy": job["assessment"]["overall_accuracy"],
                           "overall_accuracy_ci95": job["assessment"]["overall_accuracy_ci95"],
@@ -325,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", help="part 2's reference raster (default: Zion's NLCD 2011)")
     parser.add_argument("--truth-scheme", default="nlcd-grouped")
     parser.add_argument("--scheme", default="nlcd-grouped", help="the classes labelled")
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--bundle", help="part 2's studio started with this model bundle (`landcover studio --bundle`)")
+    given.add_argument("--zion-bundle", action="store_true",
+                       help="part 2's studio started with the tile classifier the tests share (trained here on Zion)")
     args = parser.parse_args(argv)
     size, drags = (2048, 4) if args.quick else (args.size, 30)
     rounds, clicks, seeds = (3, 10, 1) if args.quick else (args.rounds, args.clicks, args.seeds)
@@ -345,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
                    "chromium": subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()}
         if size:
             results.update(imagery_at_any_size(work, size, drags))
+        bundle = str(zion_classifier(work / "bundle")) if args.zion_bundle else args.bundle
         results["labelling"] = labelling(images, truth, args.truth_scheme, args.scheme, bands, work, rounds,
-                                         clicks, seeds)
+                                         clicks, seeds, bundle)
         (out / "studio_session.json").write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
     finally:

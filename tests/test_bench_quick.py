@@ -142,7 +142,7 @@ def test_studio_session_bench(tmp_path):
     # one session of 10-click rounds moves by a few hundredths either way: 30 clicks must map Zion better than the
     # annotator bench's 20 random clicks do on average (0.585)
     assert [c["clicks"] for c in curve] == [10, 20, 30] and curve[-1]["studio"] > 0.6
-    assert labelling["largest_gap_to_annotate_bench"] < 0.08  # the same model as bench/annotate.py's, same clicks
+    assert labelling["largest_gap_to_annotate_bench"] == 0  # the model bench/annotate.py fits on the same clicks
     assert {"map.tif", "bundle/model.json", "labels.geojson", "assessment/accuracy.json"} <= set(
         labelling["map_all"]["files"]) and 0.4 < labelling["map_all"]["overall_accuracy"] < 1
 

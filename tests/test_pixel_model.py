@@ -43,6 +43,29 @@ def test_features_of_a_block_with_its_halo_equal_the_whole_rasters(zion_crop):
     assert spec.halo_px(15.0) == 49
 
 
+def test_features_near_nodata_and_the_rasters_edge_do_not_depend_on_the_window(zion_crop):
+    """Nodata takes no part in the filters: a pixel beside a hole of nodata, or at the raster's edge (outside it is
+    invalid, as a window read past the edge gives it), has the same features in every window holding its halo."""
+    pixels = np.stack([rasterio.open(p).read(1) for p in zion_crop]).astype(np.float32)
+    spec = PixelFeatures.create(["blue", "green", "red", "nir"], ["blue", "green", "red", "nir"], default_scales(30))
+    halo = spec.halo_px(30.0)
+    valid = np.ones(pixels.shape[1:], bool)
+    valid[120:160, 200:240] = False  # a hole of nodata
+    padded = np.pad(pixels, ((0, 0), (halo, halo), (halo, halo)))  # outside the raster: invalid
+    padded_valid = np.pad(valid, halo)
+    whole = spec.compute(padded, padded_valid, 30.0)[:, halo:-halo, halo:-halo]
+    for r0, c0 in ((110, 190), (100, 230), (0, 0), (250, 370)):  # around the hole, and at two corners
+        r1, c1 = r0 + 50, c0 + 50
+        block = spec.compute(padded[:, r0:r1 + 2 * halo, c0:c1 + 2 * halo],
+                             padded_valid[r0:r1 + 2 * halo, c0:c1 + 2 * halo], 30.0)[:, halo:-halo, halo:-halo]
+        np.testing.assert_array_equal(block, whole[:, r0:r1, c0:c1])
+    assert np.isnan(whole[:, 130, 210]).all() and np.isfinite(whole[:, 118, 210]).all()
+    # the hole does not drag its neighbours' smoothed values towards anything: the fill is no value at all
+    smooth = spec.names.index("nir_smooth_240m")
+    near = whole[smooth, 118, 190:250]
+    assert near.min() > 0.5 * np.nanmedian(pixels[3]) and np.isfinite(near).all()
+
+
 def test_the_pixel_model_trains_scores_and_maps_a_raster(pixel_run, zion_pairs, zion_crop, tmp_path, capsys):
     summary = json.loads((pixel_run / "summary.json").read_text())
     assert summary["task"] == "pixels" and summary["features"] == 102 and summary["scales_m"] == [30, 60, 120, 240]

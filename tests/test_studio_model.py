@@ -285,3 +285,33 @@ def test_suggestions_are_drawn_by_how_unsure_the_model_is():
         assert (np.maximum(abs(others[:, 0] - r), abs(others[:, 1] - c)) >= 8).all()
     again = unsure_spread(rows, cols, sure, taken, 20, 8, np.random.default_rng(2))
     assert set(picked) != set(again)
+
+
+def test_the_same_labels_give_the_same_model_in_any_order(zion_crop, tmp_path):
+    """Labels made in another order (or restored from labels.geojson) give the same model, and it is the model
+    `fit_pixel_head` fits on the whole raster's features of the same pixels (what bench/annotate.py fits): the
+    features of a pixel at the raster's edge do not depend on the block it was read in, nor the forest on the
+    rows' order."""
+    from rasterio.windows import Window
+
+    from landcover.train.pixels import fit_pixel_head
+
+    sessions = [StudioSession(zion_crop, tmp_path / name, class_names=["low", "high"], log=lambda _: None)
+                for name in ("a", "b")]
+    stack = sessions[0].imagery.stack
+    spec = sessions[0].tile_features().spec
+    halo = spec.halo_px(stack.res[0])
+    pixels, valid = stack.read(Window(-halo, -halo, stack.width + 2 * halo, stack.height + 2 * halo))
+    X = spec.compute(pixels, valid, stack.res[0])[:, halo:-halo, halo:-halo].reshape(len(spec.names), -1).T
+    nir = pixels[3, halo:-halo, halo:-halo].ravel()
+    rng = np.random.default_rng(0)
+    picked = np.r_[rng.choice(stack.width * stack.height, 60, replace=False), [0, stack.width - 1]]  # and 2 corners
+    y = (nir[picked] > np.median(nir)).astype(int)
+    items = [{"class": ["low", "high"][k], "kind": "point", "points": [[p % stack.width + 0.5, p // stack.width + 0.5]]}
+             for p, k in zip(picked, y, strict=True)]
+    sessions[0].set_labels({"labels": items})
+    sessions[1].set_labels({"labels": items[::-1]})
+    heads = [session.retrain() and session.model.head for session in sessions]
+    by_hand = fit_pixel_head("rf", X[picked], y, 2)
+    for head in heads:
+        np.testing.assert_array_equal(head.predict_proba(X), by_hand.predict_proba(X))

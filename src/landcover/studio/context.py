@@ -15,11 +15,13 @@ probabilities of a strong model (the bench's reference, 0.759 alone) as 8 more f
 its out-of-bag accuracy was at least as high; tried on 2026-12-07, not kept) gave 0.598 after 20 suggested clicks
 and 0.726 after 200, below the model alone: a forest on tens of clicks, trying 10 of 110 features per split, cannot
 learn to trust them. Blended, the map keeps 0.759 from the first click (the share 1 chosen in 97% of the
-retrainings). A weak model's (a frozen-feature tile classifier, 0.586 alone) starts the curve at 0.606 instead of
-0.585 and ends level with the model without it (0.709 against 0.708 after 200 suggested clicks; shares mostly 1/4
-and 1/2), but random clicks with it run 0.01-0.02 below random clicks without it: 20-200 clicks' out-of-bag votes
-are a noisy judge of the share. Choosing the share by out-of-bag accuracy instead of the Brier score dipped in more
-rounds (0.661 and 0.674 against neighbours near 0.70).
+retrainings). A weak model's (a frozen-feature tile classifier, 0.586 alone) starts the curve a little higher
+(0.606-0.619 against 0.585-0.613 after 20 clicks in two runs of the bench) and ends 0.01 below to level with the
+model without it after 200 suggested clicks (shares mostly 1/4 and 1/2); random clicks with it run 0.01-0.03 below
+random clicks without it: 20-200 clicks' out-of-bag votes are a noisy judge of the share (each row's come from
+about a third of the trees, noisier than the whole forest's, which any smooth blend seems to improve). Choosing the
+share by out-of-bag accuracy instead of the Brier score dipped in more rounds (0.661 and 0.674 against neighbours
+near 0.70).
 """
 
 from __future__ import annotations
