@@ -311,7 +311,9 @@ def test_the_same_labels_give_the_same_model_in_any_order(zion_crop, tmp_path):
              for p, k in zip(picked, y, strict=True)]
     sessions[0].set_labels({"labels": items})
     sessions[1].set_labels({"labels": items[::-1]})
-    heads = [session.retrain() and session.model.head for session in sessions]
+    restored = StudioSession(zion_crop, tmp_path / "a", class_names=["low", "high"], log=lambda _: None)
+    assert len(restored.labels.items) == len(items)  # read back from a/labels.geojson
     by_hand = fit_pixel_head("rf", X[picked], y, 2)
-    for head in heads:
-        np.testing.assert_array_equal(head.predict_proba(X), by_hand.predict_proba(X))
+    for session in [*sessions, restored]:
+        session.retrain()
+        np.testing.assert_array_equal(session.model.head.predict_proba(X), by_hand.predict_proba(X))
