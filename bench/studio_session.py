@@ -41,7 +41,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -224,12 +223,10 @@ def labelling(images: list[str], truth: str, truth_scheme: str, scheme: str, ban
             "map_all": runs[0]["map_all"], "runs": runs}
 
 
-def with_bundle(session: StudioSession, X: np.ndarray, seconds: float = 900) -> tuple[np.ndarray, object]:
+def with_bundle(session: StudioSession, X: np.ndarray, seconds: float = 900) -> np.ndarray:
     """Once the studio has made its `--bundle`'s map: every pixel's features with the bundle's probabilities after
-    them (DIR/context.tif, what the studio's model reads) and the features' spec with that context."""
+    them (DIR/context.tif, what the studio's model reads)."""
     import rasterio
-
-    from landcover.predict.evidence import scene_features
 
     deadline = time.monotonic() + seconds
     while session.context is None:
@@ -238,7 +235,7 @@ def with_bundle(session: StudioSession, X: np.ndarray, seconds: float = 900) -> 
         time.sleep(0.5)
     with rasterio.open(session.context.path) as src:
         probs = src.read().reshape(src.count, -1).T.astype(np.float32)
-    return np.hstack([X, probs]), replace(scene_features(session.imagery.stack), context=session.context.names)
+    return np.hstack([X, probs])
 
 
 def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: str, scheme: str,
@@ -264,10 +261,11 @@ def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: s
     stack, names, X, truth_ids, scored = (session.imagery.stack, task["names"], task["X"], task["truth"],
                                           task["scored"])
     assert names == [c["name"] for c in session.classes]
-    spec = None
     out = {"seed": seed, "rounds": []}
     if bundle:
-        X, spec = with_bundle(session, X)
+        X = with_bundle(session, X)
+    spec = session.tile_features().spec  # the studio's features (with the bundle's probabilities, once made)
+    if spec.context:
         out["bundle_alone"] = round(float((X[scored, spec.head_columns:].argmax(1) == truth_ids.ravel()[scored])
                                           .mean()), 4)
     rng = np.random.default_rng([seed, 1])
@@ -315,16 +313,15 @@ def labelling_session(task: dict, images: list[str], truth: str, truth_scheme: s
             retrain_s = float(trained.group(2))
             clicked = np.array([int(p[1]) * stack.width + int(p[0]) for item in session.labels.items
                                 for p in item["points"]])
-            if spec is None:
-                bench_head, bench_spec = fit_pixel_head("rf", X[clicked], truth_ids.ravel()[clicked], len(names)), \
-                    session.model.spec
-            else:
+            if spec.context:
                 bench_head, bench_spec, _ = fit_with_context(X[clicked], truth_ids.ravel()[clicked], len(names), spec)
+            else:
+                bench_head, bench_spec = fit_pixel_head("rf", X[clicked], truth_ids.ravel()[clicked], len(names)), spec
             accuracy = {"studio": float((session.model.spec.proba(session.model.head, X[scored]).argmax(1)
                                          == truth_ids.ravel()[scored]).mean()),
                         "annotate_bench": float((bench_spec.proba(bench_head, X[scored]).argmax(1)
                                                  == truth_ids.ravel()[scored]).mean())}
-            if spec is not None:
+            if spec.context:
                 accuracy["bundle_share"] = session.model.spec.context_share
             out["rounds"].append({"clicks": len(clicked), "placing_s": round(labelling, 2),
                                   "retrain_s": retrain_s, "view_remap_s": round(remap_s, 2),
