@@ -38,10 +38,10 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     assert (tmp_path / "demo" / "chips" / "split_counts.png").exists()
     records = list(read_tfrecord(sorted((tmp_path / "demo" / "tfrecord").glob("*.tfrecord"))))
     assert sorted(r["chip_id"] for r in records) == sorted(frame["chip_id"])
-    run = tmp_path / "demo" / "runs" / "lite0-logreg"
+    run = tmp_path / "demo" / "runs" / "spectral-rf"
     assert (run / "bundle" / "model.json").exists() and (run / "bundle" / "head.safetensors").exists()
     report = json.loads((run / "eval-test" / "report.json").read_text())
-    assert report["n_samples"] == (frame["split"] == "test").sum() and report["accuracy"] > 0.6
+    assert report["n_samples"] == (frame["split"] == "test").sum() and report["accuracy"] > 0.85
     maps = tmp_path / "demo" / "maps"
     summary = json.loads((maps / "zion.json").read_text())
     assert summary["windows"] > 5000 and summary["scores"]["map"]["agreement"] > 0.6

@@ -67,16 +67,17 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
     print(f"[3/9] export: TFRecord, 2 shards per split -> {out / 'tfrecord'}")
     exported = export(out / "chips", out / "tfrecord", "tfrecord", shards=2, overwrite=True, progress=progress)
     print(exported.summary())
-    # Stage 4, train: frozen ImageNet EfficientNet-Lite0 features (offline weights) + logistic regression; chips
-    # upsampled to 64 px (not the backbone's 224): as accurate on these 16 px chips, 12x less work to map a scene.
-    run = out / "runs" / "lite0-logreg"
-    print(f"[4/9] train: frozen efficientnet-lite0 (ImageNet) features at 64 px + logistic regression -> {run}")
+    # Stage 4, train: the chips' spectral features (per-band statistics) + a random forest. On these chips it scored
+    # 0.951 on the test split where frozen ImageNet Lite0 features + logistic regression scored 0.805, and its maps
+    # are the better ones: 0.660 of the park's 30 m pixels agree with NLCD (0.635), the hybrid 0.687 (0.639).
+    run = out / "runs" / "spectral-rf"
+    print(f"[4/9] train: spectral features of the chips (band statistics) + random forest -> {run}")
     if (run / "bundle" / "model.json").exists():
         print("already trained (delete the run folder to train again)")
     else:
         shutil.rmtree(run, ignore_errors=True)
-        train_model(out / "chips", runs=str(out / "runs"), name=run.name, mode="features",
-                    architecture="efficientnet-lite0", head="logreg", input_size=64, progress=progress)
+        train_model(out / "chips", runs=str(out / "runs"), name=run.name, mode="spectral", head="rf",
+                    progress=progress)
     # Stage 5, evaluate: the bundle on the test split (report.json, confusion.png, summary.txt).
     print(f"[5/9] evaluate: the bundle on the test split -> {run / 'eval-test'}")
     report, _ = evaluate_bundle(run / "bundle", out / "chips", "test", progress=progress)
@@ -92,7 +93,7 @@ def run_demo(data: str | Path | None = None, out: str | Path = "landcover-demo",
     # Stage 7, map: the class map over the true-colour scene, beside NLCD.
     print(f"[7/9] map: prediction beside NLCD 2011 -> {maps / 'zion.png'}")
     render_map(maps / "zion.tif", maps / "zion.png", truth=zion / "nlcd2011.tif", scheme="nlcd-grouped",
-               title="Zion: frozen lite0 + logistic regression vs NLCD 2011")
+               title="Zion: spectral forest vs NLCD 2011")
     segment_stage(zion, images, out, progress)
     dense_stage(zion, images, out, run / "bundle", progress)
     return out
