@@ -44,7 +44,7 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
     assert report["n_samples"] == (frame["split"] == "test").sum() and report["accuracy"] > 0.85
     maps = tmp_path / "demo" / "maps"
     summary = json.loads((maps / "zion.json").read_text())
-    assert summary["windows"] > 5000 and summary["scores"]["map"]["agreement"] > 0.6
+    assert summary["windows"] > 5000 and summary["scores"]["map"]["agreement"] > 0.7
     assert {"map", "smoothed 3x3"} <= set(summary["scores"])
     for name in ("zion.tif", "zion.smooth3.tif", "zion.probs.tif", "zion.tiles.parquet", "zion.png"):
         assert (maps / name).exists(), name
@@ -61,9 +61,12 @@ def test_demo_runs_the_pipeline_on_zion(tmp_path, zion, capsys):
         assert (dense.transform, dense.shape) == (image.transform, image.shape)
         inside = dense.read(1) != 255
         assert 0.3 < inside.mean() < 0.5  # the park, not the whole scene
+    overall = {}
     for name in ("zion", "zion-dense"):
         accuracy = json.loads((maps / f"{name}.accuracy" / "accuracy.json").read_text())
         assert 0.5 < accuracy["overall_accuracy"] < 1 and accuracy["classes"][0]["class"] == "Water"
+        overall[name] = accuracy["overall_accuracy"]
+    assert overall["zion-dense"] > overall["zion"] + 0.01  # the CRF adds to its tile map (0.687 against 0.660)
     assert (maps / "zion-dense.accuracy" / "areas.png").exists() and (maps / "zion-dense.png").exists()
     out = capsys.readouterr().out
     assert "chips in" in out and "[7/9] map" in out and "[8/9] segment" in out and "test pairs: pixel accuracy" in out
